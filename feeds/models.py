@@ -1,0 +1,224 @@
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+from governance.models import Community, Membership, PolicyVersion, external_id_validator
+
+
+class Creator(models.Model):
+    """Someone whose items are recommended: a director, a channel, an author."""
+
+    community = models.ForeignKey(Community, on_delete=models.CASCADE, related_name="creators")
+    external_id = models.CharField(max_length=255, validators=[external_id_validator])
+    name = models.CharField(max_length=200)
+    member = models.ForeignKey(
+        Membership,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="creator_profiles",
+        help_text="The member account of this creator, if they have one.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["community", "external_id"], name="creator_unique_external_id"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Item(models.Model):
+    class Provenance(models.TextChoices):
+        HUMAN = "human", "Human-made"
+        AI_ASSISTED = "ai_assisted", "AI-assisted"
+        AI_GENERATED = "ai_generated", "AI-generated"
+        UNKNOWN = "unknown", "Unknown"
+
+    community = models.ForeignKey(Community, on_delete=models.CASCADE, related_name="items")
+    external_id = models.CharField(max_length=255, validators=[external_id_validator])
+    title = models.CharField(max_length=500)
+    url = models.URLField(max_length=2000, blank=True)
+    tags = models.JSONField(default=list, blank=True, help_text="A list of tag strings.")
+    provenance = models.CharField(
+        max_length=16, choices=Provenance.choices, default=Provenance.UNKNOWN
+    )
+    published_at = models.DateTimeField(null=True, blank=True)
+    active = models.BooleanField(default=True)
+    creators = models.ManyToManyField(Creator, through="ItemCreator", related_name="items")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["community", "external_id"], name="item_unique_external_id"
+            ),
+            models.CheckConstraint(
+                condition=Q(provenance__in=["human", "ai_assisted", "ai_generated", "unknown"]),
+                name="item_provenance_valid",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.title
+
+
+class ItemCreator(models.Model):
+    """An item's creators in credit order; ``position`` 0 is the primary creator."""
+
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="credits")
+    creator = models.ForeignKey(Creator, on_delete=models.CASCADE, related_name="credits")
+    position = models.PositiveSmallIntegerField(default=0)
+
+    class Meta:
+        ordering = ["item", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["item", "creator"], name="itemcreator_unique"),
+            models.UniqueConstraint(fields=["item", "position"], name="itemcreator_position"),
+        ]
+
+
+class Interaction(models.Model):
+    """One event between a member and an item. Append-only; ``id`` order is arrival order."""
+
+    class Kind(models.TextChoices):
+        VIEW = "view", "View"
+        LIKE = "like", "Like"
+        SHARE = "share", "Share"
+        SAVE = "save", "Save"
+        SKIP = "skip", "Skip"
+        RATING = "rating", "Rating"
+
+    id = models.BigAutoField(primary_key=True)
+    community = models.ForeignKey(
+        Community, on_delete=models.CASCADE, related_name="interactions", db_index=False
+    )
+    member = models.ForeignKey(
+        Membership, on_delete=models.CASCADE, related_name="interactions", db_index=False
+    )
+    item = models.ForeignKey(Item, on_delete=models.CASCADE, related_name="interactions")
+    kind = models.CharField(max_length=16, choices=Kind.choices)
+    weight = models.FloatField(default=1.0)
+    occurred_at = models.DateTimeField()
+    idempotency_key = models.CharField(max_length=255)
+    received_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        constraints = [
+            # Re-sending the same event is harmless: the key is unique within a community.
+            models.UniqueConstraint(
+                fields=["community", "idempotency_key"], name="interaction_idempotent"
+            ),
+            models.CheckConstraint(
+                condition=Q(kind__in=["view", "like", "share", "save", "skip", "rating"]),
+                name="interaction_kind_valid",
+            ),
+        ]
+        indexes = [
+            # Training reads a community's interactions in id order (the data watermark).
+            models.Index(fields=["community", "id"], name="interaction_community_id"),
+            # A member's history: what to exclude from their feed, fold-in.
+            models.Index(fields=["member", "item"], name="interaction_member_item"),
+        ]
+
+
+class FeedRun(models.Model):
+    """One recompute of a community's feeds: the policy it used, what it read, how it went."""
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+
+    community = models.ForeignKey(Community, on_delete=models.CASCADE, related_name="feed_runs")
+    policy_version = models.ForeignKey(
+        PolicyVersion, on_delete=models.PROTECT, related_name="feed_runs"
+    )
+    policy_sha256 = models.CharField(max_length=64)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    watermark = models.BigIntegerField(
+        null=True, blank=True, help_text="Highest interaction id the model was trained on."
+    )
+    stats = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "finished", "failed"]),
+                name="feedrun_status_valid",
+            ),
+        ]
+        indexes = [models.Index(fields=["community", "status"], name="feedrun_community_status")]
+
+    def __str__(self) -> str:
+        return f"run {self.pk} of {self.community_id} ({self.status})"
+
+
+class MemberFeed(models.Model):
+    """A member's stored feed from one run: parallel arrays, one row per member.
+
+    One row per member (not per entry) keeps a million-member community at a million rows a run
+    and makes reading a feed one indexed lookup.
+    """
+
+    run = models.ForeignKey(FeedRun, on_delete=models.CASCADE, related_name="member_feeds")
+    member = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="feeds")
+    item_ids = models.JSONField(help_text="Item primary keys, best first.")
+    scores = models.JSONField(help_text="Scores, aligned with item_ids.")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["run", "member"], name="memberfeed_unique"),
+        ]
+
+
+class FeedPointer(models.Model):
+    """Which run's feeds a community serves. Switched by one compare-and-set UPDATE."""
+
+    community = models.OneToOneField(
+        Community, on_delete=models.CASCADE, primary_key=True, related_name="feed_pointer"
+    )
+    run = models.ForeignKey(FeedRun, on_delete=models.PROTECT, related_name="+")
+    switched_at = models.DateTimeField(auto_now=True)
+
+
+class AppCredential(models.Model):
+    """An API key for a third-party app. Only a SHA-256 digest of the secret is stored."""
+
+    class Scope(models.TextChoices):
+        FEEDS_READ = "feeds:read", "Read feeds"
+        EVENTS_WRITE = "events:write", "Write interaction events"
+        CATALOGUE_WRITE = "catalogue:write", "Write catalogue"
+
+    community = models.ForeignKey(
+        Community, on_delete=models.CASCADE, related_name="app_credentials"
+    )
+    name = models.CharField(max_length=100)
+    prefix = models.CharField(max_length=16, unique=True, editable=False)
+    secret_sha256 = models.CharField(max_length=64, editable=False)
+    scopes = models.JSONField(default=list)
+    created_at = models.DateTimeField(auto_now_add=True)
+    revoked_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["community", "name"],
+                condition=Q(revoked_at__isnull=True),
+                name="appcredential_unique_active_name",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.prefix})"

@@ -1,0 +1,1 @@
+"""Commonfeed's ranking core: a pure library (numpy, scipy, implicit, pydantic; no Django)."""
