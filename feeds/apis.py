@@ -35,8 +35,10 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         code = codes if isinstance(codes, str) else "invalid"
     else:
         code = "error"
-    detail = response.data.get("detail", response.data) if isinstance(response.data, dict) else (
-        response.data
+    detail = (
+        response.data.get("detail", response.data)
+        if isinstance(response.data, dict)
+        else (response.data)
     )
     response.data = {"error": code, "detail": detail}
     return response

@@ -82,6 +82,9 @@ class ItemCreator(models.Model):
             models.UniqueConstraint(fields=["item", "position"], name="itemcreator_position"),
         ]
 
+    def __str__(self) -> str:
+        return f"{self.creator_id} credited on {self.item_id} (#{self.position})"
+
 
 class Interaction(models.Model):
     """One event between a member and an item. Append-only; ``id`` order is arrival order."""
@@ -125,6 +128,9 @@ class Interaction(models.Model):
             # A member's history: what to exclude from their feed, fold-in.
             models.Index(fields=["member", "item"], name="interaction_member_item"),
         ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} by {self.member_id} on {self.item_id}"
 
 
 class FeedRun(models.Model):
@@ -182,6 +188,9 @@ class MemberFeed(models.Model):
             models.UniqueConstraint(fields=["run", "member"], name="memberfeed_unique"),
         ]
 
+    def __str__(self) -> str:
+        return f"feed of {self.member_id} in run {self.run_id}"
+
 
 class FeedPointer(models.Model):
     """Which run's feeds a community serves. Switched by one compare-and-set UPDATE."""
@@ -191,6 +200,9 @@ class FeedPointer(models.Model):
     )
     run = models.ForeignKey(FeedRun, on_delete=models.PROTECT, related_name="+")
     switched_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.community_id} serves run {self.run_id}"
 
 
 class AppCredential(models.Model):

@@ -18,7 +18,7 @@ def community_create(
     policy: Policy | None = None,
     actor: AbstractBaseUser | None = None,
 ) -> Community:
-    """Create a community with its genesis policy version (the documented defaults if none given)."""
+    """Create a community with its genesis policy version (documented defaults if none given)."""
     community = Community.objects.create(slug=slug, name=name, description=description)
     policy = policy or default_policy()
     PolicyVersion.objects.create(

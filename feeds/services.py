@@ -1,0 +1,236 @@
+"""Feed pipeline writes: request a recompute, run it, swap it in; issue app credentials."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import timedelta
+
+import numpy as np
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from feeds.auth import token_digest, token_generate
+from feeds.models import AppCredential, FeedPointer, FeedRun, Interaction, Item, MemberFeed
+from governance.models import Community, Membership
+from governance.selectors import policy_of, policy_version_current
+from ranking.feeds import compute_feeds
+
+logger = logging.getLogger(__name__)
+
+# A run claimed by a worker that then died (acks_late redelivers its message) is taken over once
+# its claim is this old. Shorter than any real run would make two workers compute the same run.
+RUN_LEASE = timedelta(minutes=30)
+# Feeds of this many most recent finished runs are kept; readers mid-request on the previous
+# generation still find their rows after a swap.
+RUNS_KEPT = 2
+WRITE_BATCH = 2_000
+
+
+def feed_run_request(*, community: Community) -> FeedRun:
+    """Record a recompute of the community's feeds under its current policy and enqueue it.
+
+    The task is sent only after the transaction commits, so a worker never looks for a run that
+    is not visible yet.
+    """
+    from feeds.tasks import recompute_community_feeds
+
+    with transaction.atomic():
+        version = policy_version_current(community=community)
+        run = FeedRun.objects.create(
+            community=community, policy_version=version, policy_sha256=version.sha256
+        )
+        recompute_community_feeds.delay_on_commit(run.pk)
+    return run
+
+
+def _claim(run_id: int) -> bool:
+    """Compare-and-set the run to RUNNING. False if it is finished, failed or freshly claimed."""
+    now = timezone.now()
+    claimed = FeedRun.objects.filter(pk=run_id, status=FeedRun.Status.QUEUED).update(
+        status=FeedRun.Status.RUNNING, started_at=now
+    )
+    if claimed:
+        return True
+    # Redelivered after the worker that held it died: take it over once the lease ran out.
+    return bool(
+        FeedRun.objects.filter(
+            pk=run_id, status=FeedRun.Status.RUNNING, started_at__lt=now - RUN_LEASE
+        ).update(started_at=now)
+    )
+
+
+@dataclass(frozen=True)
+class _TrainingData:
+    member_ids: np.ndarray
+    item_ids: np.ndarray
+    weights: np.ndarray
+    feed_members: np.ndarray
+    candidate_items: np.ndarray
+    watermark: int
+
+
+def _load_training_data(community: Community) -> _TrainingData:
+    """Read the community's interactions, members and active items as arrays, in bulk."""
+    watermark = Interaction.objects.filter(community=community).aggregate(m=Max("id"))["m"] or 0
+    rows = Interaction.objects.filter(community=community, id__lte=watermark).values_list(
+        "member_id", "item_id", "weight"
+    )
+    data = np.array(list(rows.iterator(chunk_size=50_000)), dtype=np.float64).reshape(-1, 3)
+    feed_members = np.fromiter(
+        Membership.objects.filter(community=community).values_list("id", flat=True),
+        dtype=np.int64,
+    )
+    candidate_items = np.fromiter(
+        Item.objects.filter(community=community, active=True).values_list("id", flat=True),
+        dtype=np.int64,
+    )
+    return _TrainingData(
+        member_ids=data[:, 0].astype(np.int64),
+        item_ids=data[:, 1].astype(np.int64),
+        weights=data[:, 2].astype(np.float32),
+        feed_members=feed_members,
+        candidate_items=candidate_items,
+        watermark=watermark,
+    )
+
+
+def feed_run_execute(*, run_id: int) -> FeedRun:
+    """Compute every member's feed for the run and swap the community over to it.
+
+    Safe to call twice or after a crash: the claim lets one caller in; feed rows are keyed by
+    (run, member) so a re-run after a partial write replaces them; the swap only moves forward.
+    """
+    if not _claim(run_id):
+        logger.info("feed run %s is not claimable (done, failed or held); skipping", run_id)
+        return FeedRun.objects.get(pk=run_id)
+    run = FeedRun.objects.select_related("community", "policy_version").get(pk=run_id)
+    try:
+        started = time.perf_counter()
+        data = _load_training_data(run.community)
+        loaded = time.perf_counter()
+        batch = compute_feeds(
+            member_ids=data.member_ids,
+            item_ids=data.item_ids,
+            weights=data.weights,
+            policy=policy_of(run.policy_version),
+            feed_members=data.feed_members,
+            candidate_items=data.candidate_items,
+            n=settings.COMMONFEED_FEED_LENGTH,
+        )
+        computed = time.perf_counter()
+        _write_member_feeds(run, batch.member_ids, batch.item_ids, batch.scores)
+        written = time.perf_counter()
+        stats = {
+            **batch.metadata,
+            "load_seconds": round(loaded - started, 3),
+            "compute_seconds": round(computed - loaded, 3),
+            "write_seconds": round(written - computed, 3),
+            "members": len(batch.member_ids),
+        }
+        _finish_and_swap(run, watermark=data.watermark, stats=stats)
+    except Exception as exc:
+        logger.exception("feed run %s failed", run_id)
+        FeedRun.objects.filter(pk=run_id).update(
+            status=FeedRun.Status.FAILED, finished_at=timezone.now(), error=repr(exc)[:2000]
+        )
+        raise
+    feed_runs_prune(community=run.community)
+    run.refresh_from_db()
+    return run
+
+
+def _write_member_feeds(
+    run: FeedRun, member_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray
+) -> None:
+    # A redelivered run may have written some rows before dying: start from a clean slate.
+    MemberFeed.objects.filter(run=run).delete()
+    valid = item_ids >= 0
+    for start in range(0, len(member_ids), WRITE_BATCH):
+        stop = start + WRITE_BATCH
+        rows = [
+            MemberFeed(
+                run_id=run.pk,
+                member_id=int(member_id),
+                item_ids=ids[mask].tolist(),
+                scores=np.round(row_scores[mask].astype(np.float64), 6).tolist(),
+            )
+            for member_id, ids, row_scores, mask in zip(
+                member_ids[start:stop],
+                item_ids[start:stop],
+                scores[start:stop],
+                valid[start:stop],
+                strict=True,
+            )
+        ]
+        MemberFeed.objects.bulk_create(rows, batch_size=WRITE_BATCH)
+
+
+@transaction.atomic
+def _finish_and_swap(run: FeedRun, *, watermark: int, stats: dict[str, object]) -> None:
+    FeedRun.objects.filter(pk=run.pk).update(
+        status=FeedRun.Status.FINISHED, finished_at=timezone.now(), watermark=watermark, stats=stats
+    )
+    # Compare-and-set: only move the pointer forward, so a stale or duplicate run that finishes
+    # late never replaces feeds from a newer one.
+    moved = FeedPointer.objects.filter(community_id=run.community_id, run_id__lt=run.pk).update(
+        run_id=run.pk, switched_at=timezone.now()
+    )
+    if moved or FeedPointer.objects.filter(community_id=run.community_id).exists():
+        return
+    try:
+        with transaction.atomic():
+            FeedPointer.objects.create(community_id=run.community_id, run_id=run.pk)
+    except IntegrityError:
+        # Another run created the pointer concurrently; retry the forward-only move.
+        FeedPointer.objects.filter(community_id=run.community_id, run_id__lt=run.pk).update(
+            run_id=run.pk, switched_at=timezone.now()
+        )
+
+
+def feed_runs_prune(*, community: Community, keep: int = RUNS_KEPT) -> int:
+    """Delete stored feeds of all but the ``keep`` newest finished runs. Returns rows deleted."""
+    pointer = FeedPointer.objects.filter(community=community).first()
+    kept = list(
+        FeedRun.objects.filter(community=community, status=FeedRun.Status.FINISHED)
+        .order_by("-id")
+        .values_list("id", flat=True)[:keep]
+    )
+    if pointer is not None:
+        kept.append(pointer.run_id)
+    deleted, _ = (
+        MemberFeed.objects.filter(run__community=community).exclude(run_id__in=kept).delete()
+    )
+    return deleted
+
+
+def app_credential_create(
+    *, community: Community, name: str, scopes: list[str]
+) -> tuple[AppCredential, str]:
+    """Issue an app credential. Returns the row and the token, which is not stored anywhere."""
+    valid = set(AppCredential.Scope.values)
+    unknown = sorted(set(scopes) - valid)
+    if unknown or not scopes:
+        raise ValueError(
+            f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(sorted(valid))}"
+            if unknown
+            else "at least one scope is required"
+        )
+    prefix, token = token_generate()
+    credential = AppCredential.objects.create(
+        community=community,
+        name=name,
+        prefix=prefix,
+        secret_sha256=token_digest(token),
+        scopes=sorted(set(scopes)),
+    )
+    return credential, token
+
+
+def app_credential_revoke(*, credential: AppCredential) -> None:
+    AppCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
+        revoked_at=timezone.now()
+    )

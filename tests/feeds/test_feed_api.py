@@ -1,0 +1,179 @@
+from __future__ import annotations
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from feeds.models import AppCredential, FeedPointer, FeedRun, Interaction
+from feeds.services import (
+    app_credential_create,
+    app_credential_revoke,
+    feed_run_execute,
+    feed_run_request,
+)
+from tests.factories import MembershipFactory, make_community, small_catalogue
+
+pytestmark = pytest.mark.django_db
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"HTTP_AUTHORIZATION": f"Bearer {token}"}
+
+
+def _computed_community(slug: str = "alpha"):
+    community = make_community(slug)
+    data = small_catalogue(community)
+    run = feed_run_request(community=community)
+    feed_run_execute(run_id=run.pk)
+    return community, data
+
+
+def _url(slug: str, member: str) -> str:
+    return reverse("api-member-feed", args=[slug, member])
+
+
+def test_it_returns_a_members_feed_with_items_creators_and_scores(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    member = data["members"][0]
+
+    response = client.get(_url(community.slug, member.external_id), **_bearer(token))
+
+    assert response.status_code == 200
+    body = response.json()
+    assert body["member"] == member.external_id
+    assert body["policy_version"] == 1
+    assert len(body["policy_sha256"]) == 64
+    assert [e["rank"] for e in body["items"]] == list(range(1, len(body["items"]) + 1))
+    assert len(body["items"]) > 0
+    seen = set(
+        Interaction.objects.filter(member=member).values_list("item__external_id", flat=True)
+    )
+    assert not seen & {e["item"]["external_id"] for e in body["items"]}
+    scores = [e["score"] for e in body["items"]]
+    assert scores == sorted(scores, reverse=True)
+    assert all(e["creators"] and e["creators"][0]["name"] for e in body["items"])
+
+
+def test_it_cuts_the_feed_to_the_requested_limit(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    response = client.get(
+        _url(community.slug, data["members"][0].external_id) + "?limit=3", **_bearer(token)
+    )
+    assert response.status_code == 200
+    assert len(response.json()["items"]) == 3
+
+
+def test_it_answers_a_bad_limit_with_a_400_naming_the_field(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    response = client.get(
+        _url(community.slug, data["members"][0].external_id) + "?limit=zero", **_bearer(token)
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid"
+    assert "limit" in response.json()["detail"]
+
+
+def test_it_refuses_requests_without_a_credential(client: Client) -> None:
+    community, data = _computed_community()
+    response = client.get(_url(community.slug, data["members"][0].external_id))
+    assert response.status_code == 401
+    assert response.json()["error"] == "not_authenticated"
+
+
+def test_it_refuses_a_forged_token(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(
+        community=community, name="app", scopes=["feeds:read"]
+    )
+    forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
+    response = client.get(_url(community.slug, data["members"][0].external_id), **_bearer(forged))
+    assert response.status_code == 401
+
+
+def test_a_revoked_credential_fails_on_the_next_request(client: Client) -> None:
+    community, data = _computed_community()
+    credential, token = app_credential_create(
+        community=community, name="app", scopes=["feeds:read"]
+    )
+    url = _url(community.slug, data["members"][0].external_id)
+    assert client.get(url, **_bearer(token)).status_code == 200
+    app_credential_revoke(credential=credential)
+    assert client.get(url, **_bearer(token)).status_code == 401
+
+
+def test_a_credential_without_the_scope_gets_403(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["events:write"])
+    response = client.get(_url(community.slug, data["members"][0].external_id), **_bearer(token))
+    assert response.status_code == 403
+    assert response.json()["error"] == "permission_denied"
+
+
+def test_an_app_of_one_community_cannot_read_another(client: Client) -> None:
+    community, data = _computed_community("alpha")
+    other = make_community("beta")
+    _, token = app_credential_create(community=other, name="app", scopes=["feeds:read"])
+    response = client.get(_url(community.slug, data["members"][0].external_id), **_bearer(token))
+    assert response.status_code == 404
+
+
+def test_an_unknown_member_is_404(client: Client) -> None:
+    community, _ = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    response = client.get(_url(community.slug, "nobody"), **_bearer(token))
+    assert response.status_code == 404
+    assert response.json()["error"] == "not_found"
+
+
+def test_a_community_without_computed_feeds_answers_409(client: Client) -> None:
+    community = make_community("fresh")
+    member = MembershipFactory(community=community)
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    response = client.get(_url(community.slug, member.external_id), **_bearer(token))
+    assert response.status_code == 409
+
+
+def test_the_database_stores_no_issued_secret() -> None:
+    community = make_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    secret = token.split("_", 2)[2]
+    for row in AppCredential.objects.values():
+        assert not any(secret in str(value) for value in row.values())
+
+
+def test_feed_reads_take_a_fixed_number_of_queries(
+    client: Client, django_assert_max_num_queries
+) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    with django_assert_max_num_queries(6):
+        response = client.get(
+            _url(community.slug, data["members"][0].external_id), **_bearer(token)
+        )
+    assert response.status_code == 200
+
+
+def test_a_stale_run_finishing_late_does_not_replace_newer_feeds() -> None:
+    community = make_community()
+    small_catalogue(community)
+    older = feed_run_request(community=community)
+    newer = feed_run_request(community=community)
+    feed_run_execute(run_id=newer.pk)
+    feed_run_execute(run_id=older.pk)
+
+    assert FeedPointer.objects.get(community=community).run_id == newer.pk
+    assert FeedRun.objects.get(pk=older.pk).status == FeedRun.Status.FINISHED
+
+
+def test_running_a_finished_run_again_changes_nothing() -> None:
+    community = make_community()
+    small_catalogue(community)
+    run = feed_run_request(community=community)
+    feed_run_execute(run_id=run.pk)
+    finished_at = FeedRun.objects.get(pk=run.pk).finished_at
+    feed_run_execute(run_id=run.pk)
+    assert FeedRun.objects.get(pk=run.pk).finished_at == finished_at
+    assert FeedRun.objects.filter(community=community).count() == 1
