@@ -85,9 +85,7 @@ def test_it_refuses_requests_without_a_credential(client: Client) -> None:
 
 def test_it_refuses_a_forged_token(client: Client) -> None:
     community, data = _computed_community()
-    _, token = app_credential_create(
-        community=community, name="app", scopes=["feeds:read"]
-    )
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
     forged = token[:-4] + ("AAAA" if not token.endswith("AAAA") else "BBBB")
     response = client.get(_url(community.slug, data["members"][0].external_id), **_bearer(forged))
     assert response.status_code == 401

@@ -1,0 +1,408 @@
+"""Implicit-feedback matrix factorisation (ALS) on top of :mod:`implicit`.
+
+This module turns interaction arrays into a sparse confidence matrix
+(:func:`interaction_matrix`) and wraps :class:`implicit.cpu.als.AlternatingLeastSquares` in a
+small estimator (:class:`ALSModel`) whose hyperparameters come from a ratified
+:class:`~ranking.policy.ModelParams`. Everything is arrays in, arrays out, and seeded: the same
+policy and the same interactions give bit-identical factors.
+
+Notes on :mod:`implicit` 0.7.3 that this wrapper hides:
+
+* Confidence is ``alpha * w`` (not ``1 + alpha * w`` as in Hu, Koren & Volinsky 2008); unobserved
+  pairs have confidence 1. With ``alpha * w < 1`` an observed pair is therefore trusted *less*
+  than an unobserved one.
+* Calling ``fit`` twice on the same implicit object warm-starts from the previous factors, so
+  :meth:`ALSModel.fit` always builds a fresh implicit model to stay reproducible.
+* ``recommend`` returns filtered (already seen) items with their real index and a score of
+  ``-FLT_MAX`` instead of dropping them, and when ``N`` exceeds the number of items it pads with
+  item ``0`` and score ``0.0``. :meth:`ALSModel.recommend` normalises both to ``-1`` / ``-inf``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import implicit
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse
+from implicit.cpu.als import AlternatingLeastSquares
+from scipy.sparse import csr_matrix
+from threadpoolctl import threadpool_limits
+
+from ranking.policy import ModelParams
+
+__all__ = ["ALSModel", "NotFittedError", "Weighting", "interaction_matrix"]
+
+Weighting = Literal["binary", "weight"]
+"""How interactions become matrix values; see :func:`interaction_matrix`."""
+
+_FORMAT = "commonfeed.als"
+_FORMAT_VERSION = 1
+_FILTERED_SCORE = np.float32(-np.finfo(np.float32).max)
+"""The score implicit's top-k gives an item it filtered out (seen, or not in ``items``)."""
+
+
+class NotFittedError(RuntimeError):
+    """Raised when a model is used before :meth:`ALSModel.fit` (or :meth:`ALSModel.load`)."""
+
+
+def _as_index_array(values: npt.ArrayLike, name: str, upper: int) -> npt.NDArray[np.int64]:
+    """Validate ``values`` as a 1-D int array with every entry in ``[0, upper)``."""
+    array = np.asarray(values)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        return np.empty(0, dtype=np.int64)
+    if array.dtype.kind not in "iu":
+        raise TypeError(f"{name} must hold integers, got dtype {array.dtype}")
+    if int(array.min()) < 0 or int(array.max()) >= upper:
+        raise IndexError(f"{name} must lie in [0, {upper}); got [{array.min()}, {array.max()}]")
+    return array.astype(np.int64, copy=False)
+
+
+def interaction_matrix(
+    user_index: npt.ArrayLike,
+    item_index: npt.ArrayLike,
+    weights: npt.ArrayLike | None,
+    *,
+    shape: tuple[int, int],
+    weighting: Weighting,
+) -> csr_matrix:
+    """Build the user x item matrix that ALS factorises.
+
+    Parameters
+    ----------
+    user_index, item_index : array_like of int, shape (k,)
+        Dense row and column index of each interaction (see
+        :class:`~ranking.vocabulary.Vocabulary`).
+    weights : array_like of float, shape (k,), or None
+        Weight of each interaction (e.g. a star rating). Ignored, and may be ``None``, for
+        ``weighting="binary"``.
+    shape : tuple of int
+        ``(n_users, n_items)``.
+    weighting : {"binary", "weight"}
+        ``"binary"``: every interacting (user, item) pair is ``1.0`` however often it occurs and
+        whatever its weights. ``"weight"``: the weights of a pair's interactions are summed (in
+        float64) and pairs whose sum is not positive are dropped.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of float32, shape ``shape``
+        Canonical (sorted indices, no duplicates, no explicit zeros).
+
+    Raises
+    ------
+    ValueError
+        On mismatched lengths, an unknown ``weighting``, a negative shape or non-finite weights.
+    IndexError
+        If an index falls outside ``shape``.
+    """
+    n_users, n_items = (int(shape[0]), int(shape[1]))
+    if n_users < 0 or n_items < 0:
+        raise ValueError(f"shape must be non-negative, got {shape}")
+    rows = _as_index_array(user_index, "user_index", n_users)
+    cols = _as_index_array(item_index, "item_index", n_items)
+    if rows.shape != cols.shape:
+        raise ValueError(f"user_index and item_index differ in length: {rows.size} != {cols.size}")
+
+    if weighting == "binary":
+        data = np.ones(rows.size, dtype=np.float64)
+    elif weighting == "weight":
+        if weights is None:
+            raise ValueError('weighting="weight" needs weights')
+        data = np.asarray(weights, dtype=np.float64)
+        if data.shape != rows.shape:
+            raise ValueError(f"weights has shape {data.shape}, expected {rows.shape}")
+        if not bool(np.all(np.isfinite(data))):
+            raise ValueError("weights must be finite")
+    else:
+        raise ValueError(f"unknown weighting {weighting!r}; expected 'binary' or 'weight'")
+
+    # COO -> CSR sums duplicate (row, col) entries.
+    matrix = csr_matrix((data, (rows, cols)), shape=(n_users, n_items), dtype=np.float64)
+    matrix.sum_duplicates()
+    if weighting == "binary":
+        matrix.data[:] = 1.0
+    else:
+        matrix.data[matrix.data <= 0.0] = 0.0
+        matrix.eliminate_zeros()
+    result = matrix.astype(np.float32)
+    result.has_sorted_indices = True
+    return result
+
+
+class ALSModel:
+    """Implicit-feedback alternating least squares, configured by a policy's model section.
+
+    A thin, reproducible wrapper around :class:`implicit.cpu.als.AlternatingLeastSquares`
+    (CPU only, float32 factors, conjugate-gradient solver). Confidence of an observed pair with
+    matrix value ``w`` is ``params.alpha * w``.
+
+    Parameters
+    ----------
+    params : ModelParams, optional
+        Hyperparameters (``factors``, ``regularization``, ``alpha``, ``iterations``, ``seed``).
+        Defaults to ``ModelParams()``. ``params.weighting`` is not used here; it governs
+        :func:`interaction_matrix`.
+    num_threads : int, default 0
+        Threads for fitting and batch recommendation; ``0`` uses every core. Results do not
+        depend on it.
+
+    Attributes
+    ----------
+    params : ModelParams
+        The hyperparameters.
+
+    Examples
+    --------
+    >>> m = interaction_matrix([0, 0, 1], [0, 1, 1], None, shape=(2, 3), weighting="binary")
+    >>> model = ALSModel(ModelParams(factors=4, iterations=3)).fit(m)
+    >>> items, scores = model.recommend(np.array([0, 1]), m, n=2)
+    >>> items.shape, items.dtype, scores.dtype
+    ((2, 2), dtype('int64'), dtype('float32'))
+    """
+
+    def __init__(self, params: ModelParams | None = None, *, num_threads: int = 0) -> None:
+        if num_threads < 0:
+            raise ValueError(f"num_threads must be >= 0, got {num_threads}")
+        self.params: ModelParams = params if params is not None else ModelParams()
+        self._num_threads = num_threads
+        self._model: Any = None
+
+    def __repr__(self) -> str:
+        shape = f"{self.n_users}x{self.n_items}" if self.is_fitted else "unfitted"
+        return f"ALSModel({shape}, factors={self.params.factors})"
+
+    def _new_implicit_model(self) -> Any:
+        p = self.params
+        return AlternatingLeastSquares(
+            factors=p.factors,
+            regularization=p.regularization,
+            alpha=p.alpha,
+            dtype=np.float32,
+            iterations=p.iterations,
+            calculate_training_loss=False,
+            num_threads=self._num_threads,
+            random_state=p.seed,
+        )
+
+    def _fitted(self) -> Any:
+        if self._model is None:
+            raise NotFittedError("this ALSModel is not fitted; call fit() or ALSModel.load()")
+        return self._model
+
+    @property
+    def is_fitted(self) -> bool:
+        """Whether the model has factors (from :meth:`fit` or :meth:`load`)."""
+        return self._model is not None
+
+    @property
+    def user_factors(self) -> npt.NDArray[np.float32]:
+        """User factors, float32 array of shape ``(n_users, factors)``."""
+        factors: npt.NDArray[np.float32] = self._fitted().user_factors
+        return factors
+
+    @property
+    def item_factors(self) -> npt.NDArray[np.float32]:
+        """Item factors, float32 array of shape ``(n_items, factors)``."""
+        factors: npt.NDArray[np.float32] = self._fitted().item_factors
+        return factors
+
+    @property
+    def n_users(self) -> int:
+        """Number of users (rows of the training matrix)."""
+        return int(self.user_factors.shape[0])
+
+    @property
+    def n_items(self) -> int:
+        """Number of items (columns of the training matrix)."""
+        return int(self.item_factors.shape[0])
+
+    def fit(self, user_items: csr_matrix) -> ALSModel:
+        """Learn user and item factors from a user x item matrix.
+
+        Always starts from a fresh, seeded initialisation (never warm-starts), and runs with
+        BLAS limited to one thread as :mod:`implicit` recommends; parallelism comes from
+        ``num_threads`` instead.
+
+        Parameters
+        ----------
+        user_items : scipy.sparse.csr_matrix, shape (n_users, n_items)
+            Positive interaction strengths, usually from :func:`interaction_matrix`. Other
+            sparse formats are converted; values are cast to float32.
+
+        Returns
+        -------
+        ALSModel
+            ``self``, fitted.
+        """
+        matrix = _as_csr(user_items, "user_items")
+        if matrix.shape[0] == 0 or matrix.shape[1] == 0:
+            raise ValueError(f"cannot fit on an empty matrix of shape {matrix.shape}")
+        if matrix.dtype != np.float32:
+            matrix = matrix.astype(np.float32)
+        with threadpool_limits(limits=1, user_api="blas"):
+            model = self._new_implicit_model()
+            model.fit(matrix, show_progress=False)
+        model.user_factors = np.ascontiguousarray(model.user_factors, dtype=np.float32)
+        model.item_factors = np.ascontiguousarray(model.item_factors, dtype=np.float32)
+        self._model = model
+        return self
+
+    def recommend(
+        self,
+        user_rows: npt.ArrayLike,
+        user_items: csr_matrix,
+        n: int,
+        *,
+        allowed_items: npt.ArrayLike | None = None,
+        exclude_seen: bool = True,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-``n`` items for a batch of users, in one vectorised call.
+
+        Parameters
+        ----------
+        user_rows : array_like of int, shape (m,)
+            Row indices of the users (rows of the training matrix).
+        user_items : scipy.sparse.csr_matrix, shape (n_users, n_items)
+            The **full** user x item matrix (all users, not only ``user_rows``); its non-zero
+            pattern is what each user has seen. Only read when ``exclude_seen``.
+        n : int
+            Feed length (``>= 0``).
+        allowed_items : array_like of int, optional
+            Item indices that may be recommended; duplicates are ignored. ``None`` allows all.
+        exclude_seen : bool, default True
+            Never recommend an item that is non-zero in the user's row of ``user_items``.
+
+        Returns
+        -------
+        items : numpy.ndarray of int64, shape (m, n)
+            Item indices, best first; ``-1`` where fewer than ``n`` items qualify.
+        scores : numpy.ndarray of float32, shape (m, n)
+            Predicted preference (dot product of factors); ``-inf`` where ``items`` is ``-1``.
+        """
+        model = self._fitted()
+        n_users, n_items = self.n_users, self.n_items
+        rows = _as_index_array(user_rows, "user_rows", n_users)
+        n = int(n)
+        if n < 0:
+            raise ValueError(f"n must be >= 0, got {n}")
+
+        items: npt.NDArray[np.int64] | None = None
+        n_eff = min(n, n_items)
+        if allowed_items is not None:
+            items = np.unique(_as_index_array(allowed_items, "allowed_items", n_items))
+            n_eff = min(n, int(items.size))
+
+        out_items = np.full((rows.size, n), -1, dtype=np.int64)
+        out_scores = np.full((rows.size, n), -np.inf, dtype=np.float32)
+        if n_eff == 0 or rows.size == 0:
+            return out_items, out_scores
+
+        query: csr_matrix | None = None
+        if exclude_seen:
+            matrix = _as_csr(user_items, "user_items")
+            if matrix.shape != (n_users, n_items):
+                raise ValueError(
+                    f"user_items has shape {matrix.shape}; the model has {(n_users, n_items)}"
+                )
+            query = matrix[rows]
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            ids, scores = model.recommend(
+                rows,
+                query,
+                N=n_eff,
+                filter_already_liked_items=exclude_seen,
+                items=items,
+            )
+        ids = np.asarray(ids, dtype=np.int64).reshape(rows.size, n_eff)
+        scores = np.asarray(scores, dtype=np.float32).reshape(rows.size, n_eff)
+
+        # implicit keeps filtered items in the result with score -FLT_MAX; move them to the end
+        # (stable, so the ranking of real results is untouched) and blank them out.
+        valid = scores > _FILTERED_SCORE  # also False for NaN
+        order = np.argsort(~valid, axis=1, kind="stable")
+        valid = np.take_along_axis(valid, order, axis=1)
+        out_items[:, :n_eff] = np.where(valid, np.take_along_axis(ids, order, axis=1), -1)
+        out_scores[:, :n_eff] = np.where(valid, np.take_along_axis(scores, order, axis=1), -np.inf)
+        return out_items, out_scores
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save factors and hyperparameters to one ``.npz`` file (no pickle).
+
+        The archive holds ``user_factors``, ``item_factors`` and ``metadata`` (a JSON string
+        with the format version, the :class:`ModelParams` and the :mod:`implicit` version). The
+        file is written to a temporary name and renamed into place, so readers never see a
+        half-written model. ``path`` is used exactly as given (no ``.npz`` is appended).
+        """
+        model = self._fitted()
+        target = Path(path)
+        metadata = {
+            "format": _FORMAT,
+            "version": _FORMAT_VERSION,
+            "params": self.params.model_dump(mode="json"),
+            "implicit_version": implicit.__version__,
+            "n_users": self.n_users,
+            "n_items": self.n_items,
+        }
+        temporary = target.with_name(f".{target.name}.tmp")
+        with open(temporary, "wb") as handle:
+            np.savez(
+                handle,
+                user_factors=np.asarray(model.user_factors, dtype=np.float32),
+                item_factors=np.asarray(model.item_factors, dtype=np.float32),
+                metadata=np.array(json.dumps(metadata, sort_keys=True)),
+            )
+        os.replace(temporary, target)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], *, num_threads: int = 0) -> ALSModel:
+        """Load a model written by :meth:`save`.
+
+        Loads with ``allow_pickle=False``; a file that needs pickle is rejected.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a saved ALSModel of a supported version, or is inconsistent.
+        """
+        with np.load(Path(path), allow_pickle=False) as archive:
+            try:
+                metadata = json.loads(str(archive["metadata"]))
+                user_factors = np.ascontiguousarray(archive["user_factors"], dtype=np.float32)
+                item_factors = np.ascontiguousarray(archive["item_factors"], dtype=np.float32)
+            except KeyError as error:
+                raise ValueError(f"{path} is not a saved ALSModel: missing {error}") from None
+        if metadata.get("format") != _FORMAT or metadata.get("version") != _FORMAT_VERSION:
+            raise ValueError(f"{path} is not a {_FORMAT} file of version {_FORMAT_VERSION}")
+        params = ModelParams.model_validate(metadata["params"])
+        if (
+            user_factors.ndim != 2
+            or item_factors.ndim != 2
+            or user_factors.shape[1] != params.factors
+            or item_factors.shape[1] != params.factors
+        ):
+            raise ValueError(
+                f"{path}: factor shapes {user_factors.shape}, {item_factors.shape} do not match "
+                f"factors={params.factors}"
+            )
+        result = cls(params, num_threads=num_threads)
+        model = result._new_implicit_model()
+        model.user_factors = user_factors
+        model.item_factors = item_factors
+        result._model = model
+        return result
+
+
+def _as_csr(matrix: Any, name: str) -> csr_matrix:
+    """Return ``matrix`` as a :class:`scipy.sparse.csr_matrix` (implicit rejects ``csr_array``)."""
+    if isinstance(matrix, csr_matrix):
+        return matrix
+    if scipy.sparse.issparse(matrix):
+        return csr_matrix(matrix)
+    raise TypeError(f"{name} must be a scipy sparse matrix, got {type(matrix).__name__}")

@@ -1,0 +1,51 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from feeds.services import feed_run_execute, feed_run_request
+from tests.browser import page  # noqa: F401 - fixture
+from tests.factories import make_community, small_catalogue
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_visitor_sees_the_community_follows_a_member_feed_and_logs_into_the_admin(
+    live_server,
+    page,
+    tmp_path: Path,  # noqa: F811
+) -> None:
+    community = make_community("garden")
+    data = small_catalogue(community)
+    feed_run_execute(run_id=feed_run_request(community=community).pk)
+    get_user_model().objects.create_superuser("admin", "admin@example.org", "a-long-password-1")
+    member = data["members"][0]
+
+    page.goto(live_server.url + "/")
+    assert page.locator("#community-garden h2").inner_text().startswith("Garden")
+    assert "Serving feeds from run" in page.locator("#community-garden").inner_text()
+    # The stylesheet is served by the project itself.
+    css = page.request.get(live_server.url + "/static/commonfeed/site.css")
+    assert css.ok
+
+    page.click(f"text={member.external_id}")
+    page.wait_for_url(f"**/c/garden/members/{member.external_id}/feed/")
+    rows = page.locator("tbody tr")
+    assert rows.count() > 0
+    assert rows.first.locator("td").first.inner_text() == "1"
+    page.screenshot(path=str(tmp_path / "member-feed.png"), full_page=True)
+
+    page.click("text=Admin")
+    page.fill("#id_username", "admin")
+    page.fill("#id_password", "a-long-password-1")
+    page.click("input[type=submit]")
+    page.wait_for_url(live_server.url + "/admin/")
+    assert "Feed runs" in page.content()
+
+
+def test_an_unknown_member_page_is_a_404(client) -> None:
+    community = make_community("garden")
+    small_catalogue(community)
+    assert client.get("/c/garden/members/nobody/feed/").status_code == 404
