@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,6 +10,8 @@ from subprocess import Popen
 from urllib.parse import quote
 
 import pytest
+
+from tests.browser import CHROMIUM_ARGS, chromium_path
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ML_100K = SHARED_DATA / "ml-100k"
@@ -65,3 +68,22 @@ def ml_100k() -> Path:
     if not ML_100K.is_dir():
         pytest.skip(f"MovieLens data not found at {ML_100K}")
     return ML_100K
+
+
+@pytest.fixture
+def page() -> Iterator[object]:
+    """A Playwright page in headless Debian Chromium."""
+    from playwright.sync_api import sync_playwright
+
+    # Playwright's sync API runs an event loop in this thread; the ORM calls the test makes
+    # between page actions are still plain synchronous calls.
+    os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"
+    try:
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+            context = browser.new_context()
+            yield context.new_page()
+            context.close()
+            browser.close()
+    finally:
+        os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)

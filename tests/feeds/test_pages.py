@@ -6,7 +6,6 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from feeds.services import feed_run_execute, feed_run_request
-from tests.browser import page  # noqa: F401 - fixture
 from tests.factories import make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -15,7 +14,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 def test_a_visitor_sees_the_community_follows_a_member_feed_and_logs_into_the_admin(
     live_server,
     page,
-    tmp_path: Path,  # noqa: F811
+    tmp_path: Path,
 ) -> None:
     community = make_community("garden")
     data = small_catalogue(community)
