@@ -20,6 +20,11 @@ class Creator(models.Model):
         related_name="creator_profiles",
         help_text="The member account of this creator, if they have one.",
     )
+    placeholder = models.BooleanField(
+        default=False,
+        help_text="Stands for unknown creators (e.g. films without a known director); producer-"
+        "side metrics leave it out.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

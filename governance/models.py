@@ -4,6 +4,7 @@ from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from django.utils import timezone
 
 external_id_validator = RegexValidator(
     r"^[^\s]{1,255}$", "External ids are 1 to 255 characters without whitespace."
@@ -49,7 +50,8 @@ class Membership(models.Model):
     external_id = models.CharField(max_length=255, validators=[external_id_validator])
     display_name = models.CharField(max_length=200, blank=True)
     role = models.CharField(max_length=16, choices=Role.choices, default=Role.MEMBER)
-    joined_at = models.DateTimeField(auto_now_add=True)
+    # Not auto_now_add: importers set the real join date of members with a history.
+    joined_at = models.DateTimeField(default=timezone.now)
 
     class Meta:
         constraints = [

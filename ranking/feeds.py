@@ -176,9 +176,12 @@ def compute_feeds(
     user_index = member_vocab.lookup(members)
     item_index = item_vocab.lookup(items)
     shape = (len(member_vocab), len(item_vocab))
-    train = interaction_matrix(
-        user_index, item_index, weight, shape=shape, weighting=params.weighting
-    )
+    # Pairs whose weights sum to zero or less (skips, dislikes) are not evidence of interest:
+    # they never train the model, under either weighting; "binary" then counts each remaining
+    # pair once.
+    train = interaction_matrix(user_index, item_index, weight, shape=shape, weighting="weight")
+    if params.weighting == "binary":
+        train.data[:] = 1.0
     # Everything a member interacted with, positive or not: never recommended back.
     seen = interaction_matrix(user_index, item_index, None, shape=shape, weighting="binary")
 

@@ -42,7 +42,8 @@ class ModelParams(_Section):
     """Random seed for the factor initialisation, so a ratified policy gives reproducible feeds."""
     weighting: Literal["binary", "weight"] = "binary"
     """How interactions become matrix values: ``binary`` counts each member-item pair once
-    (weight 1); ``weight`` sums the interactions' weights (e.g. star ratings)."""
+    (value 1); ``weight`` uses the sum of the pair's weights (e.g. star ratings). Either way a
+    pair whose weights sum to zero or less (a skip) trains nothing, and is never recommended."""
 
 
 class CandidateParams(_Section):

@@ -85,5 +85,11 @@ def page() -> Iterator[object]:
             yield context.new_page()
             context.close()
             browser.close()
+            # ORM calls made while Playwright's event loop runs get connections of their own
+            # (asgiref locals are per context); close them here, or the test database cannot be
+            # dropped at the end of the session.
+            from django.db import connections
+
+            connections.close_all()
     finally:
         os.environ.pop("DJANGO_ALLOW_ASYNC_UNSAFE", None)

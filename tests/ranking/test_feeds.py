@@ -281,3 +281,20 @@ def test_every_movielens_member_gets_ten_unseen_items() -> None:
     assert batch.metadata["n_items"] == 1682
     assert batch.metadata["nnz"] == 100_000
     assert batch.metadata["fallback_members"] == 0
+
+
+def test_a_skip_is_not_taken_as_interest_under_binary_weighting() -> None:
+
+    # Member 1 only skipped item 10; member 2 liked item 11. Under binary weighting the skip must
+    # not make member 1 a trained member nor make item 10 popular.
+    batch = compute_feeds(
+        member_ids=np.array([1, 2, 3], dtype=np.int64),
+        item_ids=np.array([10, 11, 11], dtype=np.int64),
+        weights=np.array([0.0, 1.0, 1.0], dtype=np.float32),
+        policy=Policy(model=ModelParams(factors=2, iterations=2, weighting="binary")),
+        feed_members=np.array([1], dtype=np.int64),
+        candidate_items=np.array([10, 11], dtype=np.int64),
+        n=2,
+    )
+    assert batch.item_ids[0].tolist() == [11, -1]
+    assert batch.metadata["fallback_members"] == 1
