@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import BasePermission
@@ -12,7 +14,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from feeds import ingest
 from feeds.auth import AppPrincipal
+from feeds.models import Interaction, Item
 from feeds.selectors import Feed, FeedNotReady, member_feed_get
 from governance.models import Community, Membership
 
@@ -23,8 +27,28 @@ class Conflict(exceptions.APIException):
     default_detail = "The request conflicts with the current state."
 
 
+class PayloadTooLarge(exceptions.APIException):
+    status_code = 413
+    default_code = "payload_too_large"
+    default_detail = "The request body is too large."
+
+
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
     """Every API error reads ``{"error": code, "detail": ...}``."""
+    if isinstance(exc, RequestDataTooBig):
+        # Django would answer 400 (a SuspiciousOperation); an oversized body is a 413.
+        exc = PayloadTooLarge(
+            f"The request body exceeds the limit of {settings.DATA_UPLOAD_MAX_MEMORY_SIZE} bytes."
+        )
+    if isinstance(exc, ingest.BatchRejected):
+        return Response(
+            {
+                "error": "invalid",
+                "detail": f"{len(exc.errors)} problem(s) in the batch; nothing was written.",
+                "rows": [e.as_dict() for e in exc.errors],
+            },
+            status=400,
+        )
     response = drf_exception_handler(exc, context)
     if response is None:
         return None
@@ -119,3 +143,154 @@ class MemberFeedApi(APIView):
         except FeedNotReady:
             raise Conflict("Feeds for this community have not been computed yet.") from None
         return Response(self.OutputSerializer(feed).data)
+
+
+# --- Ingestion -----------------------------------------------------------------------------------
+
+
+class ExternalIdField(serializers.RegexField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(
+            r"^[^\s]{1,255}$",
+            max_length=255,
+            error_messages={"invalid": "Ids are 1 to 255 characters without whitespace."},
+            **kwargs,
+        )
+
+
+def _indexed(errors: Any) -> list[tuple[int, Any]]:
+    """Per-row errors of a ``many=True`` serializer: a list, or (DRF 3.18) a sparse dict."""
+    if isinstance(errors, dict):
+        return sorted((int(k), v) for k, v in errors.items())
+    return [(i, e) for i, e in enumerate(errors) if e]
+
+
+def _flatten(detail: Any, path: str = "") -> list[tuple[str, str]]:
+    """(dotted field path, message) pairs from a DRF error structure."""
+    if isinstance(detail, dict):
+        return [
+            pair
+            for key, value in detail.items()
+            for pair in _flatten(value, f"{path}.{key}" if path else str(key))
+        ]
+    if isinstance(detail, list):
+        if all(not isinstance(d, dict | list) for d in detail):
+            return [(path or "row", " ".join(str(d) for d in detail))]
+        return [pair for i, d in enumerate(detail) for pair in _flatten(d, f"{path}.{i}")]
+    return [(path or "row", str(detail))]
+
+
+class BatchApi(APIView):
+    """POST a batch ``{"<key>": [row, ...]}`` of at most 1,000 rows: all written, or none."""
+
+    key: str
+    scope: str
+    row_serializer: type[serializers.Serializer[Any]]
+
+    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def post(self, request: Request, slug: str) -> Response:
+        community = community_for_app(request, slug)
+        if not isinstance(request.data, dict) or not isinstance(request.data.get(self.key), list):
+            raise exceptions.ValidationError({self.key: f"Send {{'{self.key}': [...]}}."})
+        rows = request.data[self.key]
+        if len(rows) > ingest.MAX_BATCH:
+            raise PayloadTooLarge(
+                f"At most {ingest.MAX_BATCH} {self.key} per request; got {len(rows)}."
+            )
+        if not rows:
+            raise exceptions.ValidationError({self.key: "The batch is empty."})
+        serializer = self.row_serializer(data=rows, many=True)
+        if not serializer.is_valid():
+            raise ingest.BatchRejected(
+                [
+                    ingest.RowError(int(index), field, message)
+                    for index, row_errors in _indexed(serializer.errors)
+                    for field, message in _flatten(row_errors)
+                ]
+            )
+        return Response(self.service(community=community, rows=serializer.validated_data))
+
+
+class MembersApi(BatchApi):
+    key = "members"
+    permission_classes = [scope_required("events:write")]
+
+    class Row(serializers.Serializer[Any]):
+        id = ExternalIdField()
+        display_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+    row_serializer = Row
+
+    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        result = ingest.members_upsert(community=community, rows=rows)
+        return {"created": result.created, "updated": result.updated}
+
+
+class CreatorsApi(BatchApi):
+    key = "creators"
+    permission_classes = [scope_required("catalogue:write")]
+
+    class Row(serializers.Serializer[Any]):
+        id = ExternalIdField()
+        name = serializers.CharField(max_length=200)
+
+    row_serializer = Row
+
+    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        result = ingest.creators_upsert(community=community, rows=rows)
+        return {"created": result.created, "updated": result.updated}
+
+
+class ItemsApi(BatchApi):
+    key = "items"
+    permission_classes = [scope_required("catalogue:write")]
+
+    class Row(serializers.Serializer[Any]):
+        id = ExternalIdField()
+        title = serializers.CharField(max_length=500)
+        url = serializers.URLField(max_length=2000, required=False, allow_blank=True)
+        tags = serializers.ListField(
+            child=serializers.CharField(max_length=64), max_length=50, required=False
+        )
+        provenance = serializers.ChoiceField(choices=Item.Provenance.choices, required=False)
+        published_at = serializers.DateTimeField(required=False, allow_null=True)
+        active = serializers.BooleanField(required=False, default=True)
+        creators = serializers.ListField(child=ExternalIdField(), min_length=1, max_length=20)
+
+    row_serializer = Row
+
+    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        result = ingest.items_upsert(community=community, rows=rows)
+        return {"created": result.created, "updated": result.updated}
+
+
+class EventsApi(BatchApi):
+    key = "events"
+    permission_classes = [scope_required("events:write")]
+
+    class Row(serializers.Serializer[Any]):
+        id = ExternalIdField(help_text="The app's unique id for this event (idempotency key).")
+        member = ExternalIdField()
+        item = ExternalIdField()
+        kind = serializers.ChoiceField(choices=Interaction.Kind.choices)
+        weight = serializers.FloatField(
+            required=False, allow_null=True, min_value=-100.0, max_value=100.0
+        )
+        occurred_at = serializers.DateTimeField(required=False, allow_null=True)
+
+        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+            if attrs["kind"] == "rating" and attrs.get("weight") is None:
+                raise serializers.ValidationError({"weight": "A rating needs a weight."})
+            return attrs
+
+    row_serializer = Row
+
+    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        result = ingest.events_ingest(community=community, rows=rows)
+        return {
+            "accepted": result.accepted,
+            "duplicates": result.duplicates,
+            "duplicate_ids": result.duplicate_ids,
+        }
