@@ -7,6 +7,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404
+from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
@@ -92,41 +93,63 @@ def community_for_app(request: Request, slug: str) -> Community:
     return community
 
 
+class ErrorOutput(serializers.Serializer[Any]):
+    error = serializers.CharField(help_text="A stable, machine-readable code.")
+    detail = serializers.JSONField(help_text="What went wrong, for people.")
+
+
+ERROR_RESPONSES = {
+    400: ErrorOutput,
+    401: ErrorOutput,
+    403: ErrorOutput,
+    404: ErrorOutput,
+}
+
+
+class FeedCreditOutput(serializers.Serializer[Any]):
+    external_id = serializers.CharField(source="creator.external_id")
+    name = serializers.CharField(source="creator.name")
+
+
+class FeedItemOutput(serializers.Serializer[Any]):
+    external_id = serializers.CharField()
+    title = serializers.CharField()
+    url = serializers.CharField()
+    tags = serializers.ListField(child=serializers.CharField())
+    provenance = serializers.ChoiceField(choices=Item.Provenance.choices)
+
+
+class FeedEntryOutput(serializers.Serializer[Any]):
+    rank = serializers.IntegerField()
+    score = serializers.FloatField()
+    item = FeedItemOutput()
+    creators = FeedCreditOutput(source="item.credits.all", many=True)
+
+
+class FeedOutput(serializers.Serializer[Feed]):
+    community = serializers.CharField(source="community.slug")
+    member = serializers.CharField(source="member.external_id")
+    run = serializers.IntegerField(source="run.pk", help_text="The feed run (generation).")
+    policy_version = serializers.IntegerField(source="run.policy_version.number")
+    policy_sha256 = serializers.CharField(source="run.policy_sha256")
+    generated_at = serializers.DateTimeField()
+    items = FeedEntryOutput(source="entries", many=True)
+
+
 class MemberFeedApi(APIView):
     permission_classes = [scope_required("feeds:read")]
 
     class InputSerializer(serializers.Serializer[Any]):
         limit = serializers.IntegerField(min_value=1, max_value=1000, required=False)
 
-    class OutputSerializer(serializers.Serializer[Feed]):
-        community = serializers.CharField(source="community.slug")
-        member = serializers.CharField(source="member.external_id")
-        run = serializers.IntegerField(source="run.pk")
-        policy_version = serializers.IntegerField(source="run.policy_version.number")
-        policy_sha256 = serializers.CharField(source="run.policy_sha256")
-        generated_at = serializers.DateTimeField()
-        items = serializers.SerializerMethodField()
+    OutputSerializer = FeedOutput
 
-        def get_items(self, feed: Feed) -> list[dict[str, Any]]:
-            return [
-                {
-                    "rank": entry.rank,
-                    "score": entry.score,
-                    "item": {
-                        "external_id": entry.item.external_id,
-                        "title": entry.item.title,
-                        "url": entry.item.url,
-                        "tags": entry.item.tags,
-                        "provenance": entry.item.provenance,
-                    },
-                    "creators": [
-                        {"external_id": c.creator.external_id, "name": c.creator.name}
-                        for c in entry.item.credits.all()
-                    ],
-                }
-                for entry in feed.entries
-            ]
-
+    @extend_schema(
+        parameters=[InputSerializer],
+        responses={200: FeedOutput, 409: ErrorOutput, **ERROR_RESPONSES},
+        summary="A member's feed",
+        description="The member's feed from the run the community serves now, best first.",
+    )
     def get(self, request: Request, slug: str, member_external_id: str) -> Response:
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
@@ -213,79 +236,138 @@ class BatchApi(APIView):
         return Response(self.service(community=community, rows=serializer.validated_data))
 
 
+class MemberRow(serializers.Serializer[Any]):
+    id = ExternalIdField(help_text="The app's id for the member.")
+    display_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+
+
+class CreatorRow(serializers.Serializer[Any]):
+    id = ExternalIdField(help_text="The app's id for the creator.")
+    name = serializers.CharField(max_length=200)
+
+
+class ItemRow(serializers.Serializer[Any]):
+    id = ExternalIdField(help_text="The app's id for the item.")
+    title = serializers.CharField(max_length=500)
+    url = serializers.URLField(max_length=2000, required=False, allow_blank=True)
+    tags = serializers.ListField(
+        child=serializers.CharField(max_length=64), max_length=50, required=False
+    )
+    provenance = serializers.ChoiceField(
+        choices=Item.Provenance.choices,
+        required=False,
+        help_text="Who made it: human, ai_assisted, ai_generated or unknown (the default).",
+    )
+    published_at = serializers.DateTimeField(required=False, allow_null=True)
+    active = serializers.BooleanField(required=False, default=True)
+    creators = serializers.ListField(
+        child=ExternalIdField(),
+        min_length=1,
+        max_length=20,
+        help_text="Creator ids in credit order; the first is the primary creator.",
+    )
+
+
+class EventRow(serializers.Serializer[Any]):
+    id = ExternalIdField(help_text="The app's unique id for this event (idempotency key).")
+    member = ExternalIdField()
+    item = ExternalIdField()
+    kind = serializers.ChoiceField(choices=Interaction.Kind.choices)
+    weight = serializers.FloatField(
+        required=False,
+        allow_null=True,
+        min_value=-100.0,
+        max_value=100.0,
+        help_text="Defaults by kind: view 1, like 3, save 4, share 5, skip 0; required for rating.",
+    )
+    occurred_at = serializers.DateTimeField(required=False, allow_null=True)
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if attrs["kind"] == "rating" and attrs.get("weight") is None:
+            raise serializers.ValidationError({"weight": "A rating needs a weight."})
+        return attrs
+
+
+class UpsertOutput(serializers.Serializer[Any]):
+    created = serializers.IntegerField()
+    updated = serializers.IntegerField()
+
+
+class EventsOutput(serializers.Serializer[Any]):
+    accepted = serializers.IntegerField()
+    duplicates = serializers.IntegerField()
+    duplicate_ids = serializers.ListField(child=serializers.CharField())
+
+
+class RowErrorOutput(serializers.Serializer[Any]):
+    index = serializers.IntegerField()
+    field = serializers.CharField()
+    message = serializers.CharField()
+
+
+class BatchErrorOutput(ErrorOutput):
+    rows = RowErrorOutput(many=True, required=False)
+
+
+def _batch_schema(key: str, row: type[serializers.Serializer[Any]], output: Any, scope: str) -> Any:
+    return extend_schema_view(
+        post=extend_schema(
+            request=inline_serializer(f"{key.title()}Batch", {key: row(many=True)}),
+            responses={
+                200: output,
+                400: BatchErrorOutput,
+                401: ErrorOutput,
+                403: ErrorOutput,
+                404: ErrorOutput,
+                413: ErrorOutput,
+            },
+            summary=f"Send {key}",
+            description=(
+                f"Up to {ingest.MAX_BATCH} {key} in one all-or-nothing batch (scope `{scope}`). "
+                "A batch with any bad row writes nothing; the 400 body lists every bad row."
+            ),
+        )
+    )
+
+
+@_batch_schema("members", MemberRow, UpsertOutput, "events:write")
 class MembersApi(BatchApi):
     key = "members"
     permission_classes = [scope_required("events:write")]
-
-    class Row(serializers.Serializer[Any]):
-        id = ExternalIdField()
-        display_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
-
-    row_serializer = Row
+    row_serializer = MemberRow
 
     def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
         result = ingest.members_upsert(community=community, rows=rows)
         return {"created": result.created, "updated": result.updated}
 
 
+@_batch_schema("creators", CreatorRow, UpsertOutput, "catalogue:write")
 class CreatorsApi(BatchApi):
     key = "creators"
     permission_classes = [scope_required("catalogue:write")]
-
-    class Row(serializers.Serializer[Any]):
-        id = ExternalIdField()
-        name = serializers.CharField(max_length=200)
-
-    row_serializer = Row
+    row_serializer = CreatorRow
 
     def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
         result = ingest.creators_upsert(community=community, rows=rows)
         return {"created": result.created, "updated": result.updated}
 
 
+@_batch_schema("items", ItemRow, UpsertOutput, "catalogue:write")
 class ItemsApi(BatchApi):
     key = "items"
     permission_classes = [scope_required("catalogue:write")]
-
-    class Row(serializers.Serializer[Any]):
-        id = ExternalIdField()
-        title = serializers.CharField(max_length=500)
-        url = serializers.URLField(max_length=2000, required=False, allow_blank=True)
-        tags = serializers.ListField(
-            child=serializers.CharField(max_length=64), max_length=50, required=False
-        )
-        provenance = serializers.ChoiceField(choices=Item.Provenance.choices, required=False)
-        published_at = serializers.DateTimeField(required=False, allow_null=True)
-        active = serializers.BooleanField(required=False, default=True)
-        creators = serializers.ListField(child=ExternalIdField(), min_length=1, max_length=20)
-
-    row_serializer = Row
+    row_serializer = ItemRow
 
     def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
         result = ingest.items_upsert(community=community, rows=rows)
         return {"created": result.created, "updated": result.updated}
 
 
+@_batch_schema("events", EventRow, EventsOutput, "events:write")
 class EventsApi(BatchApi):
     key = "events"
     permission_classes = [scope_required("events:write")]
-
-    class Row(serializers.Serializer[Any]):
-        id = ExternalIdField(help_text="The app's unique id for this event (idempotency key).")
-        member = ExternalIdField()
-        item = ExternalIdField()
-        kind = serializers.ChoiceField(choices=Interaction.Kind.choices)
-        weight = serializers.FloatField(
-            required=False, allow_null=True, min_value=-100.0, max_value=100.0
-        )
-        occurred_at = serializers.DateTimeField(required=False, allow_null=True)
-
-        def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-            if attrs["kind"] == "rating" and attrs.get("weight") is None:
-                raise serializers.ValidationError({"weight": "A rating needs a weight."})
-            return attrs
-
-    row_serializer = Row
+    row_serializer = EventRow
 
     def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
         result = ingest.events_ingest(community=community, rows=rows)
