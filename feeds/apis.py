@@ -17,6 +17,14 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from feeds import ingest
 from feeds.auth import AppPrincipal
+from feeds.fields import (
+    StrictBooleanField,
+    StrictCharField,
+    StrictDateTimeField,
+    StrictFloatField,
+    StrictRegexField,
+    StrictURLField,
+)
 from feeds.models import Interaction, Item
 from feeds.selectors import Feed, FeedNotReady, member_feed_get
 from governance.models import Community, Membership
@@ -171,7 +179,7 @@ class MemberFeedApi(APIView):
 # --- Ingestion -----------------------------------------------------------------------------------
 
 
-class ExternalIdField(serializers.RegexField):
+class ExternalIdField(StrictRegexField):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(
             r"^[^\s]{1,255}$",
@@ -219,8 +227,8 @@ class BatchApi(APIView):
             raise exceptions.ValidationError({self.key: f"Send {{'{self.key}': [...]}}."})
         rows = request.data[self.key]
         if len(rows) > ingest.MAX_BATCH:
-            raise PayloadTooLarge(
-                f"At most {ingest.MAX_BATCH} {self.key} per request; got {len(rows)}."
+            raise exceptions.ValidationError(
+                {self.key: f"At most {ingest.MAX_BATCH} per request; got {len(rows)}."}
             )
         if not rows:
             raise exceptions.ValidationError({self.key: "The batch is empty."})
@@ -238,28 +246,28 @@ class BatchApi(APIView):
 
 class MemberRow(serializers.Serializer[Any]):
     id = ExternalIdField(help_text="The app's id for the member.")
-    display_name = serializers.CharField(max_length=200, required=False, allow_blank=True)
+    display_name = StrictCharField(max_length=200, required=False, allow_blank=True)
 
 
 class CreatorRow(serializers.Serializer[Any]):
     id = ExternalIdField(help_text="The app's id for the creator.")
-    name = serializers.CharField(max_length=200)
+    name = StrictCharField(max_length=200)
 
 
 class ItemRow(serializers.Serializer[Any]):
     id = ExternalIdField(help_text="The app's id for the item.")
-    title = serializers.CharField(max_length=500)
-    url = serializers.URLField(max_length=2000, required=False, allow_blank=True)
+    title = StrictCharField(max_length=500)
+    url = StrictURLField(max_length=2000, required=False, allow_blank=True)
     tags = serializers.ListField(
-        child=serializers.CharField(max_length=64), max_length=50, required=False
+        child=StrictCharField(max_length=64), max_length=50, required=False
     )
     provenance = serializers.ChoiceField(
         choices=Item.Provenance.choices,
         required=False,
         help_text="Who made it: human, ai_assisted, ai_generated or unknown (the default).",
     )
-    published_at = serializers.DateTimeField(required=False, allow_null=True)
-    active = serializers.BooleanField(required=False, default=True)
+    published_at = StrictDateTimeField(required=False, allow_null=True)
+    active = StrictBooleanField(required=False, default=True)
     creators = serializers.ListField(
         child=ExternalIdField(),
         min_length=1,
@@ -273,14 +281,14 @@ class EventRow(serializers.Serializer[Any]):
     member = ExternalIdField()
     item = ExternalIdField()
     kind = serializers.ChoiceField(choices=Interaction.Kind.choices)
-    weight = serializers.FloatField(
+    weight = StrictFloatField(
         required=False,
         allow_null=True,
         min_value=-100.0,
         max_value=100.0,
         help_text="Defaults by kind: view 1, like 3, save 4, share 5, skip 0; required for rating.",
     )
-    occurred_at = serializers.DateTimeField(required=False, allow_null=True)
+    occurred_at = StrictDateTimeField(required=False, allow_null=True)
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         if attrs["kind"] == "rating" and attrs.get("weight") is None:
@@ -312,7 +320,14 @@ class BatchErrorOutput(ErrorOutput):
 def _batch_schema(key: str, row: type[serializers.Serializer[Any]], output: Any, scope: str) -> Any:
     return extend_schema_view(
         post=extend_schema(
-            request=inline_serializer(f"{key.title()}Batch", {key: row(many=True)}),
+            request=inline_serializer(
+                f"{key.title()}Batch",
+                {
+                    key: serializers.ListField(
+                        child=row(), min_length=1, max_length=ingest.MAX_BATCH
+                    )
+                },
+            ),
             responses={
                 200: output,
                 400: BatchErrorOutput,
@@ -323,7 +338,8 @@ def _batch_schema(key: str, row: type[serializers.Serializer[Any]], output: Any,
             },
             summary=f"Send {key}",
             description=(
-                f"Up to {ingest.MAX_BATCH} {key} in one all-or-nothing batch (scope `{scope}`). "
+                f"Up to {ingest.MAX_BATCH} {key} in one all-or-nothing batch (scope `{scope}`); "
+                "a body over the size limit gets 413. "
                 "A batch with any bad row writes nothing; the 400 body lists every bad row."
             ),
         )

@@ -168,11 +168,11 @@ def test_the_same_event_id_twice_in_one_batch_is_rejected(app: App) -> None:
     assert response.json()["rows"][0]["index"] == 1
 
 
-def test_more_than_a_thousand_rows_is_413(app: App) -> None:
+def test_more_than_a_thousand_rows_is_rejected_with_the_limit_named(app: App) -> None:
     rows = [{"id": f"m{i}"} for i in range(1001)]
     response = app.post("members", rows)
-    assert response.status_code == 413
-    assert response.json()["error"] == "payload_too_large"
+    assert response.status_code == 400
+    assert "At most 1000 per request" in response.json()["detail"]["members"]
     assert not Membership.objects.filter(community=app.community).exists()
 
 
