@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 from typing import Any
 
 from django.conf import settings
@@ -26,7 +29,7 @@ from feeds.fields import (
     StrictURLField,
 )
 from feeds.models import Interaction, Item
-from feeds.selectors import Feed, FeedNotReady, member_feed_get
+from feeds.selectors import Feed, FeedNotReady, FeedRunGone, feed_run_for_read, member_feed_get
 from governance.models import Community, Membership
 
 
@@ -142,21 +145,42 @@ class FeedOutput(serializers.Serializer[Feed]):
     policy_sha256 = serializers.CharField(source="run.policy_sha256")
     generated_at = serializers.DateTimeField()
     items = FeedEntryOutput(source="entries", many=True)
+    cursor = serializers.CharField(
+        allow_null=True, read_only=True, default=None, help_text="The next page, or null."
+    )
 
 
 class MemberFeedApi(APIView):
     permission_classes = [scope_required("feeds:read")]
 
     class InputSerializer(serializers.Serializer[Any]):
-        limit = serializers.IntegerField(min_value=1, max_value=1000, required=False)
+        limit = serializers.IntegerField(
+            min_value=1, max_value=1000, required=False, help_text="Entries per page."
+        )
+        cursor = serializers.CharField(
+            required=False,
+            max_length=200,
+            help_text="The `cursor` of the previous page. It pins that page's generation.",
+        )
 
     OutputSerializer = FeedOutput
 
     @extend_schema(
         parameters=[InputSerializer],
-        responses={200: FeedOutput, 409: ErrorOutput, **ERROR_RESPONSES},
+        responses={
+            200: FeedOutput,
+            304: None,
+            409: ErrorOutput,
+            410: ErrorOutput,
+            **ERROR_RESPONSES,
+        },
         summary="A member's feed",
-        description="The member's feed from the run the community serves now, best first.",
+        description=(
+            "The member's feed from the run (generation) the community serves now, best first. "
+            "Pages: pass `limit`, then the returned `cursor`; a cursor stays on its generation "
+            "even after the community swaps to a newer one, until that generation is deleted "
+            "(410). Responses carry an ETag; send it back in If-None-Match to get 304."
+        ),
     )
     def get(self, request: Request, slug: str, member_external_id: str) -> Response:
         params = self.InputSerializer(data=request.query_params)
@@ -167,13 +191,51 @@ class MemberFeedApi(APIView):
         ).first()
         if member is None:
             raise exceptions.NotFound("No such member in this community.")
+        run_id, offset = _cursor_decode(params.validated_data.get("cursor"))
         try:
-            feed = member_feed_get(
-                community=community, member=member, limit=params.validated_data.get("limit")
-            )
+            run = feed_run_for_read(community=community, run_id=run_id)
         except FeedNotReady:
             raise Conflict("Feeds for this community have not been computed yet.") from None
-        return Response(self.OutputSerializer(feed).data)
+        except FeedRunGone:
+            raise Gone("This cursor's feed generation has been replaced; start again.") from None
+        limit = params.validated_data.get("limit")
+        # A run's stored feeds never change, so (run, member, page) identifies the response.
+        etag = f'"{run.pk}.{member.pk}.{offset}.{limit or 0}"'
+        if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
+            return Response(status=304, headers={"ETag": etag})
+        feed = member_feed_get(
+            community=community, member=member, run=run, limit=limit, offset=offset
+        )
+        data = self.OutputSerializer(feed).data
+        data["cursor"] = (
+            _cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
+        )
+        return Response(data, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
+
+
+class Gone(exceptions.APIException):
+    status_code = 410
+    default_code = "gone"
+    default_detail = "The resource is gone."
+
+
+def _cursor_encode(run_id: int, offset: int) -> str:
+    raw = json.dumps([run_id, offset], separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _cursor_decode(cursor: str | None) -> tuple[int | None, int]:
+    """``(run id, offset)`` from an opaque cursor; ``(None, 0)`` without one."""
+    if not cursor:
+        return None, 0
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        run_id, offset = json.loads(raw)
+        if not (isinstance(run_id, int) and isinstance(offset, int)) or run_id < 1 or offset < 0:
+            raise ValueError
+    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        raise exceptions.ValidationError({"cursor": "Not a cursor this server issued."}) from None
+    return run_id, offset
 
 
 # --- Ingestion -----------------------------------------------------------------------------------

@@ -15,6 +15,10 @@ class FeedNotReady(Exception):
     """The community has no finished feed run yet."""
 
 
+class FeedRunGone(Exception):
+    """The run a cursor was pinned to has been replaced and its feeds deleted."""
+
+
 @dataclass(frozen=True)
 class FeedEntry:
     rank: int
@@ -28,6 +32,7 @@ class Feed:
     member: Membership
     run: FeedRun
     entries: list[FeedEntry] = field(default_factory=list)
+    next_offset: int | None = None
 
     @property
     def generated_at(self) -> datetime | None:
@@ -39,25 +44,50 @@ def current_run(*, community: Community) -> FeedRun | None:
     return pointer.run if pointer else None
 
 
-def member_feed_get(*, community: Community, member: Membership, limit: int | None = None) -> Feed:
-    """The member's feed from the run the community currently serves.
+def feed_run_for_read(*, community: Community, run_id: int | None = None) -> FeedRun:
+    """The run to read feeds from: the one the community serves now, or a pinned one.
 
-    Four queries whatever the feed length: pointer + run, the feed row, its items, their credits.
+    A pinned run (from a pagination cursor) keeps being served after a swap, so a client paging
+    through a feed never sees a mix of two generations, until its feeds are pruned.
     """
-    pointer = (
-        FeedPointer.objects.filter(community=community)
-        .select_related("run__policy_version")
+    if run_id is None:
+        pointer = (
+            FeedPointer.objects.filter(community=community)
+            .select_related("run__policy_version")
+            .first()
+        )
+        if pointer is None:
+            raise FeedNotReady(community.slug)
+        return pointer.run
+    run = (
+        FeedRun.objects.filter(pk=run_id, community=community, status=FeedRun.Status.FINISHED)
+        .select_related("policy_version")
         .first()
     )
-    if pointer is None:
-        raise FeedNotReady(community.slug)
-    run = pointer.run
+    if run is None or not MemberFeed.objects.filter(run=run).exists():
+        raise FeedRunGone(run_id)
+    return run
+
+
+def member_feed_get(
+    *,
+    community: Community,
+    member: Membership,
+    run: FeedRun,
+    limit: int | None = None,
+    offset: int = 0,
+) -> Feed:
+    """The member's feed in ``run``, entries ``offset`` to ``offset + limit``.
+
+    Three queries whatever the feed length: the feed row, its items, their credits.
+    """
     row = MemberFeed.objects.filter(run=run, member=member).first()
     if row is None:
         # A member who joined after the run: an empty feed until the next run.
         return Feed(community=community, member=member, run=run)
-    item_ids = row.item_ids[:limit] if limit is not None else row.item_ids
-    scores = row.scores[: len(item_ids)]
+    stop = len(row.item_ids) if limit is None else min(offset + limit, len(row.item_ids))
+    item_ids = row.item_ids[offset:stop]
+    scores = row.scores[offset:stop]
     items = Item.objects.filter(pk__in=item_ids).prefetch_related(
         Prefetch(
             "credits",
@@ -67,7 +97,15 @@ def member_feed_get(*, community: Community, member: Membership, limit: int | No
     by_id = {item.pk: item for item in items}
     entries = [
         FeedEntry(rank=rank, score=float(score), item=by_id[item_id])
-        for rank, (item_id, score) in enumerate(zip(item_ids, scores, strict=True), start=1)
+        for rank, (item_id, score) in enumerate(
+            zip(item_ids, scores, strict=True), start=offset + 1
+        )
         if item_id in by_id
     ]
-    return Feed(community=community, member=member, run=run, entries=entries)
+    return Feed(
+        community=community,
+        member=member,
+        run=run,
+        entries=entries,
+        next_offset=stop if stop < len(row.item_ids) else None,
+    )

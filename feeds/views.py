@@ -7,7 +7,7 @@ from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 
 from feeds.models import FeedRun
-from feeds.selectors import FeedNotReady, current_run, member_feed_get
+from feeds.selectors import FeedNotReady, current_run, feed_run_for_read, member_feed_get
 from governance.models import Community, Membership
 
 
@@ -35,9 +35,11 @@ def member_feed(request: HttpRequest, slug: str, member_external_id: str) -> Htt
     community = get_object_or_404(Community, slug=slug)
     member = get_object_or_404(Membership, community=community, external_id=member_external_id)
     try:
-        feed = member_feed_get(community=community, member=member)
+        run = feed_run_for_read(community=community)
     except FeedNotReady:
         feed = None
+    else:
+        feed = member_feed_get(community=community, member=member, run=run)
     return render(
         request, "feeds/member_feed.html", {"community": community, "member": member, "feed": feed}
     )

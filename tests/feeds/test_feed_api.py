@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from django.test import Client
 from django.urls import reverse
@@ -175,3 +177,75 @@ def test_running_a_finished_run_again_changes_nothing() -> None:
     feed_run_execute(run_id=run.pk)
     assert FeedRun.objects.get(pk=run.pk).finished_at == finished_at
     assert FeedRun.objects.filter(community=community).count() == 1
+
+
+def _page(client: Client, token: str, slug: str, member: str, **params: object) -> Any:
+    query = "&".join(f"{k}={v}" for k, v in params.items())
+    return client.get(f"{_url(slug, member)}?{query}", **_bearer(token))
+
+
+def test_pages_follow_the_cursor_to_the_end_of_the_feed(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    member = data["members"][0].external_id
+    whole = _page(client, token, community.slug, member).json()
+    assert whole["cursor"] is None
+
+    ranks, cursor = [], None
+    while True:
+        params = {"limit": 4, **({"cursor": cursor} if cursor else {})}
+        body = _page(client, token, community.slug, member, **params).json()
+        ranks += [e["rank"] for e in body["items"]]
+        cursor = body["cursor"]
+        if cursor is None:
+            break
+    assert ranks == [e["rank"] for e in whole["items"]]
+
+
+def test_a_cursor_stays_on_its_generation_after_a_swap(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    member = data["members"][0].external_id
+    first = _page(client, token, community.slug, member, limit=3).json()
+    newer = feed_run_request(community=community)
+    feed_run_execute(run_id=newer.pk)
+
+    second = _page(client, token, community.slug, member, limit=3, cursor=first["cursor"]).json()
+    assert second["run"] == first["run"] != newer.pk
+    assert [e["rank"] for e in second["items"]] == [4, 5, 6]
+    assert _page(client, token, community.slug, member).json()["run"] == newer.pk
+
+
+def test_a_cursor_whose_generation_was_deleted_gets_410(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    member = data["members"][0].external_id
+    cursor = _page(client, token, community.slug, member, limit=3).json()["cursor"]
+    for _ in range(2):  # two newer runs: the first generation's feeds are pruned
+        feed_run_execute(run_id=feed_run_request(community=community).pk)
+    response = _page(client, token, community.slug, member, limit=3, cursor=cursor)
+    assert response.status_code == 410
+    assert response.json()["error"] == "gone"
+
+
+@pytest.mark.parametrize("cursor", ["nonsense", "W10", "WzEsLTFd", "eyJhIjoxfQ"])
+def test_a_cursor_the_server_did_not_issue_is_400(client: Client, cursor: str) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    response = _page(client, token, community.slug, data["members"][0].external_id, cursor=cursor)
+    assert response.status_code == 400
+    assert "cursor" in response.json()["detail"]
+
+
+def test_an_unchanged_feed_answers_304_to_its_etag(client: Client) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    member = data["members"][0].external_id
+    first = _page(client, token, community.slug, member)
+    etag = first["ETag"]
+    again = client.get(_url(community.slug, member), HTTP_IF_NONE_MATCH=etag, **_bearer(token))
+    assert again.status_code == 304
+    feed_run_execute(run_id=feed_run_request(community=community).pk)
+    changed = client.get(_url(community.slug, member), HTTP_IF_NONE_MATCH=etag, **_bearer(token))
+    assert changed.status_code == 200
+    assert changed["ETag"] != etag
