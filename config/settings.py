@@ -275,6 +275,29 @@ if not DEBUG:
 # How many entries a stored feed holds per member.
 COMMONFEED_FEED_LENGTH = env_int("COMMONFEED_FEED_LENGTH", 50, minimum=1)
 
+# --- Bluesky feed generator (optional) ------------------------------------------------------------
+# The generator's service DID (did:web:<host> is served at /.well-known/did.json) and the DID of
+# the account that publishes the feed records. Unset: the XRPC endpoints answer 501.
+BSKY_SERVICE_DID = env_str("BSKY_SERVICE_DID")
+BSKY_PUBLISHER_DID = env_str("BSKY_PUBLISHER_DID")
+BSKY_SERVICE_ENDPOINT = env_str("BSKY_SERVICE_ENDPOINT")
+for _name, _did in (
+    ("BSKY_SERVICE_DID", BSKY_SERVICE_DID),
+    ("BSKY_PUBLISHER_DID", BSKY_PUBLISHER_DID),
+):
+    if _did is not None and not _did.startswith("did:"):
+        raise ImproperlyConfigured(f"{_name}={_did!r} is not a DID (did:web:..., did:plc:...).")
+if (BSKY_SERVICE_DID is None) != (BSKY_PUBLISHER_DID is None):
+    raise ImproperlyConfigured("Set both BSKY_SERVICE_DID and BSKY_PUBLISHER_DID, or neither.")
+# Signing keys of viewers' DIDs: "did:plc:abc=did:key:z...,did:web:x=did:key:z...". A viewer whose
+# DID is itself a did:key needs no entry.
+BSKY_DID_KEYS: dict[str, str] = {}
+for _pair in env_list("BSKY_DID_KEYS", []):
+    _did, _, _key = _pair.partition("=")
+    if not _did.startswith("did:") or not _key.startswith("did:key:"):
+        raise ImproperlyConfigured(f"BSKY_DID_KEYS entry {_pair!r} is not DID=did:key:...")
+    BSKY_DID_KEYS[_did] = _key
+
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

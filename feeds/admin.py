@@ -2,6 +2,7 @@ from django.contrib import admin
 
 from feeds.models import (
     AppCredential,
+    BlueskyFeed,
     Creator,
     FeedPointer,
     FeedRun,
@@ -60,3 +61,9 @@ class AppCredentialAdmin(admin.ModelAdmin):
     list_display = ["name", "community", "prefix", "scopes", "created_at", "revoked_at"]
     list_filter = ["community"]
     readonly_fields = ["prefix", "secret_sha256", "created_at"]
+
+
+@admin.register(BlueskyFeed)
+class BlueskyFeedAdmin(admin.ModelAdmin):
+    list_display = ["rkey", "display_name", "community", "created_at"]
+    list_filter = ["community"]

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Any
 
 from django.conf import settings
@@ -20,6 +17,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 
 from feeds import ingest
 from feeds.auth import AppPrincipal
+from feeds.cursors import cursor_decode, cursor_encode
 from feeds.fields import (
     StrictBooleanField,
     StrictCharField,
@@ -208,7 +206,7 @@ class MemberFeedApi(APIView):
         )
         data = self.OutputSerializer(feed).data
         data["cursor"] = (
-            _cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
+            cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
         )
         return Response(data, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
 
@@ -219,23 +217,11 @@ class Gone(exceptions.APIException):
     default_detail = "The resource is gone."
 
 
-def _cursor_encode(run_id: int, offset: int) -> str:
-    raw = json.dumps([run_id, offset], separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
 def _cursor_decode(cursor: str | None) -> tuple[int | None, int]:
-    """``(run id, offset)`` from an opaque cursor; ``(None, 0)`` without one."""
-    if not cursor:
-        return None, 0
     try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        run_id, offset = json.loads(raw)
-        if not (isinstance(run_id, int) and isinstance(offset, int)) or run_id < 1 or offset < 0:
-            raise ValueError
-    except (ValueError, TypeError, binascii.Error, UnicodeDecodeError):
+        return cursor_decode(cursor)
+    except ValueError:
         raise exceptions.ValidationError({"cursor": "Not a cursor this server issued."}) from None
-    return run_id, offset
 
 
 # --- Ingestion -----------------------------------------------------------------------------------

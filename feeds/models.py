@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
 
@@ -161,6 +162,10 @@ class FeedRun(models.Model):
     )
     stats = models.JSONField(default=dict, blank=True)
     error = models.TextField(blank=True)
+    # The community's non-personalised feed of this run (most members engaged), for viewers
+    # who are not members or have no feed of their own: item primary keys and scores.
+    fallback_item_ids = models.JSONField(default=list, blank=True)
+    fallback_scores = models.JSONField(default=list, blank=True)
 
     class Meta:
         ordering = ["-id"]
@@ -239,3 +244,23 @@ class AppCredential(models.Model):
 
     def __str__(self) -> str:
         return f"{self.name} ({self.prefix})"
+
+
+class BlueskyFeed(models.Model):
+    """A community feed published to Bluesky as an app.bsky.feed.generator record."""
+
+    community = models.ForeignKey(Community, on_delete=models.CASCADE, related_name="bluesky_feeds")
+    rkey = models.CharField(
+        max_length=15,
+        unique=True,
+        validators=[
+            RegexValidator(r"^[a-z0-9-]{1,15}$", "1 to 15 lowercase letters, digits or dashes.")
+        ],
+        help_text="The record key of the feed's at-uri.",
+    )
+    display_name = models.CharField(max_length=24)
+    description = models.CharField(max_length=300, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.rkey} ({self.community_id})"

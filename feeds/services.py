@@ -123,6 +123,7 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
         )
         computed = time.perf_counter()
         _write_member_feeds(run, batch.member_ids, batch.item_ids, batch.scores)
+        fallback_ids, fallback_scores = _community_popular(data, settings.COMMONFEED_FEED_LENGTH)
         written = time.perf_counter()
         stats = {
             **batch.metadata,
@@ -131,7 +132,12 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
             "write_seconds": round(written - computed, 3),
             "members": len(batch.member_ids),
         }
-        _finish_and_swap(run, watermark=data.watermark, stats=stats)
+        _finish_and_swap(
+            run,
+            watermark=data.watermark,
+            stats=stats,
+            fallback=(fallback_ids, fallback_scores),
+        )
     except Exception as exc:
         logger.exception("feed run %s failed", run_id)
         FeedRun.objects.filter(pk=run_id).update(
@@ -169,10 +175,36 @@ def _write_member_feeds(
         MemberFeed.objects.bulk_create(rows, batch_size=WRITE_BATCH)
 
 
+def _community_popular(data: _TrainingData, n: int) -> tuple[list[int], list[float]]:
+    """The active items most members engaged with (weight > 0), best first, scored 0..1."""
+    positive = data.weights > 0
+    pairs = np.unique(
+        np.stack([data.member_ids[positive], data.item_ids[positive]], axis=1), axis=0
+    )
+    items, counts = np.unique(pairs[:, 1], return_counts=True) if len(pairs) else ([], [])
+    items, counts = np.asarray(items, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+    active = np.isin(items, data.candidate_items)
+    items, counts = items[active], counts[active]
+    order = np.lexsort((items, -counts))[:n]  # most members first, ties by id
+    top = int(counts[order[0]]) if len(order) else 1
+    return items[order].tolist(), np.round(counts[order] / top, 6).tolist()
+
+
 @transaction.atomic
-def _finish_and_swap(run: FeedRun, *, watermark: int, stats: dict[str, object]) -> None:
+def _finish_and_swap(
+    run: FeedRun,
+    *,
+    watermark: int,
+    stats: dict[str, object],
+    fallback: tuple[list[int], list[float]],
+) -> None:
     FeedRun.objects.filter(pk=run.pk).update(
-        status=FeedRun.Status.FINISHED, finished_at=timezone.now(), watermark=watermark, stats=stats
+        status=FeedRun.Status.FINISHED,
+        finished_at=timezone.now(),
+        watermark=watermark,
+        stats=stats,
+        fallback_item_ids=fallback[0],
+        fallback_scores=fallback[1],
     )
     # Compare-and-set: only move the pointer forward, so a stale or duplicate run that finishes
     # late never replaces feeds from a newer one.

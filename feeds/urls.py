@@ -1,9 +1,16 @@
 from django.urls import path
 
-from feeds import views
+from feeds import views, xrpc
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path(
+        "xrpc/app.bsky.feed.describeFeedGenerator",
+        xrpc.describe_feed_generator,
+        name="bsky-describe",
+    ),
+    path("xrpc/app.bsky.feed.getFeedSkeleton", xrpc.get_feed_skeleton, name="bsky-skeleton"),
+    path(".well-known/did.json", xrpc.did_document, name="did-document"),
     path(
         "c/<slug:slug>/members/<str:member_external_id>/feed/",
         views.member_feed,

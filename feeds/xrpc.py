@@ -1,0 +1,133 @@
+"""XRPC endpoints of the Bluesky feed generator (plain Django views: XRPC has its own errors)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from typing import Any
+
+from django.conf import settings
+from django.http import HttpRequest, JsonResponse
+from django.views.decorators.http import require_GET
+
+from feeds import bsky
+from feeds.cursors import cursor_decode, cursor_encode
+from feeds.models import BlueskyFeed, Item, MemberFeed
+from feeds.selectors import FeedNotReady, FeedRunGone, feed_run_for_read
+from governance.models import Membership
+
+View = Callable[..., JsonResponse]
+
+
+def xrpc(view: View) -> View:
+    @wraps(view)
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+        if not settings.BSKY_SERVICE_DID:
+            return _error(501, "MethodNotImplemented", "This server publishes no Bluesky feeds.")
+        try:
+            return view(request, *args, **kwargs)
+        except bsky.XrpcError as exc:
+            return _error(exc.status, exc.name, exc.message)
+
+    return wrapped
+
+
+def _error(status: int, name: str, message: str) -> JsonResponse:
+    return JsonResponse({"error": name, "message": message}, status=status)
+
+
+@require_GET
+@xrpc
+def describe_feed_generator(request: HttpRequest) -> JsonResponse:
+    feeds = [
+        {"uri": bsky.feed_uri(rkey)} for rkey in BlueskyFeed.objects.values_list("rkey", flat=True)
+    ]
+    return JsonResponse({"did": settings.BSKY_SERVICE_DID, "feeds": feeds})
+
+
+@require_GET
+@xrpc
+def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
+    uri = request.GET.get("feed")
+    if not uri:
+        raise bsky.XrpcError(400, "InvalidRequest", "The feed parameter is required.")
+    try:
+        limit = int(request.GET.get("limit", "50"))
+    except ValueError:
+        raise bsky.XrpcError(400, "InvalidRequest", "limit must be an integer.") from None
+    if not 1 <= limit <= 100:
+        raise bsky.XrpcError(400, "InvalidRequest", "limit must be between 1 and 100.")
+    parsed = bsky.feed_uri_parse(uri)
+    feed = (
+        BlueskyFeed.objects.filter(rkey=parsed.rkey).select_related("community").first()
+        if parsed.publisher == settings.BSKY_PUBLISHER_DID
+        else None
+    )
+    if feed is None:
+        raise bsky.XrpcError(400, "UnknownFeed", f"No feed {uri} here.")
+    community = feed.community
+
+    viewer_did = None
+    auth = request.headers.get("Authorization", "")
+    if auth:
+        scheme, _, token = auth.partition(" ")
+        if scheme.lower() != "bearer" or not token:
+            raise bsky.XrpcError(401, "BadJwt", "Authorization must be 'Bearer <JWT>'.")
+        viewer_did = bsky.viewer_did_verify(token.strip())
+
+    try:
+        run_id, offset = cursor_decode(request.GET.get("cursor"))
+    except ValueError:
+        raise bsky.XrpcError(400, "InvalidRequest", "Not a cursor this feed issued.") from None
+    try:
+        run = feed_run_for_read(community=community, run_id=run_id)
+    except FeedNotReady:
+        return JsonResponse({"feed": []})
+    except FeedRunGone:
+        raise bsky.XrpcError(400, "InvalidRequest", "This cursor has expired.") from None
+
+    member = (
+        Membership.objects.filter(community=community, external_id=viewer_did).first()
+        if viewer_did
+        else None
+    )
+    row = MemberFeed.objects.filter(run=run, member=member).first() if member else None
+    personal = row is not None and bool(row.item_ids)
+    item_ids: list[int] = row.item_ids if personal else run.fallback_item_ids
+    # Only items that are Bluesky posts can go into a skeleton.
+    uris = dict(
+        Item.objects.filter(pk__in=item_ids, external_id__startswith="at://").values_list(
+            "pk", "external_id"
+        )
+    )
+    posts = [uris[pk] for pk in item_ids if pk in uris]
+    page = posts[offset : offset + limit]
+    context = (
+        f"policy=v{run.policy_version.number};sha256={run.policy_sha256[:16]};run={run.pk};"
+        f"{'personalised' if personal else 'community'}"
+    )
+    body: dict[str, Any] = {"feed": [{"post": post, "feedContext": context} for post in page]}
+    if offset + limit < len(posts):
+        body["cursor"] = cursor_encode(run.pk, offset + limit)
+    return JsonResponse(body)
+
+
+@require_GET
+def did_document(request: HttpRequest) -> JsonResponse:
+    """The did:web document naming this server as the feed generator service."""
+    did = settings.BSKY_SERVICE_DID
+    if not did or not did.startswith("did:web:") or not settings.BSKY_SERVICE_ENDPOINT:
+        return JsonResponse({"error": "NotFound", "message": "No did:web here."}, status=404)
+    return JsonResponse(
+        {
+            "@context": ["https://www.w3.org/ns/did/v1"],
+            "id": did,
+            "service": [
+                {
+                    "id": "#bsky_fg",
+                    "type": "BskyFeedGenerator",
+                    "serviceEndpoint": settings.BSKY_SERVICE_ENDPOINT,
+                }
+            ],
+        }
+    )

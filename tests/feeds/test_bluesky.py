@@ -1,0 +1,231 @@
+"""The Bluesky feed generator, checked against the lexicons in ../shared/specs/atproto."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.test import Client
+
+from feeds.bsky import did_key_of, service_jwt
+from feeds.models import BlueskyFeed, Interaction
+from feeds.services import feed_run_execute, feed_run_request
+from tests.factories import (
+    CreatorFactory,
+    ItemFactory,
+    MembershipFactory,
+    interact,
+    make_community,
+)
+from tests.lexicon import LexiconError, error_names, validate_output
+
+pytestmark = pytest.mark.django_db
+
+SKELETON = "app.bsky.feed.getFeedSkeleton"
+DESCRIBE = "app.bsky.feed.describeFeedGenerator"
+SERVICE = "did:web:feeds.example.org"
+PUBLISHER = "did:plc:publisher0000000000000000"
+FEED_URI = f"at://{PUBLISHER}/app.bsky.feed.generator/garden"
+
+
+@pytest.fixture(autouse=True)
+def generator(settings: Any) -> None:
+    settings.BSKY_SERVICE_DID = SERVICE
+    settings.BSKY_PUBLISHER_DID = PUBLISHER
+    settings.BSKY_SERVICE_ENDPOINT = "https://feeds.example.org"
+    settings.BSKY_DID_KEYS = {}
+
+
+@pytest.fixture
+def viewer_key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256K1())
+
+
+@pytest.fixture
+def garden(viewer_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    """A community whose items are Bluesky posts; one member is the viewer's DID."""
+    community = make_community("garden")
+    creator = CreatorFactory(community=community)
+    posts = [
+        ItemFactory(
+            community=community,
+            external_id=f"at://did:plc:author{i % 3}/app.bsky.feed.post/{i}",
+            by=[creator],
+        )
+        for i in range(40)
+    ]
+    # Items that are not posts must never reach a skeleton.
+    ItemFactory(community=community, external_id="https://example.org/not-a-post", by=[creator])
+    viewer = MembershipFactory(community=community, external_id=did_key_of(viewer_key.public_key()))
+    others = [MembershipFactory(community=community) for _ in range(15)]
+    for m, member in enumerate([viewer, *others]):
+        for k in range(6):
+            interact(member, posts[(m * 5 + k * 3) % 40])
+    feed_run_execute(run_id=feed_run_request(community=community).pk)
+    BlueskyFeed.objects.create(community=community, rkey="garden", display_name="Garden")
+    return {"community": community, "viewer": viewer, "posts": posts}
+
+
+def _skeleton(client: Client, token: str | None = None, **params: Any) -> Any:
+    headers = {"HTTP_AUTHORIZATION": f"Bearer {token}"} if token else {}
+    return client.get(f"/xrpc/{SKELETON}", {"feed": FEED_URI, **params}, **headers)
+
+
+def test_describe_lists_the_published_feeds_as_the_lexicon_says(
+    client: Client, garden: dict[str, Any]
+) -> None:
+    body = client.get(f"/xrpc/{DESCRIBE}").json()
+    validate_output(DESCRIBE, body)
+    assert body == {"did": SERVICE, "feeds": [{"uri": FEED_URI}]}
+
+
+def test_an_anonymous_viewer_gets_the_community_feed_of_posts_only(
+    client: Client, garden: dict[str, Any]
+) -> None:
+    response = _skeleton(client, limit=100)
+    assert response.status_code == 200
+    body = response.json()
+    validate_output(SKELETON, body)
+    assert body["feed"]
+    assert all(entry["post"].startswith("at://") for entry in body["feed"])
+    assert all("community" in entry["feedContext"] for entry in body["feed"])
+    assert "policy=v1;" in body["feed"][0]["feedContext"]
+
+
+def test_a_member_with_a_valid_jwt_gets_their_own_feed_without_seen_posts(
+    client: Client, garden: dict[str, Any], viewer_key: ec.EllipticCurvePrivateKey
+) -> None:
+    viewer = garden["viewer"]
+    token = service_jwt(iss=viewer.external_id, private_key=viewer_key)
+    body = _skeleton(client, token, limit=100).json()
+    validate_output(SKELETON, body)
+    assert all("personalised" in entry["feedContext"] for entry in body["feed"])
+    seen = set(
+        Interaction.objects.filter(member=viewer).values_list("item__external_id", flat=True)
+    )
+    assert body["feed"] and not seen & {entry["post"] for entry in body["feed"]}
+
+
+def test_a_did_plc_viewer_is_verified_with_the_configured_key(
+    client: Client, garden: dict[str, Any], settings: Any
+) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    did = "did:plc:viewer00000000000000000"
+    settings.BSKY_DID_KEYS = {did: did_key_of(key.public_key())}
+    MembershipFactory(community=garden["community"], external_id=did)
+    response = _skeleton(client, service_jwt(iss=did, private_key=key, alg="ES256"))
+    assert response.status_code == 200
+    validate_output(SKELETON, response.json())
+
+
+@pytest.mark.parametrize(
+    ("claims", "error"),
+    [
+        ({"exp": int(time.time()) - 3600}, "JwtExpired"),
+        ({"aud": "did:web:someone-else.example"}, "BadJwtAudience"),
+        ({"lxm": "app.bsky.feed.getTimeline"}, "BadJwtLexiconMethod"),
+    ],
+)
+def test_a_jwt_with_wrong_claims_is_refused(
+    client: Client,
+    garden: dict[str, Any],
+    viewer_key: ec.EllipticCurvePrivateKey,
+    claims: dict[str, Any],
+    error: str,
+) -> None:
+    token = service_jwt(iss=garden["viewer"].external_id, private_key=viewer_key, **claims)
+    response = _skeleton(client, token)
+    assert response.status_code == 401
+    assert response.json()["error"] == error
+
+
+def test_a_jwt_signed_by_another_key_is_refused(client: Client, garden: dict[str, Any]) -> None:
+    forger = ec.generate_private_key(ec.SECP256K1())
+    token = service_jwt(iss=garden["viewer"].external_id, private_key=forger)
+    response = _skeleton(client, token)
+    assert response.status_code == 401
+    assert response.json()["error"] == "BadJwtSignature"
+
+
+def test_a_jwt_from_an_unknown_did_or_not_a_jwt_is_refused(
+    client: Client, garden: dict[str, Any]
+) -> None:
+    key = ec.generate_private_key(ec.SECP256K1())
+    unknown = service_jwt(iss="did:plc:nobody000000000000000000", private_key=key)
+    assert _skeleton(client, unknown).json()["error"] == "BadJwt"
+    assert _skeleton(client, "not-a-jwt").status_code == 401
+
+
+def test_an_unknown_feed_is_the_lexicons_unknownfeed_error(
+    client: Client, garden: dict[str, Any]
+) -> None:
+    for uri in (
+        f"at://{PUBLISHER}/app.bsky.feed.generator/nope",
+        "at://did:plc:other000000000000000000/app.bsky.feed.generator/garden",
+    ):
+        response = client.get(f"/xrpc/{SKELETON}", {"feed": uri})
+        assert response.status_code == 400
+        assert response.json()["error"] == "UnknownFeed"
+        assert response.json()["error"] in error_names(SKELETON)
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"feed": "not-an-at-uri"},
+        {"feed": FEED_URI, "limit": "0"},
+        {"feed": FEED_URI, "limit": "101"},
+        {"feed": FEED_URI, "limit": "x"},
+        {"feed": FEED_URI, "cursor": "garbage"},
+    ],
+)
+def test_bad_parameters_are_400_invalid_request(
+    client: Client, garden: dict[str, Any], params: dict[str, str]
+) -> None:
+    response = client.get(f"/xrpc/{SKELETON}", params)
+    assert response.status_code == 400
+    assert response.json()["error"] == "InvalidRequest"
+    assert response.json()["message"]
+
+
+def test_the_cursor_walks_the_whole_feed_without_repeats(
+    client: Client, garden: dict[str, Any]
+) -> None:
+    whole = [e["post"] for e in _skeleton(client, limit=100).json()["feed"]]
+    seen: list[str] = []
+    cursor = None
+    for _ in range(50):
+        body = _skeleton(client, limit=7, **({"cursor": cursor} if cursor else {})).json()
+        validate_output(SKELETON, body)
+        seen += [e["post"] for e in body["feed"]]
+        cursor = body.get("cursor")
+        if cursor is None:
+            break
+    assert seen == whole
+
+
+def test_without_configuration_the_endpoints_say_not_implemented(
+    client: Client, settings: Any
+) -> None:
+    settings.BSKY_SERVICE_DID = None
+    response = client.get(f"/xrpc/{DESCRIBE}")
+    assert response.status_code == 501
+    assert response.json()["error"] == "MethodNotImplemented"
+
+
+def test_the_did_web_document_names_the_feed_generator_service(client: Client) -> None:
+    body = client.get("/.well-known/did.json").json()
+    assert body["id"] == SERVICE
+    assert body["service"][0]["type"] == "BskyFeedGenerator"
+
+
+def test_the_validator_rejects_what_the_lexicon_forbids() -> None:
+    with pytest.raises(LexiconError):
+        validate_output(SKELETON, {"feed": [{"post": "https://not-an-at-uri"}]})
+    with pytest.raises(LexiconError):
+        validate_output(SKELETON, {"feed": [{"post": "at://a/b/c", "feedContext": "x" * 2001}]})
+    with pytest.raises(LexiconError):
+        validate_output(DESCRIBE, {"feeds": []})
