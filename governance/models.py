@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import json
+from typing import Any
+
 from django.conf import settings
 from django.core.validators import RegexValidator
 from django.db import models
@@ -106,3 +109,113 @@ class PolicyVersion(models.Model):
 
     def __str__(self) -> str:
         return f"{self.community_id} policy v{self.number}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _refuse_rewrite(self)
+        super().save(*args, **kwargs)
+
+
+class ImmutableRecordError(Exception):
+    """Raised on an attempt to rewrite a stored version or audit entry."""
+
+
+def _refuse_rewrite(instance: models.Model) -> None:
+    # Versions are records of what was decided: a change is a new version. Only ``is_current``
+    # moves, and only through the compare-and-set queryset update in governance.services.
+    if not instance._state.adding:
+        raise ImmutableRecordError(
+            f"{instance._meta.label} rows are immutable; create a new version instead."
+        )
+
+
+class CharterVersion(models.Model):
+    """One immutable version of a community's charter (see ``governance.charter.Charter``)."""
+
+    community = models.ForeignKey(
+        Community, on_delete=models.CASCADE, related_name="charter_versions"
+    )
+    number = models.PositiveIntegerField()
+    document = models.JSONField()
+    sha256 = models.CharField(max_length=64)
+    parent = models.ForeignKey(
+        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="children"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    is_current = models.BooleanField(default=False)
+
+    class Meta:
+        ordering = ["community", "-number"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["community", "number"], name="charterversion_unique_number"
+            ),
+            models.UniqueConstraint(
+                fields=["community"],
+                condition=Q(is_current=True),
+                name="charterversion_one_current",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.community_id} charter v{self.number}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _refuse_rewrite(self)
+        super().save(*args, **kwargs)
+
+
+class AuditEntry(models.Model):
+    """One link of a community's append-only, hash-chained audit log (see docs/audit.md).
+
+    Each community has its own chain: ``seq`` runs 1, 2, 3, ... within the community and
+    ``entry_hash`` commits to the entry's content and to ``prev_hash``, the previous entry's hash.
+    Write through ``governance.services.audit_append`` only; on PostgreSQL triggers refuse UPDATE,
+    DELETE and TRUNCATE.
+    """
+
+    # PROTECT, not CASCADE: deleting a community would have to delete its history.
+    community = models.ForeignKey(Community, on_delete=models.PROTECT, related_name="audit_entries")
+    seq = models.PositiveBigIntegerField()
+    created_at = models.DateTimeField(default=timezone.now)
+    # No database constraint and no SET_NULL: deleting a user must not rewrite (UPDATE) entries.
+    # The id may then dangle; ``actor_label`` keeps who it was.
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        on_delete=models.DO_NOTHING,
+        db_constraint=False,
+        null=True,
+        blank=True,
+        related_name="+",
+    )
+    actor_label = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    object_type = models.CharField(max_length=100)
+    object_id = models.CharField(max_length=64)
+    # The exact canonical JSON text that was hashed. A JSON column would be re-serialised by
+    # PostgreSQL (jsonb normalises numbers: -0.0 becomes 0.0, 1e16 becomes an integer), and a
+    # verifier would then report tampering that never happened.
+    payload_json = models.TextField()
+    prev_hash = models.CharField(max_length=64)
+    entry_hash = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        ordering = ["community", "seq"]
+        verbose_name_plural = "audit entries"
+        constraints = [
+            models.UniqueConstraint(fields=["community", "seq"], name="auditentry_unique_seq"),
+            models.CheckConstraint(condition=Q(seq__gte=1), name="auditentry_seq_positive"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.community_id}#{self.seq} {self.action}"
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        _refuse_rewrite(self)
+        super().save(*args, **kwargs)
+
+    @property
+    def payload(self) -> Any:
+        return json.loads(self.payload_json)

@@ -1,12 +1,131 @@
-"""Governance writes. Keyword-only, typed, one transaction each."""
+"""Governance writes. Keyword-only, typed, one transaction each, audited in that transaction."""
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
-from django.db import transaction
+import zlib
+from typing import Any, Final, TypeVar
 
-from governance.models import Community, PolicyVersion
+from django.contrib.auth.models import AbstractBaseUser
+from django.db import models, transaction
+from django.utils import timezone
+
+from governance import audit_chain
+from governance.charter import Charter, default_charter
+from governance.errors import InvalidVersionParent, StaleVersion
+from governance.models import AuditEntry, CharterVersion, Community, Membership, PolicyVersion
 from ranking.policy import Policy, default_policy
+
+ACTIONS: Final = frozenset(
+    {
+        "community.created",
+        "policy_version.created",
+        "policy_version.made_current",
+        "charter_version.created",
+        "charter_version.made_current",
+        "membership.created",
+        "membership.role_changed",
+        "feed_run.started",
+        "feed_run.finished",
+    }
+)
+SYSTEM_ACTOR: Final = "system"
+# High 32 bits of the advisory lock key, so audit locks never collide with another feature's.
+_AUDIT_LOCK_NAMESPACE: Final = zlib.crc32(b"commonfeed.audit") & 0x7FFFFFFF
+
+VersionModel = TypeVar("VersionModel", PolicyVersion, CharterVersion)
+
+
+def community_lock(*, community: Community) -> None:
+    """Serialise governance writes (audit appends, version numbers) of one community.
+
+    Held until the caller's transaction ends. On PostgreSQL this is a transaction-level advisory
+    lock keyed by the community, so other communities never wait and no row is locked (a
+    ``SELECT ... FOR UPDATE`` on the community row would also block every insert referencing it).
+    SQLite needs nothing: the project opens transactions with BEGIN IMMEDIATE, which takes the
+    database's single write lock.
+    """
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("community_lock must be taken inside transaction.atomic()")
+    if connection.vendor == "postgresql":
+        # Distinct communities may share a key only past 2**32 ids; that costs waiting, not safety.
+        key = (_AUDIT_LOCK_NAMESPACE << 32) | (community.pk & 0xFFFFFFFF)
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+
+
+def _actor_fields(
+    actor: AbstractBaseUser | None, actor_label: str | None
+) -> tuple[AbstractBaseUser | None, str]:
+    user = actor if actor is not None and actor.is_authenticated else None
+    if actor_label is None:
+        actor_label = user.get_username() if user is not None else SYSTEM_ACTOR
+    return user, actor_label
+
+
+def audit_append(
+    *,
+    community: Community,
+    actor: AbstractBaseUser | None,
+    action: str,
+    obj: models.Model,
+    payload: dict[str, Any],
+    actor_label: str | None = None,
+) -> AuditEntry:
+    """Append an entry to the community's audit chain.
+
+    Must run inside the transaction of the change it records (so neither exists without the
+    other). The community lock makes concurrent appends queue up; the (community, seq) unique
+    constraint turns any append that slipped past it into an error rather than a fork.
+    """
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError(
+            "audit_append must be called inside the transaction.atomic() block of the change "
+            "it records"
+        )
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}")
+    if obj.pk is None:
+        raise ValueError("audit the object after saving it: it has no primary key yet")
+    user, label = _actor_fields(actor, actor_label)
+    payload_json = audit_chain.canonical_json(payload)
+    community_lock(community=community)
+    head = (
+        AuditEntry.objects.filter(community=community)
+        .order_by("-seq")
+        .values_list("seq", "entry_hash")
+        .first()
+    )
+    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, audit_chain.GENESIS_HASH)
+    # Truncated to whole microseconds: what both databases store, and what gets hashed.
+    created_at = timezone.now()
+    object_type = obj._meta.label_lower
+    object_id = str(obj.pk)
+    body = audit_chain.entry_body(
+        community=community.pk,
+        seq=seq,
+        created_at=created_at,
+        actor_id=user.pk if user is not None else None,
+        actor_label=label,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        payload_json=payload_json,
+    )
+    return AuditEntry.objects.create(
+        community=community,
+        seq=seq,
+        created_at=created_at,
+        actor=user,
+        actor_label=label,
+        action=action,
+        object_type=object_type,
+        object_id=object_id,
+        payload_json=payload_json,
+        prev_hash=prev_hash,
+        entry_hash=audit_chain.entry_hash(prev_hash, body),
+    )
 
 
 @transaction.atomic
@@ -16,18 +135,36 @@ def community_create(
     name: str,
     description: str = "",
     policy: Policy | None = None,
+    charter: Charter | None = None,
     actor: AbstractBaseUser | None = None,
+    actor_label: str | None = None,
 ) -> Community:
-    """Create a community with its genesis policy version (documented defaults if none given)."""
+    """Create a community with its genesis policy and charter versions (documented defaults if
+    none given), all audited."""
     community = Community.objects.create(slug=slug, name=name, description=description)
-    policy = policy or default_policy()
-    PolicyVersion.objects.create(
+    audit_append(
         community=community,
-        number=1,
-        document=policy.model_dump(mode="json"),
-        sha256=policy.sha256(),
-        created_by=actor if actor is not None and actor.is_authenticated else None,
-        is_current=True,
+        actor=actor,
+        actor_label=actor_label,
+        action="community.created",
+        obj=community,
+        payload={"slug": slug, "name": name, "description": description},
+    )
+    policy_version_create(
+        community=community,
+        policy=policy or default_policy(),
+        parent=None,
+        make_current=True,
+        actor=actor,
+        actor_label=actor_label,
+    )
+    charter_version_create(
+        community=community,
+        charter=charter or default_charter(),
+        parent=None,
+        make_current=True,
+        actor=actor,
+        actor_label=actor_label,
     )
     return community
 
@@ -38,3 +175,227 @@ def community_get_or_create(*, slug: str, name: str | None = None) -> tuple[Comm
     if existing is not None:
         return existing, False
     return community_create(slug=slug, name=name or slug.replace("-", " ").title()), True
+
+
+def policy_version_create(
+    *,
+    community: Community,
+    policy: Policy,
+    parent: PolicyVersion | None,
+    actor: AbstractBaseUser | None,
+    make_current: bool,
+    actor_label: str | None = None,
+) -> PolicyVersion:
+    """Store ``policy`` as the community's next policy version; optionally make it current.
+
+    Making it current is a compare-and-set against ``parent``: it succeeds only while ``parent``
+    is the current version (or, for a genesis version without parent, while there is none), and
+    raises :class:`StaleVersion` otherwise, writing nothing.
+    """
+    return _version_create(
+        PolicyVersion,
+        kind="policy_version",
+        community=community,
+        document=policy.model_dump(mode="json"),
+        sha256=policy.sha256(),
+        parent=parent,
+        actor=actor,
+        actor_label=actor_label,
+        make_current=make_current,
+    )
+
+
+def policy_version_make_current(
+    *, version: PolicyVersion, actor: AbstractBaseUser | None, actor_label: str | None = None
+) -> PolicyVersion:
+    """Make a stored version current, replacing its parent (compare-and-set; see above)."""
+    return _version_make_current(
+        PolicyVersion, "policy_version", version=version, actor=actor, actor_label=actor_label
+    )
+
+
+def charter_version_create(
+    *,
+    community: Community,
+    charter: Charter,
+    parent: CharterVersion | None,
+    actor: AbstractBaseUser | None,
+    make_current: bool,
+    actor_label: str | None = None,
+) -> CharterVersion:
+    """Store ``charter`` as the community's next charter version; as ``policy_version_create``."""
+    return _version_create(
+        CharterVersion,
+        kind="charter_version",
+        community=community,
+        document=charter.model_dump(mode="json"),
+        sha256=charter.sha256(),
+        parent=parent,
+        actor=actor,
+        actor_label=actor_label,
+        make_current=make_current,
+    )
+
+
+def charter_version_make_current(
+    *, version: CharterVersion, actor: AbstractBaseUser | None, actor_label: str | None = None
+) -> CharterVersion:
+    """Make a stored charter version current, replacing its parent (compare-and-set)."""
+    return _version_make_current(
+        CharterVersion, "charter_version", version=version, actor=actor, actor_label=actor_label
+    )
+
+
+def _version_create(
+    model: type[VersionModel],
+    *,
+    kind: str,
+    community: Community,
+    document: dict[str, Any],
+    sha256: str,
+    parent: VersionModel | None,
+    actor: AbstractBaseUser | None,
+    actor_label: str | None,
+    make_current: bool,
+) -> VersionModel:
+    if parent is not None and parent.community_id != community.pk:
+        raise InvalidVersionParent(
+            f"{kind} {parent.pk} belongs to another community than {community.slug}"
+        )
+    with transaction.atomic():
+        # Taken first, so the next number is read under the same lock the audit append needs.
+        community_lock(community=community)
+        latest = model.objects.filter(community=community).order_by("-number").first()
+        user, _ = _actor_fields(actor, actor_label)
+        version = model.objects.create(
+            community=community,
+            number=(latest.number + 1) if latest else 1,
+            document=document,
+            sha256=sha256,
+            parent=parent,
+            created_by=user,
+            is_current=False,
+        )
+        audit_append(
+            community=community,
+            actor=actor,
+            actor_label=actor_label,
+            action=f"{kind}.created",
+            obj=version,
+            payload={
+                "number": version.number,
+                "parent": parent.number if parent is not None else None,
+                "sha256": sha256,
+                "document": document,
+            },
+        )
+        if make_current:
+            _version_make_current(
+                model, kind, version=version, actor=actor, actor_label=actor_label
+            )
+    return version
+
+
+def _version_make_current(
+    model: type[VersionModel],
+    kind: str,
+    *,
+    version: VersionModel,
+    actor: AbstractBaseUser | None,
+    actor_label: str | None,
+) -> VersionModel:
+    community = version.community
+    with transaction.atomic():
+        community_lock(community=community)
+        current = model.objects.filter(community=community, is_current=True)
+        parent = version.parent
+        if parent is None:
+            if current.exists():
+                raise StaleVersion(f"{community.slug} already has a current {kind}")
+        # The compare-and-set: demote the parent only if it is still the current version. The
+        # lock already queues writers; this keeps the rule even for a caller that skipped it, and
+        # the partial unique constraint rejects a second current version whatever happens.
+        elif current.filter(pk=parent.pk).update(is_current=False) != 1:
+            raise StaleVersion(
+                f"{kind} {version.number} of {community.slug} was built on version "
+                f"{parent.number}, which is no longer current"
+            )
+        model.objects.filter(pk=version.pk).update(is_current=True)
+        audit_append(
+            community=community,
+            actor=actor,
+            actor_label=actor_label,
+            action=f"{kind}.made_current",
+            obj=version,
+            payload={
+                "number": version.number,
+                "replaces": parent.number if parent is not None else None,
+                "sha256": version.sha256,
+            },
+        )
+    version.is_current = True
+    return version
+
+
+@transaction.atomic
+def membership_create(
+    *,
+    community: Community,
+    external_id: str,
+    actor: AbstractBaseUser | None,
+    user: AbstractBaseUser | None = None,
+    display_name: str = "",
+    role: str = Membership.Role.MEMBER,
+    actor_label: str | None = None,
+) -> Membership:
+    """Add a member, audited. Bulk importers write members directly and are not audited per row."""
+    membership = Membership(
+        community=community,
+        external_id=external_id,
+        user=user,
+        display_name=display_name,
+        role=role,
+    )
+    membership.full_clean(validate_unique=False, validate_constraints=False)
+    membership.save()
+    audit_append(
+        community=community,
+        actor=actor,
+        actor_label=actor_label,
+        action="membership.created",
+        obj=membership,
+        # Identifiers only: the log is immutable, so it holds no names that could need erasing.
+        payload={"external_id": external_id, "role": role, "user_id": membership.user_id},
+    )
+    return membership
+
+
+@transaction.atomic
+def membership_set_role(
+    *,
+    membership: Membership,
+    role: str,
+    actor: AbstractBaseUser | None,
+    actor_label: str | None = None,
+) -> Membership:
+    """Change a member's role, audited. Setting the role it already has writes nothing."""
+    community = membership.community
+    community_lock(community=community)
+    previous = (
+        Membership.objects.select_for_update().values_list("role", flat=True).get(pk=membership.pk)
+    )
+    if previous == role:
+        membership.role = role
+        return membership
+    # The role_valid check constraint rejects an unknown role.
+    Membership.objects.filter(pk=membership.pk).update(role=role)
+    membership.role = role
+    audit_append(
+        community=community,
+        actor=actor,
+        actor_label=actor_label,
+        action="membership.role_changed",
+        obj=membership,
+        payload={"external_id": membership.external_id, "from": previous, "to": role},
+    )
+    return membership
