@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from implicit.cpu.als import AlternatingLeastSquares
+from scipy.sparse import csr_matrix
+from threadpoolctl import threadpool_limits
 
+from ranking.effects import ItemAttributes
 from ranking.feeds import FeedBatch, compute_feeds
-from ranking.policy import ModelParams, Policy
+from ranking.policy import (
+    FallbackParams,
+    ModelParams,
+    Policy,
+    RankingParams,
+    default_policy,
+    neutral_policy,
+    policy_validate,
+)
+from ranking.reasons import Reason
 
 ML_100K = Path(__file__).resolve().parents[3] / "shared" / "data" / "ml-100k"
 FAST = Policy(model=ModelParams(factors=4, iterations=3, regularization=0.1, seed=3))
@@ -298,3 +311,225 @@ def test_a_skip_is_not_taken_as_interest_under_binary_weighting() -> None:
     )
     assert batch.item_ids[0].tolist() == [11, -1]
     assert batch.metadata["fallback_members"] == 1
+
+
+# --- The policy's effects, wired into compute_feeds ------------------------------------------
+
+
+def bare_implicit(matrix: csr_matrix, params: ModelParams, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """What plain implicit recommends: the reference a neutral policy must reproduce."""
+    model = AlternatingLeastSquares(
+        factors=params.factors,
+        regularization=params.regularization,
+        alpha=params.alpha,
+        iterations=params.iterations,
+        random_state=params.seed,
+    )
+    with threadpool_limits(limits=1, user_api="blas"):
+        model.fit(matrix, show_progress=False)
+        ids, scores = model.recommend(
+            np.arange(matrix.shape[0]), matrix, N=n, filter_already_liked_items=True
+        )
+    return np.asarray(ids), np.asarray(scores)
+
+
+def dense_interactions(
+    rng: np.random.Generator, n_members: int, n_items: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random interactions in which every member and every item occurs (ids == indices)."""
+    members = np.concatenate([np.arange(n_members), rng.integers(0, n_members, size)])
+    items = np.concatenate([rng.integers(0, n_items, n_members), np.arange(n_items)])
+    items = np.concatenate([items, rng.integers(0, n_items, size - n_items)])
+    return members, items
+
+
+@pytest.mark.parametrize("policy", [neutral_policy(), default_policy()], ids=["neutral", "default"])
+def test_a_neutral_policy_reproduces_bare_implicit_exactly(
+    rng: np.random.Generator, policy: Policy
+) -> None:
+    members, items = dense_interactions(rng, 60, 40, 500)
+    params = ModelParams(factors=8, iterations=5, regularization=0.05, alpha=2.0, seed=11)
+    policy = policy.model_copy(update={"model": params})
+    matrix = csr_matrix((np.ones(members.size, dtype=np.float32), (members, items)), shape=(60, 40))
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    n = 10
+
+    expected_ids, expected_scores = bare_implicit(matrix, params, n)
+    batch = compute_feeds(
+        member_ids=members,
+        item_ids=items,
+        weights=np.ones(members.size, dtype=np.float32),
+        policy=policy,
+        feed_members=np.arange(60),
+        candidate_items=np.arange(40),
+        n=n,
+    )
+
+    assert np.array_equal(batch.item_ids, expected_ids)
+    assert np.array_equal(batch.scores, expected_scores)
+    assert np.array_equal(batch.base_scores, batch.scores)
+    assert np.all(batch.reasons & Reason.PERSONALISED)
+
+
+def test_a_neutral_policy_reproduces_bare_implicit_on_movielens() -> None:
+    path = ML_100K / "ml-100k.inter"
+    if not path.is_file():
+        pytest.skip(f"MovieLens 100k not found at {path}")
+    data = np.loadtxt(path, delimiter="\t", skiprows=1, dtype=np.float64)
+    members = data[:, 0].astype(np.int64)
+    items = data[:, 1].astype(np.int64)
+    params = ModelParams(factors=16, iterations=5)
+    member_vocab, item_vocab = np.unique(members), np.unique(items)
+    rows, cols = np.searchsorted(member_vocab, members), np.searchsorted(item_vocab, items)
+    matrix = csr_matrix(
+        (np.ones(rows.size, dtype=np.float32), (rows, cols)),
+        shape=(member_vocab.size, item_vocab.size),
+    )
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+
+    expected_ids, expected_scores = bare_implicit(matrix, params, 10)
+    batch = compute_feeds(
+        member_ids=members,
+        item_ids=items,
+        weights=data[:, 2].astype(np.float32),
+        policy=neutral_policy().model_copy(update={"model": params}),
+        feed_members=member_vocab,
+        candidate_items=item_vocab,
+        n=10,
+    )
+
+    assert np.array_equal(batch.item_ids, item_vocab[expected_ids])
+    assert np.array_equal(batch.scores, expected_scores)
+
+
+COMMUNITY = [
+    (m, 10 + int(i), 1.0)
+    for m in range(1, 9)
+    for i in np.random.default_rng(m).choice(12, size=2 + m % 4, replace=False)
+]
+ATTRIBUTES = ItemAttributes.from_records(
+    list(range(10, 25)),
+    creator_ids=[100 + (i % 4) for i in range(15)],
+    provenance=["human", "ai_generated", "ai_assisted", "unknown", "human"] * 3,
+    age_days=[float(5 * i) for i in range(15)],
+    item_keys=[f"item-{i}" for i in range(10, 25)],
+    creator_keys=[f"creator-{i % 4}" for i in range(15)],
+    tags=[["spoilers"] if i % 5 == 0 else [] for i in range(15)],
+)
+
+
+def community_feeds(policy: Policy, **options: object) -> FeedBatch:
+    members, items, weights = zip(*COMMUNITY, strict=True)
+    return compute_feeds(
+        member_ids=np.array(members),
+        item_ids=np.array(items),
+        weights=np.array(weights, dtype=np.float32),
+        policy=policy,
+        feed_members=np.array([*range(1, 9), 50]),
+        candidate_items=np.arange(10, 25),
+        n=5,
+        **options,  # type: ignore[arg-type]
+    )
+
+
+def test_refusals_blocks_and_exclusions_reach_every_kind_of_feed() -> None:
+    policy = policy_validate(
+        {
+            "model": FAST.model.model_dump(),
+            "refusals": [
+                {"kind": "tag", "tag": "spoilers", "reason": "No spoilers here."},
+                {"kind": "item", "item": "item-13", "reason": "Reported."},
+            ],
+            "ranking": {"provenance": {"ai_generated": {"action": "exclude"}}},
+        }
+    )
+    refused = {10, 15, 20, 13} | {11, 16, 21}  # tags, item rule, ai_generated
+
+    batch = community_feeds(
+        policy,
+        item_attributes=ATTRIBUTES,
+        refused_items=[12],
+        member_blocks=([1, 50], [14, 17]),
+        no_personalisation_members=[2],
+    )
+
+    shown = set(batch.item_ids[batch.item_ids >= 0].tolist())
+    assert not shown & (refused | {12})
+    assert 14 not in batch.item_ids[0] and 17 not in batch.item_ids[-1]
+    assert batch.metadata["refused_items"] == 5  # exclusions are not refusals
+    assert_well_formed(batch, COMMUNITY, [*range(1, 9), 50], list(range(10, 25)), 5)
+
+
+def test_a_policy_that_needs_item_attributes_refuses_to_run_without_them() -> None:
+    policy = policy_validate({"ranking": {"creator_cap": 1}})
+
+    with pytest.raises(ValueError, match="creator_cap"):
+        community_feeds(policy)
+
+
+def test_the_creator_cap_holds_in_every_feed() -> None:
+    policy = FAST.model_copy(update={"ranking": RankingParams(creator_cap=1)})
+
+    batch = community_feeds(policy, item_attributes=ATTRIBUTES)
+
+    for row in batch.item_ids:
+        creators = [100 + ((i - 10) % 4) for i in row if i >= 0]
+        assert len(creators) == len(set(creators))
+    assert np.any(batch.reasons & Reason.RAISED_BY_CAP)
+
+
+def test_members_who_refuse_personalisation_get_the_fallback() -> None:
+    seen = {i for m, i, _ in COMMUNITY if m == 3}
+    counts = Counter(i for _, i, _ in COMMUNITY)
+    by_popularity = sorted(counts, key=lambda i: (-counts[i], i))
+    by_age = list(range(10, 25))  # age 5 * (id - 10): the smallest id is the newest
+    capped: list[int] = []
+    for item in by_age:
+        creator = (item - 10) % 4
+        if item not in seen and sum((c - 10) % 4 == creator for c in capped) < 2:
+            capped.append(item)
+
+    popular = community_feeds(FAST, no_personalisation_members=[3])
+    newest = community_feeds(
+        FAST.model_copy(update={"fallback": FallbackParams(kind="newest", creator_cap=2)}),
+        item_attributes=ATTRIBUTES,
+        no_personalisation_members=[3],
+    )
+
+    assert popular.item_ids[2].tolist() == [i for i in by_popularity if i not in seen][:5]
+    assert np.all(popular.reasons[2] == Reason.POPULAR)
+    assert popular.metadata["no_personalisation_members"] == 1
+    assert newest.item_ids[2].tolist() == capped[:5]
+    assert np.all(newest.reasons[2] & Reason.NEWEST)
+    assert np.allclose(newest.base_scores[2], 1 / (1 + 5 * (newest.item_ids[2] - 10)))
+    # Everybody else is untouched by one member's refusal.
+    mine = popular.member_ids != 3
+    assert np.array_equal(popular.item_ids[mine], community_feeds(FAST).item_ids[mine])
+
+
+def test_a_member_who_refuses_training_does_not_change_anyone_elses_feed() -> None:
+    without = [row for row in COMMUNITY if row[0] != 4]
+    members, items, weights = zip(*without, strict=True)
+    others = np.array([1, 2, 3, 5, 6, 7, 8, 50])
+    reference = compute_feeds(
+        member_ids=np.array(members),
+        item_ids=np.array(items),
+        weights=np.array(weights, dtype=np.float32),
+        policy=FAST,
+        feed_members=others,
+        candidate_items=np.arange(10, 25),
+        n=5,
+    )
+
+    batch = community_feeds(FAST, no_training_members=[4])
+
+    mine = batch.member_ids != 4
+    assert np.array_equal(batch.item_ids[mine], reference.item_ids)
+    assert np.array_equal(batch.scores[mine], reference.scores)
+    me = int(np.flatnonzero(~mine)[0])
+    assert np.all(batch.reasons[me][batch.item_ids[me] >= 0] & Reason.PERSONALISED)
+    assert batch.metadata["recalculated_members"] == 1
+    assert batch.metadata["no_training_members"] == 1
+    assert_well_formed(batch, COMMUNITY, [*range(1, 9), 50], list(range(10, 25)), 5)

@@ -1,0 +1,175 @@
+"""Command line: evaluate a ranking policy (or compare two) offline on MovieLens.
+
+Usage::
+
+    python -m ranking.evaluate --movielens ../shared/data/ml-100k --policy policy.json
+    python -m ranking.evaluate --movielens DIR --policy A.json --compare B.json \\
+        [--split random|temporal] [--seed 42] [--test-fraction 0.2] [--k 10] \\
+        [--discount none|log2] [--format json|table]
+
+A policy file is the policy document as JSON (``{}`` is the default policy); it is validated with
+:meth:`ranking.policy.Policy.model_validate_json`, so unknown fields are an error. The report is
+the dict of :func:`ranking.evaluation.evaluate` (or :func:`~ranking.evaluation.compare` with
+``--compare``), printed as JSON, or as a readable table with ``--format table``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ranking.datasets import load_movielens
+from ranking.evaluation import Split, compare, evaluate, split_random, split_temporal
+from ranking.policy import Policy
+
+__all__ = ["format_table", "load_policy", "main"]
+
+
+class PolicyFileError(ValueError):
+    """A policy file that cannot be read or is not a valid policy document."""
+
+
+def load_policy(path: str | Path) -> Policy:
+    """Read and validate a policy JSON file.
+
+    Raises
+    ------
+    PolicyFileError
+        If the file cannot be read or does not validate; the message names the file and, for
+        validation errors, each offending field.
+    """
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as error:
+        raise PolicyFileError(f"cannot read policy file {path}: {error.strerror}") from None
+    try:
+        return Policy.model_validate_json(text)
+    except ValidationError as error:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in item['loc']) or '(document)'}: {item['msg']}"
+            for item in error.errors()
+        )
+        raise PolicyFileError(f"{path} is not a valid policy: {problems}") from None
+
+
+def _cell(value: object) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}" if abs(value) < 1000 else f"{value:.1f}"
+    return str(value)
+
+
+def _signed(value: object) -> str:
+    if isinstance(value, float):
+        return f"{value:+.4f}" if abs(value) < 1000 else f"{value:+.1f}"
+    return _cell(value)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Render a report of :func:`~ranking.evaluation.evaluate` or :func:`compare` as text.
+
+    A single report gives one value column; a comparison gives ``A``, ``B`` and ``B - A``
+    columns side by side, followed by the churn between the two.
+    """
+    lines: list[str] = []
+    is_comparison = "deltas" in report
+    first = report["a"] if is_comparison else report
+    params = first["params"]
+    split = params["split"]
+    lines.append(
+        f"data {params['data']['name']}  split {split['method']} "
+        f"(test {split['test_fraction']}, seed {split['seed']})  k={params['k']}  "
+        f"members evaluated {first['members']['evaluated']}"
+    )
+    width = 26
+    if is_comparison:
+        lines.append(
+            f"A {report['a']['params']['policy_sha256'][:12]}  "
+            f"B {report['b']['params']['policy_sha256'][:12]}"
+        )
+        header = f"{'metric':<{width}}{'A':>12}{'B':>12}{'B - A':>12}"
+    else:
+        lines.append(f"policy {params['policy_sha256'][:12]}")
+        header = f"{'metric':<{width}}{'value':>12}"
+    for section in ("consumers", "producers"):
+        lines.append("")
+        lines.append(header.replace("metric", section, 1))
+        for name, value in first[section].items():
+            if is_comparison:
+                other = report["b"][section].get(name)
+                delta = report["deltas"][section].get(name)
+                lines.append(
+                    f"{name:<{width}}{_cell(value):>12}{_cell(other):>12}{_signed(delta):>12}"
+                )
+            else:
+                lines.append(f"{name:<{width}}{_cell(value):>12}")
+    lines.append("")
+    if is_comparison:
+        lines.append(f"{'churn@k (mean)':<{width}}{_cell(report['churn']['mean']):>12}")
+        seconds = [report[side]["timings"]["feeds_seconds"] for side in ("a", "b")]
+        lines.append(f"{'feeds seconds':<{width}}{_cell(seconds[0]):>12}{_cell(seconds[1]):>12}")
+    else:
+        lines.append(f"{'feeds seconds':<{width}}{_cell(first['timings']['feeds_seconds']):>12}")
+    return "\n".join(lines)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m ranking.evaluate",
+        description="Evaluate a ranking policy offline on MovieLens (RecBole layout).",
+    )
+    parser.add_argument("--movielens", required=True, type=Path, help="dataset folder")
+    parser.add_argument("--policy", required=True, type=Path, help="policy JSON file")
+    parser.add_argument("--compare", type=Path, help="second policy JSON file (B, vs A)")
+    parser.add_argument("--split", choices=("random", "temporal"), default="random")
+    parser.add_argument("--seed", type=int, default=42, help="seed of the random split")
+    parser.add_argument("--test-fraction", type=float, default=0.2)
+    parser.add_argument("--k", type=int, default=10, help="list length / metric cutoff")
+    parser.add_argument(
+        "--discount",
+        choices=("none", "log2"),
+        default="none",
+        help="position discount of exposure metrics",
+    )
+    parser.add_argument("--format", choices=("json", "table"), default="json")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 2 bad arguments or files)."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("--k must be >= 1")
+    try:
+        policy_a = load_policy(args.policy)
+        policy_b = load_policy(args.compare) if args.compare is not None else None
+        data = load_movielens(args.movielens)
+        split: Split = (
+            split_random(data, test_fraction=args.test_fraction, seed=args.seed)
+            if args.split == "random"
+            else split_temporal(data, test_fraction=args.test_fraction)
+        )
+    except (PolicyFileError, OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    if policy_b is None:
+        report = evaluate(policy_a, data, split, k=args.k, discount=args.discount)
+    else:
+        report = compare(policy_a, policy_b, data, split, k=args.k, discount=args.discount)
+    if args.format == "table":
+        print(format_table(report))
+    else:
+        print(json.dumps(report, indent=2, sort_keys=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

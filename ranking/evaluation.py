@@ -1,0 +1,622 @@
+"""Offline evaluation of ranking policies: split, train, recommend, measure, compare.
+
+The protocol, in four steps, each a plain function over :class:`~ranking.datasets.InteractionData`:
+
+1. **Split** the interactions into train and test: :func:`split_random` (per-member random
+   holdout, seeded) or :func:`split_temporal` (each member's latest interactions held out).
+2. **Recommend** with the product's own pipeline, :func:`ranking.feeds.compute_feeds`, trained on
+   the train part only, for every member with held-out items, with the whole catalogue as
+   candidates (:func:`recommend`). Training uses the policy's ``weighting``; ``"binary"`` (the
+   default) binarises it.
+3. **Measure** the lists against the held-out items with :mod:`ranking.metrics`
+   (:func:`metrics_report`). Relevance is binary: every held-out (member, item) pair is relevant,
+   whatever its rating (the implicit-feedback reading), except pairs the member also has in
+   train, which the pipeline can never recommend and which are therefore dropped from the truth.
+4. **Report** as a JSON-ready dict (:func:`evaluate`), or two policies side by side with deltas
+   and churn (:func:`compare`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from implicit.cpu.als import AlternatingLeastSquares
+from scipy.sparse import csr_matrix
+from threadpoolctl import threadpool_limits
+
+from ranking import metrics
+from ranking.datasets import AI_GENERATED, InteractionData
+from ranking.feeds import compute_feeds
+from ranking.policy import ModelParams, Policy
+
+__all__ = [
+    "Recommendations",
+    "Split",
+    "compare",
+    "evaluate",
+    "evaluated_members",
+    "history_matrix",
+    "implicit_baseline",
+    "metrics_report",
+    "recommend",
+    "split_random",
+    "split_temporal",
+    "truth_matrix",
+]
+
+SplitMethod = Literal["random", "temporal"]
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """A train/test partition of a data set's interactions.
+
+    Attributes
+    ----------
+    train : numpy.ndarray of bool, shape (n_interactions,)
+        ``True`` for training interactions; the rest are held out.
+    method : {"random", "temporal"}
+        How it was made.
+    test_fraction : float
+        The requested share of each member's interactions held out.
+    seed : int or None
+        The seed of a random split; ``None`` for a temporal one.
+    """
+
+    train: npt.NDArray[np.bool_]
+    method: SplitMethod
+    test_fraction: float
+    seed: int | None = None
+
+    @property
+    def test(self) -> npt.NDArray[np.bool_]:
+        """``True`` for held-out interactions (``~train``)."""
+        return ~self.train
+
+    def describe(self) -> dict[str, Any]:
+        """The split's parameters and sizes, JSON-ready."""
+        return {
+            "method": self.method,
+            "test_fraction": self.test_fraction,
+            "seed": self.seed,
+            "n_train": int(self.train.sum()),
+            "n_test": int(self.train.size - self.train.sum()),
+        }
+
+
+def _check_fraction(test_fraction: float) -> None:
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must lie in (0, 1), got {test_fraction}")
+
+
+def _holdout(
+    members: npt.NDArray[np.int64], order: npt.NDArray[np.int64], test_fraction: float
+) -> npt.NDArray[np.bool_]:
+    """Hold out the last ``n_test`` of each member's interactions in ``order``.
+
+    ``order`` sorts the interactions by member, then by the within-member key. A member with
+    ``n`` interactions holds out ``min(n - 1, floor(test_fraction * n + 0.5))``.
+    """
+    sorted_members = members[order]
+    _, starts, counts = np.unique(sorted_members, return_index=True, return_counts=True)
+    n_test = np.minimum(counts - 1, np.floor(test_fraction * counts + 0.5).astype(np.int64))
+    rank = np.arange(order.size) - np.repeat(starts, counts)
+    test_sorted = rank >= np.repeat(counts - n_test, counts)
+    train = np.ones(order.size, dtype=bool)
+    train[order[test_sorted]] = False
+    return train
+
+
+def split_random(data: InteractionData, *, test_fraction: float = 0.2, seed: int = 42) -> Split:
+    """Per-member random holdout.
+
+    Each member's interactions are shuffled with ``np.random.default_rng(seed)`` and
+    ``min(n - 1, round(test_fraction * n))`` of their ``n`` interactions (rounding halves up)
+    are held out, so every member keeps at least one training interaction and a member with a
+    single interaction is entirely in train. Every member with enough interactions is thus
+    evaluated, in proportion to their activity.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The interactions.
+    test_fraction : float, default 0.2
+        Share held out per member, in ``(0, 1)``.
+    seed : int, default 42
+        Seed of the shuffle; the same seed gives the same split.
+
+    Returns
+    -------
+    Split
+    """
+    _check_fraction(test_fraction)
+    rng = np.random.default_rng(seed)
+    key = rng.random(data.n_interactions)
+    order = np.lexsort((key, data.member_ids)).astype(np.int64)
+    train = _holdout(data.member_ids, order, test_fraction)
+    return Split(train=train, method="random", test_fraction=test_fraction, seed=seed)
+
+
+def split_temporal(data: InteractionData, *, test_fraction: float = 0.2) -> Split:
+    """Per-member temporal holdout: each member's latest interactions are held out.
+
+    Each member's interactions are ordered by timestamp (ties by position in the data) and the
+    last ``min(n - 1, round(test_fraction * n))`` are held out. This is a **per-member** cut, not
+    a global time cutoff: every member is evaluated (as in :func:`split_random`), but one
+    member's training data may postdate another member's test data, so it measures "predict
+    what this member does next" rather than a strict replay of the past.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The interactions.
+    test_fraction : float, default 0.2
+        Share held out per member, in ``(0, 1)``.
+
+    Returns
+    -------
+    Split
+    """
+    _check_fraction(test_fraction)
+    position = np.arange(data.n_interactions)
+    order = np.lexsort((position, data.timestamps, data.member_ids)).astype(np.int64)
+    train = _holdout(data.member_ids, order, test_fraction)
+    return Split(train=train, method="temporal", test_fraction=test_fraction, seed=None)
+
+
+def _member_rows(
+    data: InteractionData, member_ids: npt.NDArray[np.int64], mask: npt.NDArray[np.bool_]
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """(row in ``member_ids``, item index) of the interactions in ``mask`` by those members."""
+    members = data.member_ids[mask]
+    items = data.item_index(data.item_ids[mask])
+    order = np.argsort(member_ids, kind="stable")
+    sorted_ids = member_ids[order]
+    position = np.minimum(np.searchsorted(sorted_ids, members), max(sorted_ids.size - 1, 0))
+    known = sorted_ids.size > 0
+    found = (sorted_ids[position] == members) if known else np.zeros(members.size, dtype=bool)
+    return order[position[found]], items[found]
+
+
+def _binary(
+    rows: npt.NDArray[np.int64], cols: npt.NDArray[np.int64], shape: tuple[int, int]
+) -> csr_matrix:
+    matrix = csr_matrix((np.ones(rows.size, dtype=np.float32), (rows, cols)), shape=shape)
+    matrix.sum_duplicates()
+    matrix.data[:] = 1.0
+    return matrix
+
+
+def history_matrix(data: InteractionData, split: Split, member_ids: npt.ArrayLike) -> csr_matrix:
+    """Training items of each member, as a binary member x item matrix.
+
+    Parameters
+    ----------
+    data : InteractionData
+    split : Split
+    member_ids : array_like of int, shape (m,)
+        External member ids; row ``r`` is ``member_ids[r]``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of float32, shape (m, n_items)
+    """
+    ids = np.asarray(member_ids, dtype=np.int64)
+    rows, cols = _member_rows(data, ids, split.train)
+    return _binary(rows, cols, (ids.size, data.n_items))
+
+
+def truth_matrix(data: InteractionData, split: Split, member_ids: npt.ArrayLike) -> csr_matrix:
+    """Held-out items of each member, as a binary member x item matrix.
+
+    Pairs the member also has in the training part are dropped (the pipeline never recommends
+    an item back to a member who interacted with it).
+
+    Parameters
+    ----------
+    data : InteractionData
+    split : Split
+    member_ids : array_like of int, shape (m,)
+        External member ids; row ``r`` is ``member_ids[r]``.
+
+    Returns
+    -------
+    scipy.sparse.csr_matrix of float32, shape (m, n_items)
+    """
+    ids = np.asarray(member_ids, dtype=np.int64)
+    rows, cols = _member_rows(data, ids, split.test)
+    held_out = _binary(rows, cols, (ids.size, data.n_items))
+    seen = history_matrix(data, split, ids)
+    truth = csr_matrix(held_out - held_out.multiply(seen))
+    truth.eliminate_zeros()
+    return truth
+
+
+@dataclass(frozen=True, eq=False)
+class Recommendations:
+    """Top-k lists produced for an evaluation.
+
+    Attributes
+    ----------
+    member_ids : numpy.ndarray of int64, shape (m,)
+        External ids of the evaluated members (those with held-out items), ascending.
+    items : numpy.ndarray of int64, shape (m, k)
+        Recommended **item indices** into ``data.items``, best first; ``-1`` pads.
+    metadata : dict
+        :attr:`ranking.feeds.FeedBatch.metadata` of the run.
+    seconds : float
+        Wall time of :func:`~ranking.feeds.compute_feeds`.
+    """
+
+    member_ids: npt.NDArray[np.int64]
+    items: npt.NDArray[np.int64]
+    metadata: dict[str, object]
+    seconds: float
+
+
+def evaluated_members(data: InteractionData, split: Split) -> npt.NDArray[np.int64]:
+    """Ascending external ids of the members with at least one held-out item not in train."""
+    members = np.unique(data.member_ids[split.test])
+    truth = truth_matrix(data, split, members)
+    has_truth = np.asarray(truth.getnnz(axis=1)) > 0
+    result: npt.NDArray[np.int64] = members[has_truth]
+    return result
+
+
+def recommend(
+    policy: Policy,
+    data: InteractionData,
+    split: Split,
+    *,
+    k: int = 10,
+    num_threads: int = 0,
+    feed_options: Mapping[str, Any] | None = None,
+) -> Recommendations:
+    """Train ``policy`` on the training part and recommend ``k`` items to each evaluated member.
+
+    Calls :func:`ranking.feeds.compute_feeds` with the training interactions, the whole
+    catalogue as ``candidate_items`` and the members with held-out items as ``feed_members``.
+
+    Parameters
+    ----------
+    policy : Policy
+    data : InteractionData
+    split : Split
+    k : int, default 10
+        List length.
+    num_threads : int, default 0
+        ALS threads (``0``: all cores); results do not depend on it.
+    feed_options : mapping, optional
+        Further keyword arguments for :func:`~ranking.feeds.compute_feeds` (e.g. the item
+        attributes that re-ranking effects need).
+
+    Returns
+    -------
+    Recommendations
+    """
+    train = split.train
+    members = evaluated_members(data, split)
+    started = time.perf_counter()
+    batch = compute_feeds(
+        member_ids=data.member_ids[train],
+        item_ids=data.item_ids[train],
+        weights=data.weights[train],
+        policy=policy,
+        feed_members=members,
+        candidate_items=data.items,
+        n=k,
+        num_threads=num_threads,
+        **dict(feed_options or {}),
+    )
+    seconds = time.perf_counter() - started
+    items = np.where(batch.item_ids >= 0, data.item_index(batch.item_ids), -1)
+    return Recommendations(
+        member_ids=members, items=items, metadata=dict(batch.metadata), seconds=seconds
+    )
+
+
+def implicit_baseline(
+    params: ModelParams,
+    data: InteractionData,
+    split: Split,
+    *,
+    k: int = 10,
+    num_threads: int = 0,
+) -> Recommendations:
+    """The same lists made with bare :mod:`implicit`, bypassing :mod:`ranking.feeds`.
+
+    A reference implementation for checking the pipeline: binarise the training pairs into a
+    members x items matrix (rows and columns: the sorted ids that occur in training), fit
+    :class:`implicit.cpu.als.AlternatingLeastSquares` with ``params`` and call its
+    ``recommend(..., filter_already_liked_items=True)``. With ``weighting="binary"`` and no
+    re-ranking in the policy, :func:`recommend` should return exactly these lists.
+
+    Parameters
+    ----------
+    params : ModelParams
+        ``factors``, ``regularization``, ``alpha``, ``iterations`` and ``seed`` are used
+        (``weighting`` is not: the matrix is always binary).
+    data, split, k, num_threads
+        As in :func:`recommend`.
+
+    Returns
+    -------
+    Recommendations
+        For :func:`evaluated_members`, with item indices into ``data.items``.
+    """
+    train = split.train
+    member_vocab = np.unique(data.member_ids[train])
+    item_vocab = np.unique(data.item_ids[train])
+    rows = np.searchsorted(member_vocab, data.member_ids[train])
+    cols = np.searchsorted(item_vocab, data.item_ids[train])
+    matrix = _binary(rows, cols, (member_vocab.size, item_vocab.size))
+    members = evaluated_members(data, split)
+    started = time.perf_counter()
+    model = AlternatingLeastSquares(
+        factors=params.factors,
+        regularization=params.regularization,
+        alpha=params.alpha,
+        iterations=params.iterations,
+        random_state=params.seed,
+        dtype=np.float32,
+        calculate_training_loss=False,
+        num_threads=num_threads,
+    )
+    user_rows = np.searchsorted(member_vocab, members)
+    with threadpool_limits(limits=1, user_api="blas"):
+        model.fit(matrix, show_progress=False)
+        ids, _scores = model.recommend(
+            user_rows, matrix[user_rows], N=k, filter_already_liked_items=True
+        )
+    seconds = time.perf_counter() - started
+    ids = np.asarray(ids, dtype=np.int64).reshape(members.size, k)
+    items = data.item_index(item_vocab[ids])
+    return Recommendations(member_ids=members, items=items, metadata={}, seconds=seconds)
+
+
+def _float(value: float) -> float | None:
+    return None if not math.isfinite(value) else float(value)
+
+
+def metrics_report(
+    recommendations: Recommendations,
+    data: InteractionData,
+    split: Split,
+    *,
+    discount: metrics.Discount = "none",
+    head_fraction: float = 0.2,
+    new_creator_days: float = 730.0,
+) -> dict[str, Any]:
+    """Every metric of :mod:`ranking.metrics` for a set of lists, as a JSON-ready dict.
+
+    Parameters
+    ----------
+    recommendations : Recommendations
+        From :func:`recommend` (or built by hand, e.g. from a bare :mod:`implicit` model).
+    data : InteractionData
+    split : Split
+    discount : {"none", "log2"}, default "none"
+        Exposure discount of the producer metrics (see :mod:`ranking.metrics`).
+    head_fraction : float, default 0.2
+        Share of creators (by training interactions) that are *not* long tail.
+    new_creator_days : float, default 730
+        A creator is *new* if their first item was published at most this many days before the
+        latest training interaction.
+
+    Returns
+    -------
+    dict
+        ``{"consumers": {...}, "producers": {...}, "members": {...}}``; consumer values are the
+        means over members with a defined value (``NaN`` becomes ``None``); ``members`` counts
+        evaluated members, those without held-out items (excluded from the consumer means) and
+        those whose list is shorter than ``k``.
+    """
+    recs = recommendations.items
+    k = int(recs.shape[1])
+    member_ids = recommendations.member_ids
+    truth = truth_matrix(data, split, member_ids)
+    history = history_matrix(data, split, member_ids)
+
+    train_members = np.unique(data.member_ids[split.train])
+    all_history = history_matrix(data, split, train_members)
+    popularity = np.asarray(all_history.sum(axis=0), dtype=np.float64).ravel()
+    owner = data.item_creator
+    owned = owner >= 0
+    creator_counts = np.bincount(owner[owned], weights=popularity[owned], minlength=data.n_creators)
+    latest = float(data.timestamps[split.train].max()) if split.train.any() else 0.0
+    since = latest - new_creator_days * 86_400.0
+
+    def mean(values: npt.NDArray[np.float64]) -> float | None:
+        result = metrics.summarize(values)["mean"]
+        return None if result is None else float(result)
+
+    consumers = {
+        f"precision@{k}": mean(metrics.precision_at_k(recs, truth)),
+        f"recall@{k}": mean(metrics.recall_at_k(recs, truth)),
+        f"ndcg@{k}": mean(metrics.ndcg_at_k(recs, truth)),
+        "diversity_tags": mean(metrics.intra_list_diversity(recs, data.item_tags)),
+        "novelty_bits": mean(metrics.novelty(recs, popularity, max(train_members.size, 1))),
+        "miscalibration_kl": mean(metrics.calibration(recs, history, data.item_tags)),
+    }
+    producers = {
+        "item_coverage": _float(metrics.item_coverage(recs, data.n_items)),
+        "creator_coverage": _float(metrics.creator_coverage(recs, owner, data.n_creators)),
+        "item_gini": _float(metrics.item_gini(recs, data.n_items, discount=discount)),
+        "creator_gini": _float(
+            metrics.creator_gini(recs, owner, data.n_creators, discount=discount)
+        ),
+        "long_tail_creator_share": _float(
+            metrics.long_tail_creator_share(
+                recs, owner, creator_counts, head_fraction=head_fraction, discount=discount
+            )
+        ),
+        "new_creator_share": _float(
+            metrics.new_creator_share(
+                recs, owner, data.creator_first_published, since=since, discount=discount
+            )
+        ),
+        "ai_generated_share": _float(
+            metrics.provenance_share(
+                recs, data.item_provenance, codes=(AI_GENERATED,), discount=discount
+            )
+        ),
+        "avg_popularity": mean(metrics.average_popularity(recs, popularity)),
+    }
+    has_truth = truth.getnnz(axis=1) > 0
+    return {
+        "consumers": consumers,
+        "producers": producers,
+        "members": {
+            "evaluated": int(has_truth.sum()),
+            "excluded_no_truth": int((~has_truth).sum()),
+            "short_lists": int(np.count_nonzero((recs < 0).any(axis=1))),
+            "empty_lists": int(np.count_nonzero((recs < 0).all(axis=1))) if k else len(recs),
+        },
+        "settings": {
+            "discount": discount,
+            "head_fraction": head_fraction,
+            "new_creator_days": new_creator_days,
+            "new_creator_since": since,
+            "calibration": "kl (nats, smoothing 0.01)",
+            "diversity": "1 - cosine over genre tags",
+            "popularity": "distinct training members per item",
+        },
+    }
+
+
+def evaluate(
+    policy: Policy,
+    data: InteractionData,
+    split: Split,
+    *,
+    k: int = 10,
+    discount: metrics.Discount = "none",
+    num_threads: int = 0,
+    feed_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train, recommend and measure one policy.
+
+    Parameters
+    ----------
+    policy : Policy
+        The ranking policy.
+    data : InteractionData
+    split : Split
+        From :func:`split_random` or :func:`split_temporal`.
+    k : int, default 10
+        List length and cutoff of every @k metric.
+    discount : {"none", "log2"}, default "none"
+        Exposure discount of the producer metrics.
+    num_threads : int, default 0
+        ALS threads (``0``: all cores).
+    feed_options : mapping, optional
+        Passed on to :func:`recommend`.
+
+    Returns
+    -------
+    dict
+        JSON-ready: ``consumers`` and ``producers`` (metric name -> value), ``members``
+        (counts), ``params`` (policy, its SHA-256, k, split, data set sizes, metric settings)
+        and ``timings`` (seconds).
+    """
+    run = recommend(policy, data, split, k=k, num_threads=num_threads, feed_options=feed_options)
+    return _report(policy, run, data, split, k=k, discount=discount)
+
+
+def _report(
+    policy: Policy,
+    run: Recommendations,
+    data: InteractionData,
+    split: Split,
+    *,
+    k: int,
+    discount: metrics.Discount,
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    measured = metrics_report(run, data, split, discount=discount)
+    metric_seconds = time.perf_counter() - started
+    settings = measured.pop("settings")
+    return {
+        "consumers": measured["consumers"],
+        "producers": measured["producers"],
+        "members": measured["members"],
+        "params": {
+            "policy": policy.model_dump(mode="json"),
+            "policy_sha256": policy.sha256(),
+            "k": k,
+            "split": split.describe(),
+            "data": {
+                "name": data.name,
+                "n_interactions": data.n_interactions,
+                "n_members": int(data.members.size),
+                "n_items": data.n_items,
+                "n_creators": data.n_creators,
+            },
+            "metrics": settings,
+        },
+        "timings": {
+            "feeds_seconds": round(run.seconds, 4),
+            "fit_seconds": run.metadata.get("fit_seconds"),
+            "recommend_seconds": run.metadata.get("recommend_seconds"),
+            "metrics_seconds": round(metric_seconds, 4),
+        },
+    }
+
+
+def _deltas(a: dict[str, float | None], b: dict[str, float | None]) -> dict[str, float | None]:
+    out: dict[str, float | None] = {}
+    for name, value_a in a.items():
+        value_b = b.get(name)
+        out[name] = None if value_a is None or value_b is None else value_b - value_a
+    return out
+
+
+def compare(
+    policy_a: Policy,
+    policy_b: Policy,
+    data: InteractionData,
+    split: Split,
+    *,
+    k: int = 10,
+    discount: metrics.Discount = "none",
+    num_threads: int = 0,
+    feed_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluate two policies on the same split and report the differences.
+
+    Parameters
+    ----------
+    policy_a, policy_b : Policy
+        The baseline (``a``) and the candidate (``b``).
+    data, split, k, discount, num_threads, feed_options
+        As in :func:`evaluate`; both policies get the same ``feed_options``.
+
+    Returns
+    -------
+    dict
+        ``{"a": report, "b": report, "deltas": {"consumers": ..., "producers": ...},
+        "churn": {"mean": float, "n_members": int}}`` where a delta is ``b - a`` and churn is
+        :func:`ranking.metrics.churn` between the two policies' lists for the same members.
+    """
+    run_a, run_b = (
+        recommend(policy, data, split, k=k, num_threads=num_threads, feed_options=feed_options)
+        for policy in (policy_a, policy_b)
+    )
+    report_a = _report(policy_a, run_a, data, split, k=k, discount=discount)
+    report_b = _report(policy_b, run_b, data, split, k=k, discount=discount)
+    changed = metrics.churn(run_a.items, run_b.items)
+    return {
+        "a": report_a,
+        "b": report_b,
+        "deltas": {
+            section: _deltas(report_a[section], report_b[section])
+            for section in ("consumers", "producers")
+        },
+        "churn": {"mean": _float(changed.mean), "n_members": int(changed.per_member.size)},
+    }
