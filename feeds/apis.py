@@ -133,6 +133,11 @@ class FeedEntryOutput(serializers.Serializer[Any]):
     score = serializers.FloatField()
     item = FeedItemOutput()
     creators = FeedCreditOutput(source="item.credits.all", many=True)
+    reasons = serializers.ListField(
+        source="explanations",
+        child=serializers.CharField(),
+        help_text="Why this entry is in the feed, in words (e.g. 'labelled: AI-generated').",
+    )
 
 
 class FeedOutput(serializers.Serializer[Feed]):

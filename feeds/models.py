@@ -191,7 +191,13 @@ class MemberFeed(models.Model):
     run = models.ForeignKey(FeedRun, on_delete=models.CASCADE, related_name="member_feeds")
     member = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="feeds")
     item_ids = models.JSONField(help_text="Item primary keys, best first.")
-    scores = models.JSONField(help_text="Scores, aligned with item_ids.")
+    scores = models.JSONField(help_text="Final scores under the policy, aligned with item_ids.")
+    base_scores = models.JSONField(
+        default=list, help_text="Scores before the policy's adjustments, aligned with item_ids."
+    )
+    reasons = models.JSONField(
+        default=list, help_text="Reason bitmasks (ranking.reasons.Reason), aligned with item_ids."
+    )
 
     class Meta:
         constraints = [

@@ -9,6 +9,7 @@ from django.db.models import Prefetch
 
 from feeds.models import FeedPointer, FeedRun, Item, ItemCreator, MemberFeed
 from governance.models import Community, Membership
+from ranking.reasons import explain
 
 
 class FeedNotReady(Exception):
@@ -24,6 +25,12 @@ class FeedEntry:
     rank: int
     score: float
     item: Item
+    reasons: int = 0
+    """Bitmask of ranking.reasons.Reason: why the entry is there, for people to read."""
+
+    @property
+    def explanations(self) -> list[str]:
+        return explain(self.reasons)
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,7 @@ def member_feed_get(
     stop = len(row.item_ids) if limit is None else min(offset + limit, len(row.item_ids))
     item_ids = row.item_ids[offset:stop]
     scores = row.scores[offset:stop]
+    reasons = row.reasons[offset:stop] if row.reasons else [0] * len(item_ids)
     items = Item.objects.filter(pk__in=item_ids).prefetch_related(
         Prefetch(
             "credits",
@@ -96,9 +104,9 @@ def member_feed_get(
     )
     by_id = {item.pk: item for item in items}
     entries = [
-        FeedEntry(rank=rank, score=float(score), item=by_id[item_id])
-        for rank, (item_id, score) in enumerate(
-            zip(item_ids, scores, strict=True), start=offset + 1
+        FeedEntry(rank=rank, score=float(score), item=by_id[item_id], reasons=int(mask))
+        for rank, (item_id, score, mask) in enumerate(
+            zip(item_ids, scores, reasons, strict=True), start=offset + 1
         )
         if item_id in by_id
     ]

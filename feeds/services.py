@@ -14,10 +14,20 @@ from django.db.models import Max
 from django.utils import timezone
 
 from feeds.auth import token_digest, token_generate
-from feeds.models import AppCredential, FeedPointer, FeedRun, Interaction, Item, MemberFeed
+from feeds.models import (
+    AppCredential,
+    FeedPointer,
+    FeedRun,
+    Interaction,
+    Item,
+    ItemCreator,
+    MemberFeed,
+)
 from governance.models import Community, Membership
 from governance.selectors import policy_of, policy_version_current
-from ranking.feeds import compute_feeds
+from governance.services import audit_append
+from ranking.effects import ItemAttributes
+from ranking.feeds import FeedBatch, compute_feeds
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +108,49 @@ def _load_training_data(community: Community) -> _TrainingData:
     )
 
 
+def _load_item_attributes(community: Community) -> ItemAttributes:
+    """The active items' primary creator, provenance, age and tags, for the policy's effects."""
+    now = timezone.now()
+    items = list(
+        Item.objects.filter(community=community, active=True)
+        .order_by("id")
+        .values_list("id", "external_id", "provenance", "published_at", "tags")
+    )
+    primary = dict(
+        (item_id, (creator_id, key))
+        for item_id, creator_id, key in ItemCreator.objects.filter(
+            item__community=community, item__active=True, position=0
+        ).values_list("item_id", "creator_id", "creator__external_id")
+    )
+    return ItemAttributes.from_records(
+        [row[0] for row in items],
+        creator_ids=[primary.get(row[0], (-1, ""))[0] for row in items],
+        creator_keys=[primary.get(row[0], (-1, ""))[1] for row in items],
+        item_keys=[row[1] for row in items],
+        provenance=[row[2] for row in items],
+        age_days=[
+            (now - row[3]).total_seconds() / 86_400 if row[3] is not None else float("nan")
+            for row in items
+        ],
+        tags=[row[4] or [] for row in items],
+    )
+
+
+def _audit_run(run: FeedRun, action: str, payload: dict[str, object]) -> None:
+    audit_append(
+        community=run.community,
+        actor=None,
+        action=action,
+        obj=run,
+        payload={
+            "run": run.pk,
+            "policy_version": run.policy_version.number,
+            "policy_sha256": run.policy_sha256,
+            **payload,
+        },
+    )
+
+
 def feed_run_execute(*, run_id: int) -> FeedRun:
     """Compute every member's feed for the run and swap the community over to it.
 
@@ -108,9 +161,12 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
         logger.info("feed run %s is not claimable (done, failed or held); skipping", run_id)
         return FeedRun.objects.get(pk=run_id)
     run = FeedRun.objects.select_related("community", "policy_version").get(pk=run_id)
+    with transaction.atomic():
+        _audit_run(run, "feed_run.started", {})
     try:
         started = time.perf_counter()
         data = _load_training_data(run.community)
+        attributes = _load_item_attributes(run.community)
         loaded = time.perf_counter()
         batch = compute_feeds(
             member_ids=data.member_ids,
@@ -120,9 +176,10 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
             feed_members=data.feed_members,
             candidate_items=data.candidate_items,
             n=settings.COMMONFEED_FEED_LENGTH,
+            item_attributes=attributes,
         )
         computed = time.perf_counter()
-        _write_member_feeds(run, batch.member_ids, batch.item_ids, batch.scores)
+        _write_member_feeds(run, batch)
         fallback_ids, fallback_scores = _community_popular(data, settings.COMMONFEED_FEED_LENGTH)
         written = time.perf_counter()
         stats = {
@@ -140,37 +197,34 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
         )
     except Exception as exc:
         logger.exception("feed run %s failed", run_id)
-        FeedRun.objects.filter(pk=run_id).update(
-            status=FeedRun.Status.FAILED, finished_at=timezone.now(), error=repr(exc)[:2000]
-        )
+        with transaction.atomic():
+            FeedRun.objects.filter(pk=run_id).update(
+                status=FeedRun.Status.FAILED, finished_at=timezone.now(), error=repr(exc)[:2000]
+            )
+            _audit_run(run, "feed_run.finished", {"status": "failed", "error": repr(exc)[:500]})
         raise
     feed_runs_prune(community=run.community)
     run.refresh_from_db()
     return run
 
 
-def _write_member_feeds(
-    run: FeedRun, member_ids: np.ndarray, item_ids: np.ndarray, scores: np.ndarray
-) -> None:
+def _write_member_feeds(run: FeedRun, batch: FeedBatch) -> None:
     # A redelivered run may have written some rows before dying: start from a clean slate.
     MemberFeed.objects.filter(run=run).delete()
-    valid = item_ids >= 0
-    for start in range(0, len(member_ids), WRITE_BATCH):
-        stop = start + WRITE_BATCH
+    valid = batch.item_ids >= 0
+    scores = np.round(batch.scores.astype(np.float64), 6)
+    base_scores = np.round(batch.base_scores.astype(np.float64), 6)
+    for start in range(0, len(batch.member_ids), WRITE_BATCH):
         rows = [
             MemberFeed(
                 run_id=run.pk,
-                member_id=int(member_id),
-                item_ids=ids[mask].tolist(),
-                scores=np.round(row_scores[mask].astype(np.float64), 6).tolist(),
+                member_id=int(batch.member_ids[r]),
+                item_ids=batch.item_ids[r][valid[r]].tolist(),
+                scores=scores[r][valid[r]].tolist(),
+                base_scores=base_scores[r][valid[r]].tolist(),
+                reasons=batch.reasons[r][valid[r]].tolist(),
             )
-            for member_id, ids, row_scores, mask in zip(
-                member_ids[start:stop],
-                item_ids[start:stop],
-                scores[start:stop],
-                valid[start:stop],
-                strict=True,
-            )
+            for r in range(start, min(start + WRITE_BATCH, len(batch.member_ids)))
         ]
         MemberFeed.objects.bulk_create(rows, batch_size=WRITE_BATCH)
 
@@ -205,6 +259,11 @@ def _finish_and_swap(
         stats=stats,
         fallback_item_ids=fallback[0],
         fallback_scores=fallback[1],
+    )
+    _audit_run(
+        run,
+        "feed_run.finished",
+        {"status": "finished", "watermark": watermark, "members": stats.get("members")},
     )
     # Compare-and-set: only move the pointer forward, so a stale or duplicate run that finishes
     # late never replaces feeds from a newer one.
