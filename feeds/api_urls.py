@@ -15,4 +15,19 @@ urlpatterns = [
     path("communities/<slug:slug>/creators/", apis.CreatorsApi.as_view(), name="api-creators"),
     path("communities/<slug:slug>/items/", apis.ItemsApi.as_view(), name="api-items"),
     path("communities/<slug:slug>/events/", apis.EventsApi.as_view(), name="api-events"),
+    path(
+        "communities/<slug:slug>/members/<str:member_external_id>/choices/",
+        apis.MemberChoicesApi.as_view(),
+        name="api-member-choices",
+    ),
+    path(
+        "communities/<slug:slug>/members/<str:member_external_id>/data-deletion/",
+        apis.MemberDataDeletionApi.as_view(),
+        name="api-member-data-deletion",
+    ),
+    path(
+        "communities/<slug:slug>/creators/<str:creator_external_id>/choices/",
+        apis.CreatorChoicesApi.as_view(),
+        name="api-creator-choices",
+    ),
 ]

@@ -21,6 +21,9 @@ class Creator(models.Model):
         related_name="creator_profiles",
         help_text="The member account of this creator, if they have one.",
     )
+    opted_out = models.BooleanField(
+        default=False, help_text="The creator asked not to be recommended: none of their items is."
+    )
     placeholder = models.BooleanField(
         default=False,
         help_text="Stands for unknown creators (e.g. films without a known director); producer-"
@@ -270,3 +273,28 @@ class BlueskyFeed(models.Model):
 
     def __str__(self) -> str:
         return f"{self.rkey} ({self.community_id})"
+
+
+class MemberChoices(models.Model):
+    """What a member decided about their own recommendations. No row: the defaults (all True)."""
+
+    member = models.OneToOneField(
+        Membership, on_delete=models.CASCADE, primary_key=True, related_name="choices"
+    )
+    personalise = models.BooleanField(
+        default=True,
+        help_text="Off: the member gets the community's non-personalised feed.",
+    )
+    train_on_my_data = models.BooleanField(
+        default=True,
+        help_text="Off: the member's interactions are left out of the model's training.",
+    )
+    muted_creators = models.ManyToManyField(Creator, blank=True, related_name="muted_by")
+    muted_tags = models.JSONField(default=list, blank=True, help_text="Tags never to be shown.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        verbose_name_plural = "member choices"
+
+    def __str__(self) -> str:
+        return f"choices of {self.member_id}"

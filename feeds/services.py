@@ -14,6 +14,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from feeds.auth import token_digest, token_generate
+from feeds.choices import RankingChoices, ranking_choices_load
 from feeds.models import (
     AppCredential,
     FeedPointer,
@@ -28,6 +29,7 @@ from governance.selectors import policy_of, policy_version_current
 from governance.services import audit_append
 from ranking.effects import ItemAttributes
 from ranking.feeds import FeedBatch, compute_feeds
+from ranking.policy import PROVENANCE_CLASSES, Exclude, Policy
 
 logger = logging.getLogger(__name__)
 
@@ -108,8 +110,11 @@ def _load_training_data(community: Community) -> _TrainingData:
     )
 
 
-def _load_item_attributes(community: Community) -> ItemAttributes:
-    """The active items' primary creator, provenance, age and tags, for the policy's effects."""
+def _load_item_attributes(community: Community) -> tuple[ItemAttributes, dict[int, list[str]]]:
+    """The active items' primary creator, provenance, age and tags, for the policy's effects.
+
+    Also returns each active item's tags, which members' tag mutes are resolved against.
+    """
     now = timezone.now()
     items = list(
         Item.objects.filter(community=community, active=True)
@@ -122,7 +127,7 @@ def _load_item_attributes(community: Community) -> ItemAttributes:
             item__community=community, item__active=True, position=0
         ).values_list("item_id", "creator_id", "creator__external_id")
     )
-    return ItemAttributes.from_records(
+    attributes = ItemAttributes.from_records(
         [row[0] for row in items],
         creator_ids=[primary.get(row[0], (-1, ""))[0] for row in items],
         creator_keys=[primary.get(row[0], (-1, ""))[1] for row in items],
@@ -134,6 +139,7 @@ def _load_item_attributes(community: Community) -> ItemAttributes:
         ],
         tags=[row[4] or [] for row in items],
     )
+    return attributes, {row[0]: row[4] or [] for row in items}
 
 
 def _audit_run(run: FeedRun, action: str, payload: dict[str, object]) -> None:
@@ -166,21 +172,33 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
     try:
         started = time.perf_counter()
         data = _load_training_data(run.community)
-        attributes = _load_item_attributes(run.community)
+        policy = policy_of(run.policy_version)
+        attributes, item_tags = _load_item_attributes(run.community)
+        choices = ranking_choices_load(community=run.community, item_tags=item_tags)
         loaded = time.perf_counter()
         batch = compute_feeds(
             member_ids=data.member_ids,
             item_ids=data.item_ids,
             weights=data.weights,
-            policy=policy_of(run.policy_version),
+            policy=policy,
             feed_members=data.feed_members,
             candidate_items=data.candidate_items,
             n=settings.COMMONFEED_FEED_LENGTH,
             item_attributes=attributes,
+            refused_items=choices.refused_items,
+            member_blocks=choices.member_blocks,
+            no_personalisation_members=choices.no_personalisation_members,
+            no_training_members=choices.no_training_members,
         )
         computed = time.perf_counter()
         _write_member_feeds(run, batch)
-        fallback_ids, fallback_scores = _community_popular(data, settings.COMMONFEED_FEED_LENGTH)
+        fallback_ids, fallback_scores = _community_popular(
+            data,
+            settings.COMMONFEED_FEED_LENGTH,
+            policy=policy,
+            attributes=attributes,
+            choices=choices,
+        )
         written = time.perf_counter()
         stats = {
             **batch.metadata,
@@ -229,16 +247,35 @@ def _write_member_feeds(run: FeedRun, batch: FeedBatch) -> None:
         MemberFeed.objects.bulk_create(rows, batch_size=WRITE_BATCH)
 
 
-def _community_popular(data: _TrainingData, n: int) -> tuple[list[int], list[float]]:
-    """The active items most members engaged with (weight > 0), best first, scored 0..1."""
-    positive = data.weights > 0
+def _community_popular(
+    data: _TrainingData,
+    n: int,
+    *,
+    policy: Policy,
+    attributes: ItemAttributes,
+    choices: RankingChoices,
+) -> tuple[list[int], list[float]]:
+    """The community's non-personalised feed: items most members engaged with, best first.
+
+    It obeys the same hard refusals as members' feeds (community rules, excluded provenance,
+    creators who opted out) and leaves out the interactions of members who refused training.
+    """
+    positive = (data.weights > 0) & ~np.isin(data.member_ids, choices.no_training_members)
     pairs = np.unique(
         np.stack([data.member_ids[positive], data.item_ids[positive]], axis=1), axis=0
+    ).reshape(-1, 2)
+    items, counts = np.unique(pairs[:, 1], return_counts=True)
+    excluded = [
+        code
+        for code, name in enumerate(PROVENANCE_CLASSES)
+        if isinstance(policy.ranking.provenance.get(name), Exclude)
+    ]
+    refused = attributes.refused_by(policy.refusals) | np.isin(attributes.provenance, excluded)
+    allowed = np.setdiff1d(
+        attributes.item_ids[~refused], choices.refused_items, assume_unique=False
     )
-    items, counts = np.unique(pairs[:, 1], return_counts=True) if len(pairs) else ([], [])
-    items, counts = np.asarray(items, dtype=np.int64), np.asarray(counts, dtype=np.int64)
-    active = np.isin(items, data.candidate_items)
-    items, counts = items[active], counts[active]
+    keep = np.isin(items, allowed)
+    items, counts = items[keep], counts[keep]
     order = np.lexsort((items, -counts))[:n]  # most members first, ties by id
     top = int(counts[order[0]]) if len(order) else 1
     return items[order].tolist(), np.round(counts[order] / top, 6).tolist()

@@ -11,6 +11,7 @@ urlpatterns = [
     ),
     path("xrpc/app.bsky.feed.getFeedSkeleton", xrpc.get_feed_skeleton, name="bsky-skeleton"),
     path(".well-known/did.json", xrpc.did_document, name="did-document"),
+    path("c/<slug:slug>/settings/", views.member_settings, name="member-settings"),
     path(
         "c/<slug:slug>/members/<str:member_external_id>/feed/",
         views.member_feed,

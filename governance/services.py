@@ -26,6 +26,17 @@ ACTIONS: Final = frozenset(
         "membership.role_changed",
         "feed_run.started",
         "feed_run.finished",
+        "member.choices_changed",
+        "member.data_deleted",
+        "creator.choices_changed",
+        "proposal.created",
+        "proposal.opened",
+        "proposal.withdrawn",
+        "proposal.closed",
+        "proposal.ratified",
+        "proposal.conflicted",
+        "ballot.cast",
+        "ballot.changed",
     }
 )
 SYSTEM_ACTOR: Final = "system"
