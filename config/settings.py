@@ -274,6 +274,12 @@ if not DEBUG:
 # --- Commonfeed -----------------------------------------------------------------------------------
 # How many entries a stored feed holds per member.
 COMMONFEED_FEED_LENGTH = env_int("COMMONFEED_FEED_LENGTH", 50, minimum=1)
+# A worker computing a run renews its claim every lease/4 seconds; a run whose claim is older
+# than the lease belongs to a dead worker and is taken over.
+COMMONFEED_RUN_LEASE_SECONDS = env_int("COMMONFEED_RUN_LEASE_SECONDS", 120, minimum=2)
+# A queued run whose message has not been picked up this long is sent again (brokers lose
+# messages: Redis restarts, a flushed queue).
+COMMONFEED_QUEUE_GRACE_SECONDS = env_int("COMMONFEED_QUEUE_GRACE_SECONDS", 300, minimum=1)
 
 # --- Bluesky feed generator (optional) ------------------------------------------------------------
 # The generator's service DID (did:web:<host> is served at /.well-known/did.json) and the DID of

@@ -159,6 +159,11 @@ class FeedRun(models.Model):
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
     requested_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
+    # Who holds the run: a worker's random token, renewed by its heartbeat. Another worker may
+    # take the run over only once the heartbeat is older than the lease (the holder died).
+    claim = models.CharField(max_length=32, blank=True, editable=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
     finished_at = models.DateTimeField(null=True, blank=True)
     watermark = models.BigIntegerField(
         null=True, blank=True, help_text="Highest interaction id the model was trained on."

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+import secrets
+import threading
 import time
 from dataclasses import dataclass
 from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Max
+from django.db import IntegrityError, connection, transaction
+from django.db.models import F, Max, Q
 from django.utils import timezone
 
 from feeds.auth import token_digest, token_generate
@@ -24,7 +26,7 @@ from feeds.models import (
     ItemCreator,
     MemberFeed,
 )
-from governance.models import Community, Membership
+from governance.models import Community, Membership, PolicyVersion
 from governance.selectors import policy_of, policy_version_current
 from governance.services import audit_append
 from ranking.effects import ItemAttributes
@@ -33,16 +35,15 @@ from ranking.policy import PROVENANCE_CLASSES, Exclude, Policy
 
 logger = logging.getLogger(__name__)
 
-# A run claimed by a worker that then died (acks_late redelivers its message) is taken over once
-# its claim is this old. Shorter than any real run would make two workers compute the same run.
-RUN_LEASE = timedelta(minutes=30)
+# A run whose current version failed this many times is not retried by the reconciler.
+MAX_FAILED_RUNS = 3
 # Feeds of this many most recent finished runs are kept; readers mid-request on the previous
 # generation still find their rows after a swap.
 RUNS_KEPT = 2
 WRITE_BATCH = 2_000
 
 
-def feed_run_request(*, community: Community) -> FeedRun:
+def feed_run_request(*, community: Community, queue: str | None = None) -> FeedRun:
     """Record a recompute of the community's feeds under its current policy and enqueue it.
 
     The task is sent only after the transaction commits, so a worker never looks for a run that
@@ -55,24 +56,77 @@ def feed_run_request(*, community: Community) -> FeedRun:
         run = FeedRun.objects.create(
             community=community, policy_version=version, policy_sha256=version.sha256
         )
-        recompute_community_feeds.delay_on_commit(run.pk)
+        transaction.on_commit(lambda: recompute_community_feeds.apply_async((run.pk,), queue=queue))
     return run
 
 
-def _claim(run_id: int) -> bool:
-    """Compare-and-set the run to RUNNING. False if it is finished, failed or freshly claimed."""
+class LostClaim(Exception):
+    """Another worker took the run over (this one was presumed dead); stop without swapping."""
+
+
+def _lease() -> timedelta:
+    return timedelta(seconds=settings.COMMONFEED_RUN_LEASE_SECONDS)
+
+
+def _claim(run_id: int) -> str | None:
+    """Compare-and-set the run to RUNNING under a fresh token; None if it is not ours to run.
+
+    A queued run is claimed at once. A running run is taken over only when its holder's
+    heartbeat is older than the lease, i.e. the worker died (SIGKILL, lost machine).
+    """
     now = timezone.now()
+    token = secrets.token_hex(16)
+    fields = {"status": FeedRun.Status.RUNNING, "claim": token, "heartbeat_at": now}
     claimed = FeedRun.objects.filter(pk=run_id, status=FeedRun.Status.QUEUED).update(
-        status=FeedRun.Status.RUNNING, started_at=now
+        started_at=now, attempts=F("attempts") + 1, **fields
     )
-    if claimed:
-        return True
-    # Redelivered after the worker that held it died: take it over once the lease ran out.
-    return bool(
-        FeedRun.objects.filter(
-            pk=run_id, status=FeedRun.Status.RUNNING, started_at__lt=now - RUN_LEASE
-        ).update(started_at=now)
-    )
+    if not claimed:
+        claimed = FeedRun.objects.filter(
+            pk=run_id, status=FeedRun.Status.RUNNING, heartbeat_at__lt=now - _lease()
+        ).update(attempts=F("attempts") + 1, **fields)
+        if claimed:
+            logger.warning("feed run %s: took over from a worker whose lease ran out", run_id)
+    return token if claimed else None
+
+
+class _Heartbeat:
+    """Renew the run's claim from a background thread while the worker computes.
+
+    The thread has its own database connection (closed when it stops). If the claim is gone
+    (another worker took over), ``lost`` is set and the run must not be swapped in.
+    """
+
+    def __init__(self, run_id: int, token: str) -> None:
+        self.run_id, self.token = run_id, token
+        self.lost = False
+        # Inside an enclosing transaction (a test, an eager call) the run's rows are invisible
+        # to another connection; nothing else can take the run over then, so no beat is needed.
+        self.enabled = not connection.in_atomic_block
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+
+    def _beat(self) -> None:
+        interval = settings.COMMONFEED_RUN_LEASE_SECONDS / 4
+        try:
+            while not self._stop.wait(interval):
+                renewed = FeedRun.objects.filter(
+                    pk=self.run_id, claim=self.token, status=FeedRun.Status.RUNNING
+                ).update(heartbeat_at=timezone.now())
+                if not renewed:
+                    self.lost = True
+                    return
+        finally:
+            connection.close()
+
+    def __enter__(self) -> _Heartbeat:
+        if self.enabled:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self.enabled:
+            self._thread.join()
 
 
 @dataclass(frozen=True)
@@ -163,67 +217,80 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
     Safe to call twice or after a crash: the claim lets one caller in; feed rows are keyed by
     (run, member) so a re-run after a partial write replaces them; the swap only moves forward.
     """
-    if not _claim(run_id):
+    token = _claim(run_id)
+    if token is None:
         logger.info("feed run %s is not claimable (done, failed or held); skipping", run_id)
         return FeedRun.objects.get(pk=run_id)
     run = FeedRun.objects.select_related("community", "policy_version").get(pk=run_id)
     with transaction.atomic():
-        _audit_run(run, "feed_run.started", {})
+        _audit_run(run, "feed_run.started", {"attempt": run.attempts})
     try:
-        started = time.perf_counter()
-        data = _load_training_data(run.community)
-        policy = policy_of(run.policy_version)
-        attributes, item_tags = _load_item_attributes(run.community)
-        choices = ranking_choices_load(community=run.community, item_tags=item_tags)
-        loaded = time.perf_counter()
-        batch = compute_feeds(
-            member_ids=data.member_ids,
-            item_ids=data.item_ids,
-            weights=data.weights,
-            policy=policy,
-            feed_members=data.feed_members,
-            candidate_items=data.candidate_items,
-            n=settings.COMMONFEED_FEED_LENGTH,
-            item_attributes=attributes,
-            refused_items=choices.refused_items,
-            member_blocks=choices.member_blocks,
-            no_personalisation_members=choices.no_personalisation_members,
-            no_training_members=choices.no_training_members,
-        )
-        computed = time.perf_counter()
-        _write_member_feeds(run, batch)
-        fallback_ids, fallback_scores = _community_popular(
-            data,
-            settings.COMMONFEED_FEED_LENGTH,
-            policy=policy,
-            attributes=attributes,
-            choices=choices,
-        )
-        written = time.perf_counter()
-        stats = {
-            **batch.metadata,
-            "load_seconds": round(loaded - started, 3),
-            "compute_seconds": round(computed - loaded, 3),
-            "write_seconds": round(written - computed, 3),
-            "members": len(batch.member_ids),
-        }
-        _finish_and_swap(
-            run,
-            watermark=data.watermark,
-            stats=stats,
-            fallback=(fallback_ids, fallback_scores),
-        )
+        with _Heartbeat(run_id, token) as heartbeat:
+            _compute_and_swap(run, token, heartbeat)
+    except LostClaim:
+        logger.warning("feed run %s: lost the claim to another worker; stopping", run_id)
+        return FeedRun.objects.get(pk=run_id)
     except Exception as exc:
         logger.exception("feed run %s failed", run_id)
         with transaction.atomic():
-            FeedRun.objects.filter(pk=run_id).update(
+            failed = FeedRun.objects.filter(pk=run_id, claim=token).update(
                 status=FeedRun.Status.FAILED, finished_at=timezone.now(), error=repr(exc)[:2000]
             )
-            _audit_run(run, "feed_run.finished", {"status": "failed", "error": repr(exc)[:500]})
+            if failed:
+                _audit_run(run, "feed_run.finished", {"status": "failed", "error": repr(exc)[:500]})
         raise
     feed_runs_prune(community=run.community)
     run.refresh_from_db()
     return run
+
+
+def _compute_and_swap(run: FeedRun, token: str, heartbeat: _Heartbeat) -> None:
+    started = time.perf_counter()
+    data = _load_training_data(run.community)
+    policy = policy_of(run.policy_version)
+    attributes, item_tags = _load_item_attributes(run.community)
+    choices = ranking_choices_load(community=run.community, item_tags=item_tags)
+    loaded = time.perf_counter()
+    batch = compute_feeds(
+        member_ids=data.member_ids,
+        item_ids=data.item_ids,
+        weights=data.weights,
+        policy=policy,
+        feed_members=data.feed_members,
+        candidate_items=data.candidate_items,
+        n=settings.COMMONFEED_FEED_LENGTH,
+        item_attributes=attributes,
+        refused_items=choices.refused_items,
+        member_blocks=choices.member_blocks,
+        no_personalisation_members=choices.no_personalisation_members,
+        no_training_members=choices.no_training_members,
+    )
+    computed = time.perf_counter()
+    _write_member_feeds(run, batch)
+    fallback_ids, fallback_scores = _community_popular(
+        data,
+        settings.COMMONFEED_FEED_LENGTH,
+        policy=policy,
+        attributes=attributes,
+        choices=choices,
+    )
+    written = time.perf_counter()
+    stats = {
+        **batch.metadata,
+        "load_seconds": round(loaded - started, 3),
+        "compute_seconds": round(computed - loaded, 3),
+        "write_seconds": round(written - computed, 3),
+        "members": len(batch.member_ids),
+    }
+    if heartbeat.lost:
+        raise LostClaim(run.pk)
+    _finish_and_swap(
+        run,
+        token=token,
+        watermark=data.watermark,
+        stats=stats,
+        fallback=(fallback_ids, fallback_scores),
+    )
 
 
 def _write_member_feeds(run: FeedRun, batch: FeedBatch) -> None:
@@ -285,11 +352,13 @@ def _community_popular(
 def _finish_and_swap(
     run: FeedRun,
     *,
+    token: str,
     watermark: int,
     stats: dict[str, object],
     fallback: tuple[list[int], list[float]],
 ) -> None:
-    FeedRun.objects.filter(pk=run.pk).update(
+    # Only the claim holder may finish: a worker presumed dead that wakes up finds 0 rows here.
+    finished = FeedRun.objects.filter(pk=run.pk, claim=token, status=FeedRun.Status.RUNNING).update(
         status=FeedRun.Status.FINISHED,
         finished_at=timezone.now(),
         watermark=watermark,
@@ -297,6 +366,8 @@ def _finish_and_swap(
         fallback_item_ids=fallback[0],
         fallback_scores=fallback[1],
     )
+    if not finished:
+        raise LostClaim(run.pk)
     _audit_run(
         run,
         "feed_run.finished",
@@ -317,6 +388,52 @@ def _finish_and_swap(
         FeedPointer.objects.filter(community_id=run.community_id, run_id__lt=run.pk).update(
             run_id=run.pk, switched_at=timezone.now()
         )
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    resent: list[int]
+    requested: list[int]
+
+
+def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
+    """Make sure every community's current policy ends up with a finished feed run.
+
+    The broker is not the source of truth: a message can be lost (Redis restarted or flushed, a
+    worker killed before acknowledging). The database is. This re-sends runs that sat queued
+    past the grace period or whose worker stopped beating, and requests a run for any community
+    whose current policy version has none (after a ratification whose announcement was lost).
+    Safe to run any time, from beat or by hand: claims make duplicate messages harmless.
+    """
+    from feeds.tasks import recompute_community_feeds
+
+    now = timezone.now()
+    grace = timedelta(seconds=settings.COMMONFEED_QUEUE_GRACE_SECONDS)
+    stale = FeedRun.objects.filter(
+        Q(status=FeedRun.Status.QUEUED, requested_at__lt=now - grace)
+        | Q(status=FeedRun.Status.RUNNING, heartbeat_at__lt=now - _lease())
+    ).values_list("pk", flat=True)
+    resent = list(stale)
+    for run_id in resent:
+        recompute_community_feeds.apply_async((run_id,), queue=queue)
+
+    requested = []
+    for version in PolicyVersion.objects.filter(is_current=True).select_related("community"):
+        runs = FeedRun.objects.filter(policy_version=version)
+        if runs.exclude(status=FeedRun.Status.FAILED).exists():
+            continue
+        if runs.count() >= MAX_FAILED_RUNS:
+            logger.error(
+                "policy version %s of %s failed %s runs; not retrying",
+                version.number,
+                version.community.slug,
+                MAX_FAILED_RUNS,
+            )
+            continue
+        requested.append(feed_run_request(community=version.community, queue=queue).pk)
+    if resent or requested:
+        logger.info("reconciler: re-sent runs %s, requested runs %s", resent, requested)
+    return Reconciled(resent=resent, requested=requested)
 
 
 def feed_runs_prune(*, community: Community, keep: int = RUNS_KEPT) -> int:

@@ -12,3 +12,8 @@ def recompute_community_feeds(run_id: int) -> None:
     # Failures are recorded on the FeedRun (status "failed", error); the worker's log has the
     # traceback. Not retried automatically: a failing run usually fails the same way again.
     services.feed_run_execute(run_id=run_id)
+
+
+@shared_task
+def reconcile_feed_runs() -> None:
+    services.feed_runs_reconcile()

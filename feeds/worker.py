@@ -14,7 +14,7 @@ from django.conf import settings
 BASE_DIR = Path(settings.BASE_DIR)
 
 
-def worker_command(*, loglevel: str = "INFO") -> list[str]:
+def worker_command(*, loglevel: str = "INFO", queue: str | None = None) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -27,14 +27,18 @@ def worker_command(*, loglevel: str = "INFO") -> list[str]:
         "--without-gossip",
         "--without-mingle",
         "-Q",
-        settings.CELERY_TASK_DEFAULT_QUEUE,
+        queue or settings.CELERY_TASK_DEFAULT_QUEUE,
         "-n",
         f"commonfeed-{os.getpid()}@%h",
     ]
 
 
 def worker_start(
-    *, env: Mapping[str, str] | None = None, log_path: Path | None = None, loglevel: str = "INFO"
+    *,
+    env: Mapping[str, str] | None = None,
+    log_path: Path | None = None,
+    loglevel: str = "INFO",
+    queue: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a worker in its own process with the same settings as this process.
 
@@ -45,7 +49,7 @@ def worker_start(
     full_env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", ""))
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        worker_command(loglevel=loglevel),
+        worker_command(loglevel=loglevel, queue=queue),
         cwd=BASE_DIR,
         env=full_env,
         stdout=out,
