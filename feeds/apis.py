@@ -6,16 +6,17 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
-from django.http import Http404
+from django.http import Http404, HttpResponse
 from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
 from rest_framework import exceptions, serializers
 from rest_framework.permissions import BasePermission
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from feeds import choices, ingest
+from feeds import choices, feedcache, ingest
 from feeds.auth import AppPrincipal
 from feeds.cursors import cursor_decode, cursor_encode
 from feeds.fields import (
@@ -185,7 +186,7 @@ class MemberFeedApi(APIView):
             "(410). Responses carry an ETag; send it back in If-None-Match to get 304."
         ),
     )
-    def get(self, request: Request, slug: str, member_external_id: str) -> Response:
+    def get(self, request: Request, slug: str, member_external_id: str) -> Response | HttpResponse:
         params = self.InputSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
         community = community_for_app(request, slug)
@@ -203,17 +204,23 @@ class MemberFeedApi(APIView):
             raise Gone("This cursor's feed generation has been replaced; start again.") from None
         limit = params.validated_data.get("limit")
         # A run's stored feeds never change, so (run, member, page) identifies the response.
-        etag = f'"{run.pk}.{member.pk}.{offset}.{limit or 0}"'
+        etag = f'"{run.pk}.{run.claim[:8]}.{member.pk}.{offset}.{limit or 0}"'
         if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
             return Response(status=304, headers={"ETag": etag})
-        feed = member_feed_get(
-            community=community, member=member, run=run, limit=limit, offset=offset
-        )
-        data = self.OutputSerializer(feed).data
-        data["cursor"] = (
-            cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
-        )
-        return Response(data, headers={"ETag": etag, "Cache-Control": "private, no-cache"})
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
+        key = feedcache.page_key(run=run, member_id=member.pk, offset=offset, limit=limit)
+        body = feedcache.page_get(key)
+        if body is None:
+            feed = member_feed_get(
+                community=community, member=member, run=run, limit=limit, offset=offset
+            )
+            data = self.OutputSerializer(feed).data
+            data["cursor"] = (
+                cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
+            )
+            body = JSONRenderer().render(data)
+            feedcache.page_set(key, body)
+        return HttpResponse(body, content_type="application/json", headers=headers)
 
 
 class Gone(exceptions.APIException):

@@ -249,3 +249,40 @@ def test_an_unchanged_feed_answers_304_to_its_etag(client: Client) -> None:
     changed = client.get(_url(community.slug, member), HTTP_IF_NONE_MATCH=etag, **_bearer(token))
     assert changed.status_code == 200
     assert changed["ETag"] != etag
+
+
+def test_a_second_read_is_served_from_the_cache_with_fewer_queries(
+    client: Client, django_assert_max_num_queries: Any
+) -> None:
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    first = client.get(url, **_bearer(token))
+    # Credential, member and pointer lookups remain; the feed row, items and credits do not.
+    with django_assert_max_num_queries(3):
+        second = client.get(url, **_bearer(token))
+    assert second.content == first.content
+
+
+def test_feeds_are_still_served_when_the_cache_is_down(client: Client, settings: Any) -> None:
+    from feeds import feedcache
+
+    community, data = _computed_community()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": "redis://127.0.0.1:1/0",  # nothing listens there
+        }
+    }
+    feedcache._down_until = 0.0
+    try:
+        for _ in range(3):
+            response = client.get(
+                _url(community.slug, data["members"][0].external_id), **_bearer(token)
+            )
+            assert response.status_code == 200
+            assert response.json()["items"]
+        assert feedcache._down_until > 0  # it noticed, and backs off
+    finally:
+        feedcache._down_until = 0.0
