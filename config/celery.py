@@ -9,3 +9,18 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 app = Celery("commonfeed")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+# Voting ends on the minute: close due proposals and ratify passed ones (idempotent, see
+# governance.proposal_services.proposals_close_due). Assigned, not read-and-merged: reading
+# app.conf here would load the Django settings while the config package is still importing.
+app.conf.beat_schedule = {
+    "governance-close-due-proposals": {
+        "task": "governance.tasks.close_due_proposals",
+        "schedule": 60.0,
+    },
+    # The broker can lose messages; the database knows which runs are owed (feeds.services).
+    "feeds-reconcile-feed-runs": {
+        "task": "feeds.tasks.reconcile_feed_runs",
+        "schedule": 60.0,
+    },
+}

@@ -3,6 +3,8 @@ from django.urls import include, path
 
 urlpatterns = [
     path("admin/", admin.site.urls),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("", include("governance.urls")),
     path("api/v1/", include("feeds.api_urls")),
     path("", include("feeds.urls")),
 ]

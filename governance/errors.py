@@ -19,3 +19,45 @@ class InvalidVersionParent(GovernanceError):
     """The parent version belongs to another community."""
 
     code = "invalid_parent"
+
+
+class NotPermitted(GovernanceError):
+    """The acting member's role does not allow this (HTTP 403)."""
+
+    code = "forbidden"
+
+
+class NotInElectorate(GovernanceError):
+    """The member was not a member when voting opened, or is of another community (HTTP 403)."""
+
+    code = "not_in_electorate"
+
+
+class ProposalNotOpen(GovernanceError):
+    """The proposal is not open for voting: not yet opened, or closed (HTTP 409)."""
+
+    code = "proposal_not_open"
+
+
+class InvalidTransition(GovernanceError):
+    """The proposal is not in the state this transition starts from; another request may have
+    moved it first (HTTP 409)."""
+
+    code = "invalid_transition"
+
+
+class VotingNotOver(GovernanceError):
+    """The proposal's voting period has not ended yet (HTTP 409)."""
+
+    code = "voting_not_over"
+
+
+# HTTP status of each domain error, for views and APIs (anything else: 409).
+HTTP_STATUS = {NotPermitted: 403, NotInElectorate: 403, InvalidVersionParent: 400}
+
+
+def http_status(error: GovernanceError) -> int:
+    for cls, status in HTTP_STATUS.items():
+        if isinstance(error, cls):
+            return status
+    return 409

@@ -219,3 +219,142 @@ class AuditEntry(models.Model):
     @property
     def payload(self) -> Any:
         return json.loads(self.payload_json)
+
+
+class Proposal(models.Model):
+    """A proposed change to a community's ranking policy, voted on by a frozen electorate.
+
+    Life cycle: draft -> open -> passed / failed / withdrawn; passed -> ratified / conflicted.
+    Every transition is a compare-and-set update on ``state`` in ``governance.services``.
+    """
+
+    class State(models.TextChoices):
+        DRAFT = "draft", "Draft"
+        OPEN = "open", "Open for voting"
+        PASSED = "passed", "Passed"
+        FAILED = "failed", "Failed"
+        WITHDRAWN = "withdrawn", "Withdrawn"
+        RATIFIED = "ratified", "Ratified"
+        CONFLICTED = "conflicted", "Conflicted"
+
+    community = models.ForeignKey(Community, on_delete=models.CASCADE, related_name="proposals")
+    author = models.ForeignKey(Membership, on_delete=models.PROTECT, related_name="proposals")
+    title = models.CharField(max_length=200)
+    rationale = models.TextField(blank=True)
+    # The proposed policy, validated and with every default spelled out (canonical form).
+    document = models.JSONField()
+    # The version current when the proposal was drafted: the base of its diff and of the merge.
+    base_version = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="+")
+    state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Frozen when voting opens: the rules and the electorate do not move under a running vote.
+    charter_version = models.ForeignKey(
+        CharterVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    quorum = models.FloatField(null=True, blank=True)
+    approval_threshold = models.FloatField(null=True, blank=True)
+    electorate_size = models.PositiveIntegerField(null=True, blank=True)
+    opens_at = models.DateTimeField(null=True, blank=True)
+    closes_at = models.DateTimeField(null=True, blank=True)
+    # Filled when voting closes.
+    closed_at = models.DateTimeField(null=True, blank=True)
+    yes_count = models.PositiveIntegerField(null=True, blank=True)
+    no_count = models.PositiveIntegerField(null=True, blank=True)
+    abstain_count = models.PositiveIntegerField(null=True, blank=True)
+    # Filled by ratification.
+    decided_at = models.DateTimeField(null=True, blank=True)
+    ratified_version = models.ForeignKey(
+        PolicyVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    conflict_paths = models.JSONField(default=list, blank=True)
+
+    class Meta:
+        ordering = ["community", "-created_at", "-id"]
+        indexes = [models.Index(fields=["state", "closes_at"], name="proposal_state_closes")]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(
+                    state__in=[
+                        "draft",
+                        "open",
+                        "passed",
+                        "failed",
+                        "withdrawn",
+                        "ratified",
+                        "conflicted",
+                    ]
+                ),
+                name="proposal_state_valid",
+            ),
+            # A proposal that was ever opened has its frozen rules and voting window.
+            models.CheckConstraint(
+                condition=Q(state__in=["draft", "withdrawn"])
+                | Q(
+                    opens_at__isnull=False,
+                    closes_at__isnull=False,
+                    electorate_size__isnull=False,
+                    quorum__isnull=False,
+                    approval_threshold__isnull=False,
+                    charter_version__isnull=False,
+                ),
+                name="proposal_opened_has_rules",
+            ),
+            models.CheckConstraint(
+                condition=~Q(state="ratified") | Q(ratified_version__isnull=False),
+                name="proposal_ratified_has_version",
+            ),
+            # One proposal per ratified version: a version is made by exactly one decision.
+            models.UniqueConstraint(
+                fields=["ratified_version"],
+                condition=Q(ratified_version__isnull=False),
+                name="proposal_unique_ratified_version",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.pk} {self.title}"
+
+
+class ElectorateEntry(models.Model):
+    """One member entitled to vote on a proposal, recorded when voting opened."""
+
+    proposal = models.ForeignKey(Proposal, on_delete=models.CASCADE, related_name="electorate")
+    member = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="+")
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["proposal", "member"], name="electorate_unique_member"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.member_id} may vote on {self.proposal_id}"
+
+
+class Ballot(models.Model):
+    """A member's current ballot on a proposal. Changing a vote updates this row; the audit log
+    keeps the history (``ballot.cast`` then ``ballot.changed`` entries)."""
+
+    class Choice(models.TextChoices):
+        YES = "yes", "Yes"
+        NO = "no", "No"
+        ABSTAIN = "abstain", "Abstain"
+
+    proposal = models.ForeignKey(Proposal, on_delete=models.CASCADE, related_name="ballots")
+    member = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="+")
+    choice = models.CharField(max_length=8, choices=Choice.choices)
+    cast_at = models.DateTimeField()
+    # Server-side random value that makes the receipt unguessable from the public fields.
+    nonce = models.CharField(max_length=64)
+    receipt = models.CharField(max_length=64, unique=True)
+
+    class Meta:
+        constraints = [
+            # One ballot per member per proposal: the database, not an ``if``, guarantees it.
+            models.UniqueConstraint(fields=["proposal", "member"], name="ballot_one_per_member"),
+            models.CheckConstraint(
+                condition=Q(choice__in=["yes", "no", "abstain"]), name="ballot_choice_valid"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"ballot of {self.member_id} on {self.proposal_id}"

@@ -3,13 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from fractions import Fraction
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import Count, Q, QuerySet
 
 from governance import audit_chain
 from governance.charter import Charter
-from governance.models import AuditEntry, CharterVersion, Community, PolicyVersion
+from governance.models import (
+    AuditEntry,
+    Ballot,
+    CharterVersion,
+    Community,
+    Membership,
+    PolicyVersion,
+    Proposal,
+)
 from ranking.policy import Policy
 
 _AUDIT_COLUMNS = (
@@ -85,3 +94,67 @@ def audit_locate(community_id: int, entry_hash: str) -> Any:
 def audit_verify(*, community: Community | None = None) -> list[audit_chain.ChainState]:
     """Recompute every chain (or one community's) and return each chain's state."""
     return list(audit_chain.verify_chains(audit_stream(community=community), locate=audit_locate))
+
+
+def proposal_tally(*, proposal: Proposal) -> dict[str, Any]:
+    """Counts of the current ballots, turnout over the frozen electorate, quorum and approval.
+
+    ``turnout`` = voters (abstentions included) / electorate size; ``approval`` = yes / (yes + no),
+    ``None`` without yes or no votes. Quorum is met when turnout >= the frozen quorum (exact
+    fractions, no float rounding at the boundary).
+    """
+    counts = Ballot.objects.filter(proposal=proposal).aggregate(
+        yes=Count("pk", filter=Q(choice="yes")),
+        no=Count("pk", filter=Q(choice="no")),
+        abstain=Count("pk", filter=Q(choice="abstain")),
+    )
+    yes, no, abstain = counts["yes"], counts["no"], counts["abstain"]
+    voters = yes + no + abstain
+    size = proposal.electorate_size or 0
+    turnout = Fraction(voters, size) if size else Fraction(0)
+    quorum = Fraction(str(proposal.quorum)) if proposal.quorum is not None else None
+    return {
+        "yes": yes,
+        "no": no,
+        "abstain": abstain,
+        "voters": voters,
+        "electorate_size": size,
+        "turnout": float(turnout),
+        "quorum": proposal.quorum,
+        "quorum_met": quorum is not None and size > 0 and turnout >= quorum,
+        "approval": (yes / (yes + no)) if yes + no else None,
+        "approval_threshold": proposal.approval_threshold,
+    }
+
+
+def proposals_of(*, community: Community) -> QuerySet[Proposal]:
+    """The community's proposals, newest first."""
+    return Proposal.objects.filter(community=community).select_related("author", "base_version")
+
+
+def membership_of_user(*, community: Community, user: Any) -> Membership | None:
+    """The logged-in user's membership of ``community``, or ``None``."""
+    if user is None or not user.is_authenticated:
+        return None
+    return Membership.objects.filter(community=community, user=user).first()
+
+
+def ballot_of(*, proposal: Proposal, member: Membership | None) -> Ballot | None:
+    """``member``'s current ballot on ``proposal``, or ``None``."""
+    if member is None:
+        return None
+    return Ballot.objects.filter(proposal=proposal, member=member).first()
+
+
+def policy_versions_with_diffs(*, community: Community) -> list[dict[str, Any]]:
+    """Every policy version, newest first, with its changes against its parent."""
+    from governance.diff import policy_diff
+
+    versions = list(PolicyVersion.objects.filter(community=community).order_by("-number"))
+    by_pk = {version.pk: version for version in versions}
+    rows = []
+    for version in versions:
+        parent = by_pk.get(version.parent_id) if version.parent_id else None
+        changes = policy_diff(parent.document, version.document) if parent else []
+        rows.append({"version": version, "parent": parent, "changes": changes})
+    return rows

@@ -1,0 +1,25 @@
+from django.urls import path
+
+from governance import views
+
+app_name = "governance"
+
+urlpatterns = [
+    path("c/<slug:slug>/governance/", views.governance_home, name="home"),
+    path("c/<slug:slug>/governance/history/", views.policy_history, name="history"),
+    path("c/<slug:slug>/proposals/new/", views.proposal_new, name="proposal-new"),
+    path("c/<slug:slug>/proposals/<int:pk>/", views.proposal_detail, name="proposal"),
+    path("c/<slug:slug>/proposals/<int:pk>/vote/", views.proposal_vote, name="vote"),
+    path(
+        "c/<slug:slug>/proposals/<int:pk>/open/",
+        views.proposal_transition,
+        {"action": "open"},
+        name="open",
+    ),
+    path(
+        "c/<slug:slug>/proposals/<int:pk>/withdraw/",
+        views.proposal_transition,
+        {"action": "withdraw"},
+        name="withdraw",
+    ),
+]
