@@ -8,9 +8,12 @@ Usage::
         [--discount none|log2] [--format json|table]
 
 A policy file is the policy document as JSON (``{}`` is the default policy); it is validated with
-:meth:`ranking.policy.Policy.model_validate_json`, so unknown fields are an error. The report is
-the dict of :func:`ranking.evaluation.evaluate` (or :func:`~ranking.evaluation.compare` with
-``--compare``), printed as JSON, or as a readable table with ``--format table``.
+:meth:`ranking.policy.Policy.model_validate_json`, so unknown fields are an error. Every setting
+of the policy applies, re-ranking effects included: the item attributes they need (creators,
+provenance, tags, ages) come from the data set (:func:`ranking.evaluation.item_attributes`).
+The report is the dict of :func:`ranking.evaluation.evaluate` (or
+:func:`~ranking.evaluation.compare` with ``--compare``), printed as JSON, or as a readable table
+with ``--format table``.
 """
 
 from __future__ import annotations

@@ -14,6 +14,11 @@ The protocol, in four steps, each a plain function over :class:`~ranking.dataset
    train, which the pipeline can never recommend and which are therefore dropped from the truth.
 4. **Report** as a JSON-ready dict (:func:`evaluate`), or two policies side by side with deltas
    and churn (:func:`compare`).
+
+Re-ranking effects (creator cap, quotas, freshness, refusals, provenance rules) need item
+attributes; :func:`item_attributes` builds them from the data set (creators, provenance, tags,
+age relative to the split's latest training interaction) and :func:`recommend` passes them to
+``compute_feeds`` unless ``feed_options`` brings its own, so any valid policy can be evaluated.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 
 from ranking import metrics
-from ranking.datasets import AI_GENERATED, InteractionData
+from ranking.datasets import AI_GENERATED, PROVENANCES, InteractionData
+from ranking.effects import ItemAttributes
 from ranking.feeds import compute_feeds
 from ranking.policy import ModelParams, Policy
 
@@ -43,8 +49,10 @@ __all__ = [
     "evaluated_members",
     "history_matrix",
     "implicit_baseline",
+    "item_attributes",
     "metrics_report",
     "recommend",
+    "reference_time",
     "split_random",
     "split_temporal",
     "truth_matrix",
@@ -238,6 +246,63 @@ def truth_matrix(data: InteractionData, split: Split, member_ids: npt.ArrayLike)
     return truth
 
 
+def reference_time(data: InteractionData, split: Split | None = None) -> float:
+    """Unix time "now" for item ages: the latest training interaction (of all, without a split).
+
+    ``0.0`` when there is no interaction.
+    """
+    stamps = data.timestamps if split is None else data.timestamps[split.train]
+    return float(stamps.max()) if stamps.size else 0.0
+
+
+def item_attributes(data: InteractionData, split: Split | None = None) -> ItemAttributes:
+    """The item attributes that :func:`ranking.feeds.compute_feeds` needs, from a data set.
+
+    One row per catalogue item (``data.items``):
+
+    * ``item_ids``: the external item ids; ``item_keys`` the same, as text;
+    * ``creator_ids``: the primary creator's index in ``data.creators`` (``-1`` for none, e.g.
+      the ``unattributed`` placeholder); ``creator_keys`` the creator's name (``""`` for none),
+      so ``creator`` refusals match ``data.creators`` entries. The creator ids are the
+      creator indices, so the re-ranking's long tail (creators ranked by training popularity,
+      ties to the lower index) is the same as :func:`metrics_report`'s;
+    * ``provenance``: :data:`~ranking.datasets.PROVENANCES` name of the item's code;
+    * ``age_days``: days from the item's publication to :func:`reference_time` (the latest
+      *training* interaction, so nothing from the test period leaks in); ``NaN`` when unknown;
+    * ``tags``: the item's tags (``data.tag_names`` of its non-zero ``item_tags`` columns).
+
+    Parameters
+    ----------
+    data : InteractionData
+    split : Split, optional
+        The split whose training part defines "now"; without one, all interactions do.
+
+    Returns
+    -------
+    ItemAttributes
+    """
+    now = reference_time(data, split)
+    creator = data.item_creator.astype(np.int64)
+    creator_keys = [data.creators[c] if c >= 0 else "" for c in creator.tolist()]
+    tags_csr = csr_matrix(data.item_tags, copy=True)  # never touch the data set's arrays
+    tags_csr.eliminate_zeros()
+    tags_csr.sort_indices()
+    tag_names = np.asarray(data.tag_names, dtype=object)
+    item_tags = [
+        [str(tag_names[c]) for c in tags_csr.indices[start:stop]]
+        for start, stop in zip(tags_csr.indptr[:-1], tags_csr.indptr[1:], strict=True)
+    ]
+    return ItemAttributes.from_records(
+        data.items,
+        creator_ids=creator,
+        provenance=[PROVENANCES[int(code)] for code in data.item_provenance],
+        age_days=(now - data.item_published) / 86_400.0,
+        item_keys=[str(item) for item in data.items.tolist()],
+        creator_keys=creator_keys,
+        tags=item_tags,
+    )
+
+
 @dataclass(frozen=True, eq=False)
 class Recommendations:
     """Top-k lists produced for an evaluation.
@@ -293,8 +358,9 @@ def recommend(
     num_threads : int, default 0
         ALS threads (``0``: all cores); results do not depend on it.
     feed_options : mapping, optional
-        Further keyword arguments for :func:`~ranking.feeds.compute_feeds` (e.g. the item
-        attributes that re-ranking effects need).
+        Further keyword arguments for :func:`~ranking.feeds.compute_feeds`. Unless it has
+        ``item_attributes``, those of :func:`item_attributes` ``(data, split)`` are passed, so
+        every re-ranking effect of the policy applies.
 
     Returns
     -------
@@ -302,6 +368,9 @@ def recommend(
     """
     train = split.train
     members = evaluated_members(data, split)
+    options = dict(feed_options or {})
+    if "item_attributes" not in options:
+        options["item_attributes"] = item_attributes(data, split)
     started = time.perf_counter()
     batch = compute_feeds(
         member_ids=data.member_ids[train],
@@ -312,7 +381,7 @@ def recommend(
         candidate_items=data.items,
         n=k,
         num_threads=num_threads,
-        **dict(feed_options or {}),
+        **options,
     )
     seconds = time.perf_counter() - started
     items = np.where(batch.item_ids >= 0, data.item_index(batch.item_ids), -1)

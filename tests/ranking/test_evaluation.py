@@ -19,13 +19,15 @@ from ranking.evaluation import (
     evaluated_members,
     history_matrix,
     implicit_baseline,
+    item_attributes,
     metrics_report,
     recommend,
+    reference_time,
     split_random,
     split_temporal,
     truth_matrix,
 )
-from ranking.policy import ModelParams, Policy
+from ranking.policy import ModelParams, Policy, neutral_policy
 
 ML_100K = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "ml-100k"
 PLAIN = Policy(model=ModelParams(factors=16, regularization=10.0, alpha=2.0))
@@ -127,6 +129,40 @@ def test_truth_drops_pairs_also_in_train() -> None:
     np.testing.assert_array_equal(evaluated_members(data, split), [1])
 
 
+# ---------------------------------------------------------------- item attributes
+
+
+def test_item_attributes_from_data() -> None:
+    day = 86_400
+    data = replace(
+        synthetic([3], n_items=4),
+        timestamps=np.array([10 * day, 20 * day, 30 * day], dtype=np.int64),
+        item_creator=np.array([1, -1, 0, 1], dtype=np.int64),
+        creators=("ada", "bo"),
+        item_tags=csr_matrix(np.array([[1, 0], [0, 0], [1, 1], [0, 1]], dtype=np.float32)),
+        tag_names=("Drama", "War"),
+        item_provenance=np.array([0, 1, 2, 3], dtype=np.int8),
+        item_published=np.array([0.0, 5 * day, np.nan, 20 * day]),
+    )
+    split = Split(train=np.array([True, True, False]), method="random", test_fraction=0.3)
+    assert reference_time(data, split) == 20 * day  # the test interaction at day 30 is not seen
+    assert reference_time(data) == 30 * day
+    attributes = item_attributes(data, split)
+    assert attributes.item_ids.tolist() == [100, 101, 102, 103]
+    assert attributes.item_keys.tolist() == ["100", "101", "102", "103"]
+    assert attributes.creator_ids.tolist() == [1, -1, 0, 1]
+    assert attributes.creator_keys.tolist() == ["bo", "", "ada", "bo"]
+    assert attributes.provenance.tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(attributes.age_days, [20, 15, np.nan, 0])
+    assert attributes.tag_names.tolist() == ["Drama", "War"]
+    assert attributes.tags.toarray().tolist() == [
+        [True, False],
+        [False, False],
+        [True, True],
+        [False, True],
+    ]
+
+
 # ---------------------------------------------------------------- on ml-100k
 
 
@@ -138,6 +174,38 @@ def test_pipeline_equals_bare_implicit(ml100k: InteractionData) -> None:
     np.testing.assert_array_equal(ours.member_ids, bare.member_ids)
     np.testing.assert_array_equal(ours.items, bare.items)
     assert metrics_report(ours, ml100k, split) == metrics_report(bare, ml100k, split)
+
+
+def test_neutral_policy_with_attributes_equals_bare_implicit(ml100k: InteractionData) -> None:
+    # recommend() passes item attributes by default; with nothing to re-rank they change nothing.
+    split = split_random(ml100k, seed=42)
+    neutral = neutral_policy().model_copy(update={"model": PLAIN.model})
+    ours = recommend(neutral, ml100k, split, k=10)
+    bare = implicit_baseline(PLAIN.model, ml100k, split, k=10)
+    np.testing.assert_array_equal(ours.items, bare.items)
+
+
+def test_policy_effects_are_evaluated(ml100k: InteractionData) -> None:
+    split = split_random(ml100k, seed=42)
+    capped = Policy.model_validate(
+        {
+            "model": PLAIN.model.model_dump(),
+            "ranking": {"creator_cap": 1, "long_tail_quota": 0.3},
+        }
+    )
+    run = recommend(capped, ml100k, split, k=10)
+    creators = np.where(run.items >= 0, ml100k.item_creator[np.maximum(run.items, 0)], -1)
+    for row in creators:  # the cap holds: no director twice in a list
+        attributed = row[row >= 0]
+        assert np.unique(attributed).size == attributed.size
+    report = compare(PLAIN, capped, ml100k, split, k=10)
+    # The quota reserves 3 of 10 slots for long-tail directors: their share rises to ~0.3.
+    assert report["a"]["producers"]["long_tail_creator_share"] < 0.1
+    assert report["b"]["producers"]["long_tail_creator_share"] > 0.25
+    assert report["churn"]["mean"] > 0
+    # Without attributes the effects cannot be applied, and compute_feeds says so.
+    with pytest.raises(ValueError, match="item_attributes"):
+        recommend(capped, ml100k, split, feed_options={"item_attributes": None})
 
 
 def test_evaluate_report(ml100k: InteractionData) -> None:
@@ -199,7 +267,10 @@ def test_cli_json_and_table(
     assert "ndcg@5" in report["consumers"]
 
     b = tmp_path / "b.json"
-    b.write_text('{"model": {"factors": 32, "regularization": 10, "alpha": 2}}')
+    b.write_text(
+        '{"model": {"factors": 32, "regularization": 10, "alpha": 2},'
+        ' "ranking": {"creator_cap": 2, "freshness_half_life_days": 3650}}'
+    )
     argv = ["--movielens", str(ML_100K), "--policy", str(a), "--compare", str(b)]
     assert cli.main([*argv, "--format", "table"]) == 0
     table = capsys.readouterr().out
