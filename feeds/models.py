@@ -222,7 +222,7 @@ class FeedPointer(models.Model):
     community = models.OneToOneField(
         Community, on_delete=models.CASCADE, primary_key=True, related_name="feed_pointer"
     )
-    run = models.ForeignKey(FeedRun, on_delete=models.PROTECT, related_name="+")
+    run = models.ForeignKey(FeedRun, on_delete=models.PROTECT, related_name="pointed_by")
     switched_at = models.DateTimeField(auto_now=True)
 
     def __str__(self) -> str:

@@ -51,6 +51,20 @@ def current_run(*, community: Community) -> FeedRun | None:
     return pointer.run if pointer else None
 
 
+# What serving a feed needs of its run: reading stats, the stored fallback feed or the policy
+# document on every request would cost more than the rest of the request.
+_RUN_READ_FIELDS = (
+    "id",
+    "community_id",
+    "claim",
+    "status",
+    "finished_at",
+    "policy_sha256",
+    "policy_version__id",
+    "policy_version__number",
+)
+
+
 def feed_run_for_read(*, community: Community, run_id: int | None = None) -> FeedRun:
     """The run to read feeds from: the one the community serves now, or a pinned one.
 
@@ -58,17 +72,19 @@ def feed_run_for_read(*, community: Community, run_id: int | None = None) -> Fee
     through a feed never sees a mix of two generations, until its feeds are pruned.
     """
     if run_id is None:
-        pointer = (
-            FeedPointer.objects.filter(community=community)
-            .select_related("run__policy_version")
+        run = (
+            FeedRun.objects.filter(pointed_by__community=community)
+            .select_related("policy_version")
+            .only(*_RUN_READ_FIELDS)
             .first()
         )
-        if pointer is None:
+        if run is None:
             raise FeedNotReady(community.slug)
-        return pointer.run
+        return run
     run = (
         FeedRun.objects.filter(pk=run_id, community=community, status=FeedRun.Status.FINISHED)
         .select_related("policy_version")
+        .only(*_RUN_READ_FIELDS)
         .first()
     )
     if run is None or not MemberFeed.objects.filter(run=run).exists():

@@ -1,0 +1,135 @@
+"""Feed GET throughput and latency: our API against a bare Django view on the same server.
+
+Usage (needs `wrk` from Debian and gunicorn; the community must have computed feeds)::
+
+    DEBUG=true DATABASE_URL=... REDIS_URL=... python bench/feed_get.py SLUG [--connections 32]
+
+Starts gunicorn (config.wsgi through bench.bench_settings) on 127.0.0.1, warms the feed once,
+then runs wrk for the same duration against (1) `GET /api/v1/communities/SLUG/feeds/MEMBER/`
+with a bearer token, served from the Redis fast path after the first request, and (2)
+`/bench/bare/`, a Django view that returns the same bytes from memory with no authentication, no
+database and no cache. Reports requests/s, p50 and p99 latency, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+import django  # noqa: E402
+
+django.setup()
+
+from feeds.services import app_credential_create  # noqa: E402
+from governance.models import Community  # noqa: E402
+
+LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
+
+
+def wrk(url: str, *, connections: int, seconds: int, token: str | None) -> dict[str, float]:
+    command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
+    if token:
+        command[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    latency = {p: float(v) * scale[u] for p, v, u in LATENCY.findall(out)}
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "rps": rate,
+        "p50_ms": latency.get("50", float("nan")),
+        "p99_ms": latency.get("99", float("nan")),
+        "non_2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("slug")
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--port", type=int, default=8765)
+    args = parser.parse_args()
+
+    community = Community.objects.get(slug=args.slug)
+    member = community.memberships.order_by("id").first()
+    assert member is not None
+    _, token = app_credential_create(
+        community=community, name=f"bench-{time.time_ns()}", scopes=["feeds:read"]
+    )
+    base = f"http://127.0.0.1:{args.port}"
+    api = f"{base}/api/v1/communities/{args.slug}/feeds/{member.external_id}/"
+
+    body_file = Path(tempfile.mkstemp(suffix=".json")[1])
+    env = {
+        **os.environ,
+        "DJANGO_SETTINGS_MODULE": "bench.bench_settings",
+        "BENCH_BARE_BODY": str(body_file),
+        "ALLOWED_HOSTS": "127.0.0.1",
+    }
+    # The bare view must return the very bytes the API returns: fetch them with a first server.
+    for phase in ("fetch", "measure"):
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gunicorn",
+                "config.wsgi",
+                "-b",
+                f"127.0.0.1:{args.port}",
+                "-w",
+                str(args.workers),
+                "--log-level",
+                "warning",
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        try:
+            for _ in range(100):
+                try:
+                    urllib.request.urlopen(f"{base}/bench/bare/", timeout=1)
+                    break
+                except OSError:
+                    time.sleep(0.1)
+            request = urllib.request.Request(api, headers={"Authorization": f"Bearer {token}"})
+            body = urllib.request.urlopen(request).read()
+            if phase == "fetch":
+                body_file.write_bytes(body)
+                continue
+            bare = urllib.request.urlopen(f"{base}/bench/bare/").read()
+            assert bare == body, "the bare view must serve the same bytes"
+            results = {}
+            for name, url, auth in (("api", api, token), ("bare", f"{base}/bench/bare/", None)):
+                results[name] = wrk(
+                    url, connections=args.connections, seconds=args.seconds, token=auth
+                )
+        finally:
+            server.terminate()
+            server.wait()
+    print(
+        f"{len(body)} bytes per response, {args.connections} connections, "
+        f"{args.workers} gunicorn sync workers, {args.seconds}s each"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:5} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
+            f"  non-2xx {r['non_2xx']:.0f}"
+        )
+    print(f"ratio api/bare: {results['api']['rps'] / results['bare']['rps']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
