@@ -14,7 +14,14 @@ from django.conf import settings
 BASE_DIR = Path(settings.BASE_DIR)
 
 
-def worker_command(*, loglevel: str = "INFO", queue: str | None = None) -> list[str]:
+def worker_command(
+    *, loglevel: str = "INFO", queue: str | None = None, beat: bool = False
+) -> list[str]:
+    embedded_beat = (
+        # One process runs the periodic tasks too (closing proposals, reconciling runs): fine
+        # for a single machine; production runs `celery -A config beat` once, separately.
+        ["-B", "--schedule", str(settings.VAR_DIR / "celerybeat-schedule")] if beat else []
+    )
     return [
         sys.executable,
         "-m",
@@ -30,6 +37,7 @@ def worker_command(*, loglevel: str = "INFO", queue: str | None = None) -> list[
         queue or settings.CELERY_TASK_DEFAULT_QUEUE,
         "-n",
         f"commonfeed-{os.getpid()}@%h",
+        *embedded_beat,
     ]
 
 
@@ -39,6 +47,7 @@ def worker_start(
     log_path: Path | None = None,
     loglevel: str = "INFO",
     queue: str | None = None,
+    beat: bool = False,
 ) -> subprocess.Popen[bytes]:
     """Start a worker in its own process with the same settings as this process.
 
@@ -49,7 +58,7 @@ def worker_start(
     full_env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", ""))
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        worker_command(loglevel=loglevel, queue=queue),
+        worker_command(loglevel=loglevel, queue=queue, beat=beat),
         cwd=BASE_DIR,
         env=full_env,
         stdout=out,

@@ -51,6 +51,10 @@ def test_quickstart_seeds_computes_feeds_in_a_worker_and_prints_the_login(tmp_pa
     assert "/c/demo/members/m0/feed/" in out
     assert "Authorization: Bearer cf_" in out
     assert "Worker stopped." in out
+    # Sign-in accounts to run a proposal through the browser, with a one-hour vote.
+    assert "/c/demo/governance/" in out
+    for name in ("moderator", "alice", "bob"):
+        assert f"          {name} / " in out
     # The run was done by the worker process, whose log shows the task.
     log = (tmp_path / "worker.log").read_text()
     assert "feeds.tasks.recompute_community_feeds[" in log

@@ -11,7 +11,37 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from feeds.models import AppCredential
 from feeds.services import app_credential_create, app_credential_revoke
 from feeds.worker import worker_start, worker_stop
-from governance.models import Community
+from governance.charter import Charter
+from governance.models import Community, Membership
+from governance.services import community_create, membership_set_role
+
+
+def _demo_logins(community: Community) -> list[tuple[str, str, str]]:
+    """Sign-in accounts for three demo members (a moderator and two voters), new passwords."""
+    people = []
+    user_model = get_user_model()
+    members = list(community.memberships.order_by("id")[:3])
+    for member, (name, role) in zip(
+        members,
+        [
+            ("moderator", Membership.Role.MODERATOR),
+            ("alice", Membership.Role.MEMBER),
+            ("bob", Membership.Role.MEMBER),
+        ],
+        strict=False,
+    ):
+        password = secrets.token_urlsafe(9)
+        user, _ = user_model.objects.get_or_create(username=name)
+        user.set_password(password)
+        user.save()
+        Membership.objects.filter(community=community, user=user).exclude(pk=member.pk).update(
+            user=None
+        )
+        Membership.objects.filter(pk=member.pk).update(user=user)
+        if member.role != role:
+            membership_set_role(membership=member, role=role, actor=None, actor_label="quickstart")
+        people.append((name, password, f"{role}, member {member.external_id}"))
+    return people
 
 
 class Command(BaseCommand):
@@ -37,6 +67,13 @@ class Command(BaseCommand):
         call_command("migrate", interactive=False, verbosity=0)
         self.stdout.write("Database migrated.")
         if not Community.objects.filter(slug=slug).exists():
+            # A one-hour vote, so a proposal can run its whole course during a demo.
+            community_create(
+                slug=slug,
+                name=slug.replace("-", " ").title(),
+                description="A synthetic community created by quickstart.",
+                charter=Charter(voting_period_hours=1),
+            )
             call_command(
                 "seed_demo",
                 community=slug,
@@ -50,7 +87,8 @@ class Command(BaseCommand):
         community = Community.objects.get(slug=slug)
 
         log_path = settings.VAR_DIR / "worker.log"
-        worker = worker_start(log_path=log_path)
+        people = _demo_logins(community)
+        worker = worker_start(log_path=log_path, beat=True)
         self.stdout.write(f"Worker started (pid {worker.pid}, log {log_path}).")
         try:
             call_command("recompute_feeds", slug, wait=True, timeout=1800, stdout=self.stdout)
@@ -81,6 +119,8 @@ class Command(BaseCommand):
                 + f"  A feed: {base}/c/{slug}/members/{member_id}/feed/\n"
                 + f'  API:    curl -H "Authorization: Bearer {token}" '
                 + f"{base}/api/v1/communities/{slug}/feeds/{member_id}/\n"
+                + f"  Govern: {base}/c/{slug}/governance/   sign in at {base}/accounts/login/ as\n"
+                + "".join(f"          {name} / {pw}  ({role})\n" for name, pw, role in people)
                 + "Press Ctrl-C to stop the server and the worker.\n"
             )
             if not options["no_serve"]:
