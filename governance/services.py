@@ -29,6 +29,8 @@ ACTIONS: Final = frozenset(
         "member.choices_changed",
         "member.data_deleted",
         "creator.choices_changed",
+        "app_credential.created",
+        "app_credential.revoked",
         "proposal.created",
         "proposal.opened",
         "proposal.withdrawn",
