@@ -65,6 +65,11 @@ def entry_body(
     }
 
 
+def export_line(entry: StoredEntry) -> dict[str, Any]:
+    """An entry as a third party verifies it: its body plus both hashes (docs/audit.md)."""
+    return {**entry.body, "prev_hash": entry.prev_hash, "entry_hash": entry.entry_hash}
+
+
 def leaf_hash(body: dict[str, Any]) -> bytes:
     return hashlib.sha256(b"\x00" + canonical_json(body).encode()).digest()
 

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import date, datetime, time, timedelta
 from fractions import Fraction
 from typing import Any
 
 from django.db.models import Count, Q, QuerySet
+from django.utils import timezone
 
 from governance import audit_chain
 from governance.charter import Charter
@@ -82,6 +84,56 @@ def audit_stream(
         yield audit_chain.StoredEntry(body=body, prev_hash=row[9], entry_hash=row[10])
 
 
+def audit_stored(entry: AuditEntry) -> audit_chain.StoredEntry:
+    """One stored row as the verifier sees it (body plus hashes)."""
+    body = audit_chain.entry_body(
+        community=entry.community_id,
+        seq=entry.seq,
+        created_at=entry.created_at,
+        actor_id=entry.actor_id,
+        actor_label=entry.actor_label,
+        action=entry.action,
+        object_type=entry.object_type,
+        object_id=entry.object_id,
+        payload_json=entry.payload_json,
+    )
+    return audit_chain.StoredEntry(
+        body=body, prev_hash=entry.prev_hash, entry_hash=entry.entry_hash
+    )
+
+
+def audit_filtered(
+    *,
+    community: Community,
+    action: str | None = None,
+    actor: str | None = None,
+    since: date | None = None,
+    until: date | None = None,
+) -> QuerySet[AuditEntry]:
+    """The community's entries matching every given filter (exact action and actor label; dates
+    are whole days, ``until`` included, in the server's time zone), in chain order."""
+    entries = AuditEntry.objects.filter(community=community).order_by("seq")
+    if action:
+        entries = entries.filter(action=action)
+    if actor:
+        entries = entries.filter(actor_label=actor)
+    # Bounds as aware datetimes, not __date lookups, so the (community, seq) index still leads
+    # and the comparison means the same on PostgreSQL and SQLite.
+    zone = timezone.get_current_timezone()
+    if since:
+        entries = entries.filter(created_at__gte=datetime.combine(since, time.min, tzinfo=zone))
+    if until:
+        end = datetime.combine(until + timedelta(days=1), time.min, tzinfo=zone)
+        entries = entries.filter(created_at__lt=end)
+    return entries
+
+
+def audit_actions(*, community: Community) -> list[str]:
+    """The distinct actions in the community's log, for the page's filter."""
+    rows = AuditEntry.objects.filter(community=community).values_list("action", flat=True)
+    return sorted(set(rows.distinct()))
+
+
 def audit_locate(community_id: int, entry_hash: str) -> Any:
     """The seq of the community's entry with this hash, or None (used to diagnose reordering)."""
     return (
@@ -130,6 +182,16 @@ def proposal_tally(*, proposal: Proposal) -> dict[str, Any]:
 def proposals_of(*, community: Community) -> QuerySet[Proposal]:
     """The community's proposals, newest first."""
     return Proposal.objects.filter(community=community).select_related("author", "base_version")
+
+
+def proposals_with_counts(*, community: Community) -> QuerySet[Proposal]:
+    """The community's proposals, newest first, each with its current ballot counts annotated
+    (``n_yes``, ``n_no``, ``n_abstain``) in one query."""
+    return proposals_of(community=community).annotate(
+        n_yes=Count("ballots", filter=Q(ballots__choice="yes")),
+        n_no=Count("ballots", filter=Q(ballots__choice="no")),
+        n_abstain=Count("ballots", filter=Q(ballots__choice="abstain")),
+    )
 
 
 def membership_of_user(*, community: Community, user: Any) -> Membership | None:

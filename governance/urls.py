@@ -7,6 +7,7 @@ app_name = "governance"
 urlpatterns = [
     path("c/<slug:slug>/governance/", views.governance_home, name="home"),
     path("c/<slug:slug>/governance/history/", views.policy_history, name="history"),
+    path("c/<slug:slug>/audit/", views.audit_log, name="audit"),
     path("c/<slug:slug>/proposals/new/", views.proposal_new, name="proposal-new"),
     path("c/<slug:slug>/proposals/<int:pk>/", views.proposal_detail, name="proposal"),
     path("c/<slug:slug>/proposals/<int:pk>/vote/", views.proposal_vote, name="vote"),

@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from django import forms
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse_lazy
@@ -18,6 +20,9 @@ from governance.diff import ABSENT, policy_diff
 from governance.errors import GovernanceError, NotPermitted, http_status
 from governance.models import Ballot, Community, Membership, Proposal
 from governance.selectors import (
+    audit_actions,
+    audit_filtered,
+    audit_verify,
     ballot_of,
     charter_of,
     charter_version_current,
@@ -183,3 +188,44 @@ def policy_history(request: HttpRequest, slug: str) -> HttpResponse:
             {"path": c.path, "old": _json(c.old), "new": _json(c.new)} for c in row["changes"]
         ]
     return render(request, "governance/history.html", {"community": community, "rows": rows})
+
+
+class AuditFilterForm(forms.Form):
+    action = forms.CharField(required=False, max_length=64)
+    actor = forms.CharField(required=False, max_length=150)
+    since = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+    until = forms.DateField(required=False, widget=forms.DateInput(attrs={"type": "date"}))
+
+
+AUDIT_PAGE_SIZE = 100
+
+
+def audit_log(request: HttpRequest, slug: str) -> HttpResponse:
+    """The community's audit log, newest first. Public by design: no login."""
+    community = get_object_or_404(Community, slug=slug)
+    form = AuditFilterForm(request.GET)
+    filters = form.cleaned_data if form.is_valid() else {}
+    entries = audit_filtered(
+        community=community,
+        action=filters.get("action"),
+        actor=filters.get("actor"),
+        since=filters.get("since"),
+        until=filters.get("until"),
+    ).order_by("-seq")
+    page = Paginator(entries, AUDIT_PAGE_SIZE).get_page(request.GET.get("page"))
+    states = audit_verify(community=community)
+    query = request.GET.copy()
+    query.pop("page", None)
+    return render(
+        request,
+        "governance/audit.html",
+        {
+            "community": community,
+            "form": form,
+            "actions": audit_actions(community=community),
+            "page": page,
+            "chain": states[0] if states else None,
+            "query": query.urlencode(),
+        },
+        status=200 if form.is_valid() else 400,
+    )

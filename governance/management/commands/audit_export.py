@@ -33,8 +33,7 @@ class Command(BaseCommand):
         count = 0
         try:
             for entry in audit_stream(community=community):
-                line = {**entry.body, "prev_hash": entry.prev_hash, "entry_hash": entry.entry_hash}
-                out.write(audit_chain.canonical_json(line) + "\n")
+                out.write(audit_chain.canonical_json(audit_chain.export_line(entry)) + "\n")
                 count += 1
         finally:
             if out is not self.stdout:
