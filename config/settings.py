@@ -9,6 +9,7 @@ environment at all you get the embedded mode: a SQLite file and a filesystem Cel
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -239,6 +240,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "feeds.apis.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
+    # Keyed by the app credential, not the client address (see feeds/throttling.py).
+    "DEFAULT_THROTTLE_CLASSES": ["feeds.throttling.AppCredentialRateThrottle"],
 }
 
 SPECTACULAR_SETTINGS = {
@@ -280,6 +283,13 @@ COMMONFEED_RUN_LEASE_SECONDS = env_int("COMMONFEED_RUN_LEASE_SECONDS", 120, mini
 # A queued run whose message has not been picked up this long is sent again (brokers lose
 # messages: Redis restarts, a flushed queue).
 COMMONFEED_QUEUE_GRACE_SECONDS = env_int("COMMONFEED_QUEUE_GRACE_SECONDS", 300, minimum=1)
+# Requests one app credential may make to the app API, e.g. "6000/min" (per s, min, hour, day).
+# Counted per credential in the default cache; over it, 429 with Retry-After.
+COMMONFEED_APP_RATE = env_str("COMMONFEED_APP_RATE", "6000/min") or "6000/min"
+if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", COMMONFEED_APP_RATE):
+    raise ImproperlyConfigured(
+        f"COMMONFEED_APP_RATE={COMMONFEED_APP_RATE!r} is not a rate like '6000/min'."
+    )
 
 # --- Bluesky feed generator (optional) ------------------------------------------------------------
 # The generator's service DID (did:web:<host> is served at /.well-known/did.json) and the DID of

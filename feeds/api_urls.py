@@ -30,4 +30,14 @@ urlpatterns = [
         apis.CreatorChoicesApi.as_view(),
         name="api-creator-choices",
     ),
+    path(
+        "communities/<slug:slug>/apps/",
+        apis.AppCredentialsApi.as_view(),
+        name="api-app-credentials",
+    ),
+    path(
+        "communities/<slug:slug>/apps/<str:prefix>/revoke/",
+        apis.AppCredentialRevokeApi.as_view(),
+        name="api-app-credential-revoke",
+    ),
 ]

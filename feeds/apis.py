@@ -7,9 +7,15 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpResponse
-from drf_spectacular.utils import extend_schema, extend_schema_view, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import exceptions, serializers
-from rest_framework.permissions import BasePermission
+from rest_framework.authentication import SessionAuthentication
+from rest_framework.permissions import BasePermission, IsAuthenticated
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -17,7 +23,7 @@ from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from feeds import choices, feedcache, ingest
-from feeds.auth import AppPrincipal
+from feeds.auth import AppPrincipal, community_for_credential_manager
 from feeds.cursors import cursor_decode, cursor_encode
 from feeds.fields import (
     StrictBooleanField,
@@ -27,8 +33,9 @@ from feeds.fields import (
     StrictRegexField,
     StrictURLField,
 )
-from feeds.models import Creator, Interaction, Item
+from feeds.models import AppCredential, Creator, Interaction, Item
 from feeds.selectors import Feed, FeedNotReady, FeedRunGone, feed_run_for_read, member_feed_get
+from feeds.services import AppCredentialInvalid, app_credential_create, app_credential_revoke
 from governance.models import Community, Membership
 
 
@@ -108,11 +115,28 @@ class ErrorOutput(serializers.Serializer[Any]):
     detail = serializers.JSONField(help_text="What went wrong, for people.")
 
 
-ERROR_RESPONSES = {
+# Errors of the session-authenticated API (people managing a community, not apps).
+SESSION_ERROR_RESPONSES = {
+    400: ErrorOutput,
+    403: ErrorOutput,
+    404: ErrorOutput,
+}
+
+THROTTLED = OpenApiResponse(
+    ErrorOutput,
+    description=(
+        "This credential is over its rate (COMMONFEED_APP_RATE). The Retry-After header says "
+        "how many seconds to wait."
+    ),
+)
+
+# Errors of the app API (bearer credentials).
+ERROR_RESPONSES: dict[int, Any] = {
     400: ErrorOutput,
     401: ErrorOutput,
     403: ErrorOutput,
     404: ErrorOutput,
+    429: THROTTLED,
 }
 
 
@@ -395,6 +419,7 @@ def _batch_schema(key: str, row: type[serializers.Serializer[Any]], output: Any,
                 403: ErrorOutput,
                 404: ErrorOutput,
                 413: ErrorOutput,
+                429: THROTTLED,
             },
             summary=f"Send {key}",
             description=(
@@ -554,3 +579,87 @@ class CreatorChoicesApi(APIView):
             creator=creator, opted_out=data.validated_data["opted_out"], actor=None
         )
         return Response({"opted_out": creator.opted_out})
+
+
+# --- App credentials (managed by moderators and admins, signed in with a session) ----------------
+
+
+class AppCredentialOutput(serializers.Serializer[AppCredential]):
+    name = serializers.CharField()
+    prefix = serializers.CharField(help_text="Public part of the token: cf_<prefix>_<secret>.")
+    scopes = serializers.ListField(
+        child=serializers.ChoiceField(choices=AppCredential.Scope.choices)
+    )
+    created_at = serializers.DateTimeField()
+    revoked_at = serializers.DateTimeField(allow_null=True, help_text="Null while active.")
+
+
+class AppCredentialIssuedOutput(AppCredentialOutput):
+    token = serializers.CharField(
+        help_text="The bearer token. Shown this once: only its SHA-256 digest is stored."
+    )
+
+
+class SessionApi(APIView):
+    """A person's API, with their browser session: CSRF token required on writes."""
+
+    authentication_classes = [SessionAuthentication]
+    permission_classes = [IsAuthenticated]
+
+
+class AppCredentialsApi(SessionApi):
+    class InputSerializer(serializers.Serializer[Any]):
+        name = StrictCharField(max_length=100, help_text="Unique among active credentials.")
+        scopes = serializers.ListField(
+            child=serializers.ChoiceField(choices=AppCredential.Scope.choices),
+            min_length=1,
+            max_length=len(AppCredential.Scope.choices),
+        )
+
+    @extend_schema(
+        responses={200: AppCredentialOutput(many=True), **SESSION_ERROR_RESPONSES},
+        summary="List a community's app credentials",
+        description="For the community's moderators and admins, signed in (session cookie).",
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        community = community_for_credential_manager(slug=slug, user=request.user)
+        rows = community.app_credentials.order_by("-created_at", "-pk")
+        return Response(AppCredentialOutput(rows, many=True).data)
+
+    @extend_schema(
+        request=InputSerializer,
+        responses={201: AppCredentialIssuedOutput, **SESSION_ERROR_RESPONSES},
+        summary="Issue an app credential",
+        description=(
+            "Returns the token once; it cannot be shown again. Rotate by issuing a new "
+            "credential, deploying it, then revoking the old one."
+        ),
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        community = community_for_credential_manager(slug=slug, user=request.user)
+        data = self.InputSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            credential, token = app_credential_create(
+                community=community, actor=request.user, **data.validated_data
+            )
+        except AppCredentialInvalid as exc:
+            raise exceptions.ValidationError({exc.field: [str(exc)]}) from None
+        return Response({**AppCredentialOutput(credential).data, "token": token}, status=201)
+
+
+class AppCredentialRevokeApi(SessionApi):
+    @extend_schema(
+        request=None,
+        responses={200: AppCredentialOutput, **SESSION_ERROR_RESPONSES},
+        summary="Revoke an app credential",
+        description="Requests with it are refused from the next one on. Revoking twice is a no-op.",
+    )
+    def post(self, request: Request, slug: str, prefix: str) -> Response:
+        community = community_for_credential_manager(slug=slug, user=request.user)
+        credential = community.app_credentials.filter(prefix=prefix).first()
+        if credential is None:
+            raise exceptions.NotFound("No such credential in this community.")
+        app_credential_revoke(credential=credential, actor=request.user)
+        credential.refresh_from_db()
+        return Response(AppCredentialOutput(credential).data)

@@ -12,11 +12,16 @@ import hashlib
 import hmac
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
 from feeds.models import AppCredential
+from governance.models import Community, Membership
+from governance.selectors import membership_of_user
 
 TOKEN_PREFIX = "cf"
 
@@ -77,3 +82,22 @@ class AppCredentialAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword
+
+
+# Who may see, issue and revoke a community's app credentials (page and session API).
+CREDENTIAL_MANAGER_ROLES = frozenset({Membership.Role.MODERATOR, Membership.Role.ADMIN})
+
+
+def community_for_credential_manager(*, slug: str, user: Any) -> Community:
+    """The community ``slug`` if ``user`` moderates or administers it.
+
+    An unknown slug is a 404; a community the user does not manage is a 403 (its existence is
+    public: the home page lists every community).
+    """
+    community = Community.objects.filter(slug=slug).first()
+    if community is None:
+        raise Http404("No such community.")
+    membership = membership_of_user(community=community, user=user)
+    if membership is None or membership.role not in CREDENTIAL_MANAGER_ROLES:
+        raise PermissionDenied("Only the community's moderators and admins manage app credentials.")
+    return community

@@ -4,7 +4,7 @@ from typing import Any
 
 from django import forms
 
-from feeds.models import Creator
+from feeds.models import AppCredential, Creator
 
 
 class MemberChoicesForm(forms.Form):
@@ -47,4 +47,15 @@ class MemberChoicesForm(forms.Form):
 class DataDeletionForm(forms.Form):
     confirm = forms.BooleanField(
         required=True, label="Yes, delete all my activity in this community"
+    )
+
+
+class AppCredentialForm(forms.Form):
+    name = forms.CharField(
+        max_length=100, help_text="Which app this is for, e.g. 'mobile app'. Unique while active."
+    )
+    scopes = forms.MultipleChoiceField(
+        choices=AppCredential.Scope.choices,
+        widget=forms.CheckboxSelectMultiple,
+        help_text="Give an app only what it needs.",
     )

@@ -11,6 +11,7 @@ from datetime import timedelta
 
 import numpy as np
 from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
@@ -452,30 +453,78 @@ def feed_runs_prune(*, community: Community, keep: int = RUNS_KEPT) -> int:
     return deleted
 
 
+class AppCredentialInvalid(ValueError):
+    """A credential cannot be issued as asked; ``field`` names the input at fault."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 def app_credential_create(
-    *, community: Community, name: str, scopes: list[str]
+    *,
+    community: Community,
+    name: str,
+    scopes: list[str],
+    actor: AbstractBaseUser | None = None,
 ) -> tuple[AppCredential, str]:
     """Issue an app credential. Returns the row and the token, which is not stored anywhere."""
     valid = set(AppCredential.Scope.values)
     unknown = sorted(set(scopes) - valid)
     if unknown or not scopes:
-        raise ValueError(
+        raise AppCredentialInvalid(
+            "scopes",
             f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(sorted(valid))}"
             if unknown
-            else "at least one scope is required"
+            else "at least one scope is required",
         )
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise AppCredentialInvalid("name", "a name of 1 to 100 characters is required")
     prefix, token = token_generate()
-    credential = AppCredential.objects.create(
-        community=community,
-        name=name,
-        prefix=prefix,
-        secret_sha256=token_digest(token),
-        scopes=sorted(set(scopes)),
-    )
+    with transaction.atomic():
+        try:
+            # A savepoint, so a clash leaves the caller's transaction usable.
+            with transaction.atomic():
+                credential = AppCredential.objects.create(
+                    community=community,
+                    name=name,
+                    prefix=prefix,
+                    secret_sha256=token_digest(token),
+                    scopes=sorted(set(scopes)),
+                )
+        except IntegrityError:
+            # The partial unique constraint (one active credential per name) decides, not a
+            # prior SELECT, so two concurrent requests cannot both win.
+            raise AppCredentialInvalid(
+                "name", f"an active credential named {name!r} already exists"
+            ) from None
+        audit_append(
+            community=community,
+            actor=actor,
+            action="app_credential.created",
+            obj=credential,
+            payload={"name": credential.name, "prefix": prefix, "scopes": credential.scopes},
+        )
     return credential, token
 
 
-def app_credential_revoke(*, credential: AppCredential) -> None:
-    AppCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
-        revoked_at=timezone.now()
-    )
+def app_credential_revoke(
+    *, credential: AppCredential, actor: AbstractBaseUser | None = None
+) -> bool:
+    """Revoke the credential from its next request on. Returns False if it was revoked already."""
+    with transaction.atomic():
+        # Conditional update: of two concurrent revokes exactly one writes (and audits).
+        revoked = AppCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
+            revoked_at=timezone.now()
+        )
+        if revoked:
+            credential.refresh_from_db(fields=["revoked_at"])
+            audit_append(
+                community=credential.community,
+                actor=actor,
+                action="app_credential.revoked",
+                obj=credential,
+                payload={"name": credential.name, "prefix": credential.prefix},
+            )
+    return bool(revoked)

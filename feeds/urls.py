@@ -12,6 +12,12 @@ urlpatterns = [
     path("xrpc/app.bsky.feed.getFeedSkeleton", xrpc.get_feed_skeleton, name="bsky-skeleton"),
     path(".well-known/did.json", xrpc.did_document, name="did-document"),
     path("c/<slug:slug>/settings/", views.member_settings, name="member-settings"),
+    path("c/<slug:slug>/apps/", views.app_credentials, name="app-credentials"),
+    path(
+        "c/<slug:slug>/apps/<str:prefix>/revoke/",
+        views.app_credential_revoke_view,
+        name="app-credential-revoke",
+    ),
     path(
         "c/<slug:slug>/members/<str:member_external_id>/feed/",
         views.member_feed,

@@ -6,14 +6,17 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
-from django.db.models import Count, Q
+from django.db.models import Count, F, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_POST
 
 from feeds import choices
-from feeds.forms import DataDeletionForm, MemberChoicesForm
+from feeds.auth import community_for_credential_manager
+from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.models import Creator, FeedRun
 from feeds.selectors import FeedNotReady, current_run, feed_run_for_read, member_feed_get
+from feeds.services import AppCredentialInvalid, app_credential_create, app_credential_revoke
 from governance.models import Community, Membership
 
 
@@ -109,3 +112,52 @@ def _initial(current: Any, muted: set[int]) -> dict[str, Any]:
         "muted_creators": list(muted),
         "muted_tags": ", ".join(current.muted_tags),
     }
+
+
+@login_required
+def app_credentials(request: HttpRequest, slug: str) -> HttpResponse:
+    """Moderators and admins list, issue and revoke the community's app credentials."""
+    community = community_for_credential_manager(slug=slug, user=request.user)
+    if request.method == "POST":
+        form = AppCredentialForm(request.POST)
+        if form.is_valid():
+            try:
+                credential, token = app_credential_create(
+                    community=community,
+                    name=form.cleaned_data["name"],
+                    scopes=form.cleaned_data["scopes"],
+                    actor=request.user,
+                )
+            except AppCredentialInvalid as exc:
+                form.add_error(exc.field, str(exc))
+            else:
+                # Rendered, not redirected: the token exists only in this response.
+                response = render(
+                    request,
+                    "feeds/app_credential_issued.html",
+                    {"community": community, "credential": credential, "token": token},
+                )
+                response["Cache-Control"] = "no-store"
+                return response
+    else:
+        form = AppCredentialForm()
+    # Active ones first (a NULL revoked_at), on both databases.
+    credentials = community.app_credentials.order_by(
+        F("revoked_at").asc(nulls_first=True), "-created_at", "-pk"
+    )
+    return render(
+        request,
+        "feeds/app_credentials.html",
+        {"community": community, "credentials": credentials, "form": form},
+        status=400 if form.errors else 200,
+    )
+
+
+@login_required
+@require_POST
+def app_credential_revoke_view(request: HttpRequest, slug: str, prefix: str) -> HttpResponse:
+    community = community_for_credential_manager(slug=slug, user=request.user)
+    credential = get_object_or_404(community.app_credentials, prefix=prefix)
+    if app_credential_revoke(credential=credential, actor=request.user):
+        messages.success(request, f"Revoked {credential.name}: its token is refused from now on.")
+    return redirect("app-credentials", slug=slug)
