@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 from django.conf import settings
@@ -299,7 +301,6 @@ class BatchApi(APIView):
     """POST a batch ``{"<key>": [row, ...]}`` of at most 1,000 rows: all written, or none."""
 
     key: str
-    scope: str
     row_serializer: type[serializers.Serializer[Any]]
 
     def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -431,52 +432,33 @@ def _batch_schema(key: str, row: type[serializers.Serializer[Any]], output: Any,
     )
 
 
-@_batch_schema("members", MemberRow, UpsertOutput, "events:write")
-class MembersApi(BatchApi):
-    key = "members"
-    permission_classes = [scope_required("events:write")]
-    row_serializer = MemberRow
+def _batch_api(
+    key: str,
+    row: type[serializers.Serializer[Any]],
+    output: type[serializers.Serializer[Any]],
+    scope: str,
+    write: Callable[..., Any],
+) -> type[BatchApi]:
+    """A batch endpoint: ``write(community=..., rows=...)`` returns a result dataclass."""
 
-    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        result = ingest.members_upsert(community=community, rows=rows)
-        return {"created": result.created, "updated": result.updated}
+    class Api(BatchApi):
+        permission_classes = [scope_required(scope)]
+        row_serializer = row
 
+        def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
+            return asdict(write(community=community, rows=rows))
 
-@_batch_schema("creators", CreatorRow, UpsertOutput, "catalogue:write")
-class CreatorsApi(BatchApi):
-    key = "creators"
-    permission_classes = [scope_required("catalogue:write")]
-    row_serializer = CreatorRow
-
-    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        result = ingest.creators_upsert(community=community, rows=rows)
-        return {"created": result.created, "updated": result.updated}
-
-
-@_batch_schema("items", ItemRow, UpsertOutput, "catalogue:write")
-class ItemsApi(BatchApi):
-    key = "items"
-    permission_classes = [scope_required("catalogue:write")]
-    row_serializer = ItemRow
-
-    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        result = ingest.items_upsert(community=community, rows=rows)
-        return {"created": result.created, "updated": result.updated}
+    Api.key = key
+    Api.__name__ = Api.__qualname__ = f"{key.title()}Api"
+    return _batch_schema(key, row, output, scope)(Api)  # type: ignore[no-any-return]
 
 
-@_batch_schema("events", EventRow, EventsOutput, "events:write")
-class EventsApi(BatchApi):
-    key = "events"
-    permission_classes = [scope_required("events:write")]
-    row_serializer = EventRow
-
-    def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
-        result = ingest.events_ingest(community=community, rows=rows)
-        return {
-            "accepted": result.accepted,
-            "duplicates": result.duplicates,
-            "duplicate_ids": result.duplicate_ids,
-        }
+MembersApi = _batch_api("members", MemberRow, UpsertOutput, "events:write", ingest.members_upsert)
+CreatorsApi = _batch_api(
+    "creators", CreatorRow, UpsertOutput, "catalogue:write", ingest.creators_upsert
+)
+ItemsApi = _batch_api("items", ItemRow, UpsertOutput, "catalogue:write", ingest.items_upsert)
+EventsApi = _batch_api("events", EventRow, EventsOutput, "events:write", ingest.events_ingest)
 
 
 # --- Member and creator choices ------------------------------------------------------------------
