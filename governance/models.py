@@ -76,45 +76,6 @@ class Membership(models.Model):
         return f"{self.external_id} in {self.community_id}"
 
 
-class PolicyVersion(models.Model):
-    """One immutable version of a community's ranking policy (see ``ranking.policy.Policy``)."""
-
-    community = models.ForeignKey(
-        Community, on_delete=models.CASCADE, related_name="policy_versions"
-    )
-    number = models.PositiveIntegerField()
-    document = models.JSONField()
-    sha256 = models.CharField(max_length=64)
-    parent = models.ForeignKey(
-        "self", on_delete=models.PROTECT, null=True, blank=True, related_name="children"
-    )
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True
-    )
-    created_at = models.DateTimeField(auto_now_add=True)
-    is_current = models.BooleanField(default=False)
-
-    class Meta:
-        ordering = ["community", "-number"]
-        constraints = [
-            models.UniqueConstraint(
-                fields=["community", "number"], name="policyversion_unique_number"
-            ),
-            models.UniqueConstraint(
-                fields=["community"],
-                condition=Q(is_current=True),
-                name="policyversion_one_current",
-            ),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.community_id} policy v{self.number}"
-
-    def save(self, *args: Any, **kwargs: Any) -> None:
-        _refuse_rewrite(self)
-        super().save(*args, **kwargs)
-
-
 class ImmutableRecordError(Exception):
     """Raised on an attempt to rewrite a stored version or audit entry."""
 
@@ -128,12 +89,9 @@ def _refuse_rewrite(instance: models.Model) -> None:
         )
 
 
-class CharterVersion(models.Model):
-    """One immutable version of a community's charter (see ``governance.charter.Charter``)."""
+class VersionedDocument(models.Model):
+    """An immutable, numbered version of a community's governed document, at most one current."""
 
-    community = models.ForeignKey(
-        Community, on_delete=models.CASCADE, related_name="charter_versions"
-    )
     number = models.PositiveIntegerField()
     document = models.JSONField()
     sha256 = models.CharField(max_length=64)
@@ -146,25 +104,52 @@ class CharterVersion(models.Model):
     created_at = models.DateTimeField(auto_now_add=True)
     is_current = models.BooleanField(default=False)
 
+    # Subclasses define ``community`` (with their own related name) and the word for __str__.
+    community_id: int
+    kind: str = "document"
+
     class Meta:
+        abstract = True
         ordering = ["community", "-number"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["community", "number"], name="charterversion_unique_number"
-            ),
+            models.UniqueConstraint(fields=["community", "number"], name="%(class)s_unique_number"),
             models.UniqueConstraint(
                 fields=["community"],
                 condition=Q(is_current=True),
-                name="charterversion_one_current",
+                name="%(class)s_one_current",
             ),
         ]
 
     def __str__(self) -> str:
-        return f"{self.community_id} charter v{self.number}"
+        return f"{self.community_id} {self.kind} v{self.number}"
 
     def save(self, *args: Any, **kwargs: Any) -> None:
         _refuse_rewrite(self)
         super().save(*args, **kwargs)
+
+
+class PolicyVersion(VersionedDocument):
+    """One immutable version of a community's ranking policy (see ``ranking.policy.Policy``)."""
+
+    community = models.ForeignKey(
+        Community, on_delete=models.CASCADE, related_name="policy_versions"
+    )
+    kind = "policy"
+
+    class Meta(VersionedDocument.Meta):
+        pass
+
+
+class CharterVersion(VersionedDocument):
+    """One immutable version of a community's charter (see ``governance.charter.Charter``)."""
+
+    community = models.ForeignKey(
+        Community, on_delete=models.CASCADE, related_name="charter_versions"
+    )
+    kind = "charter"
+
+    class Meta(VersionedDocument.Meta):
+        pass
 
 
 class AuditEntry(models.Model):
