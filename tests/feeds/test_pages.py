@@ -48,3 +48,21 @@ def test_an_unknown_member_page_is_a_404(client) -> None:
     community = make_community("garden")
     small_catalogue(community)
     assert client.get("/c/garden/members/nobody/feed/").status_code == 404
+
+
+def test_the_home_page_counts_interactions_live_until_a_run_records_them(client) -> None:
+    community = make_community("garden")
+    small_catalogue(community)
+    live = community.interactions.count()
+
+    before = client.get("/").content.decode()
+    assert "(at the last run)" not in before
+    assert f"<dd>{live}</dd>" in before
+
+    run = feed_run_execute(run_id=feed_run_request(community=community).pk)
+    # A stale figure from the run is shown as such, without a scan of the interactions table.
+    run.stats = {**run.stats, "n_interactions": live + 1000}
+    run.save(update_fields=["stats"])
+    after = client.get("/").content.decode()
+    assert "(at the last run)" in after
+    assert f"{live + 1000:,}" in after
