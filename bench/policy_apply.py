@@ -3,6 +3,7 @@
 Usage::
 
     python bench/policy_apply.py [--members 100000] [--pool 200] [--n 50] [--naive-members 2000]
+        [--compare-with FILE] [--policy FILE]
 
 Synthetic input (seeded): ``--members`` members, each with a candidate pool of ``--pool`` distinct
 items (sorted by score, as ALS returns them) out of 20,000 items by 2,000 creators; 2 % of the items
@@ -12,16 +13,33 @@ feed of ``--n`` items; the naive one loops over members in Python (sorting each 
 walking it with a per-creator counter, as a hand-written re-ranker would) and is timed on the
 first ``--naive-members`` members. Their feeds are checked to be identical on those members.
 
-Everything runs on one core (BLAS limited to one thread), so members/s is per core.
+``--compare-with FILE`` also times another version of ``ranking/effects.py`` (e.g. the last
+commit's: ``git show HEAD:ranking/effects.py > /tmp/effects_before.py``) in the same run,
+interleaved with the current one, and checks that both give identical feeds (items, scores, base
+scores and reasons) on every member.
+
+``--policy FILE`` applies the ``ranking`` section of a policy document instead (e.g.
+``docs/policies/fair-exposure.json``, whose long-tail quota takes the greedy selection path); the
+naive loop only implements the default policy above, so it is left out then.
+
+Everything runs on one core (BLAS limited to one thread), so members/s is per core. Each figure is
+reported both per wall-clock second and per second of the process's CPU time: on a shared machine
+the wall clock also counts time spent waiting for a core.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import json
 import math
+import os
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -29,8 +47,8 @@ import numpy as np
 from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 
-from ranking.effects import Catalogue, apply_policy
-from ranking.policy import PROVENANCE_CLASSES, Allow, Exclude, RankingParams
+from ranking.effects import Catalogue, RankedFeeds, apply_policy
+from ranking.policy import PROVENANCE_CLASSES, Allow, Exclude, RankingParams, policy_validate
 
 N_ITEMS = 20_000
 N_CREATORS = 2_000
@@ -115,6 +133,50 @@ def naive(
     return out
 
 
+def load_apply_policy(path: str) -> Callable[..., Any]:
+    """``apply_policy`` from another copy of ``ranking/effects.py``, imported under its own name."""
+    spec = importlib.util.spec_from_file_location("effects_compared", path)
+    if spec is None or spec.loader is None:
+        raise SystemExit(f"cannot import {path}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while it is executing
+    spec.loader.exec_module(module)
+    function: Callable[..., Any] = module.apply_policy
+    return function
+
+
+@dataclass
+class Timing:
+    """Best (smallest) wall-clock and CPU time seen for one implementation."""
+
+    wall: float = math.inf
+    cpu: float = math.inf
+
+    def rates(self, members: int) -> tuple[float, float]:
+        return members / self.wall, members / self.cpu
+
+
+def timed(best: dict[str, Timing], name: str, run: Callable[[], Any]) -> Any:
+    """Run ``run`` once, keeping the best wall-clock and process CPU time under ``name``.
+
+    CPU time (``time.process_time``) leaves out the time the process waited for a core, so on a
+    shared machine it is the steadier per-core figure; both are reported.
+    """
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = run()
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    timing = best.setdefault(name, Timing())
+    timing.wall, timing.cpu = min(timing.wall, wall), min(timing.cpu, cpu)
+    return result
+
+
+def identical(left: RankedFeeds, right: Any) -> bool:
+    return all(
+        np.array_equal(getattr(left, field), getattr(right, field))
+        for field in ("items", "scores", "base_scores", "reasons")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=100_000)
@@ -122,7 +184,14 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=50)
     parser.add_argument("--naive-members", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
+    parser.add_argument(
+        "--compare-with", metavar="FILE", help="another ranking/effects.py to time side by side"
+    )
+    parser.add_argument(
+        "--policy", metavar="FILE", help="a policy document whose ranking section to apply"
+    )
     args = parser.parse_args()
+    other = load_apply_policy(args.compare_with) if args.compare_with else None
 
     data = synthetic(args.members, args.pool)
     catalogue = data["catalogue"]
@@ -133,36 +202,63 @@ def main() -> None:
     provenance = {name: Allow(action="allow") for name in PROVENANCE_CLASSES}
     provenance["ai_generated"] = Exclude(action="exclude")
     params = RankingParams(creator_cap=2, popularity_penalty=0.5, provenance=provenance)
+    if args.policy:
+        params = policy_validate(json.loads(Path(args.policy).read_text())).ranking
 
     k = min(args.naive_members, args.members)
-    vectorised = looped = math.inf
+    arguments: dict[str, Any] = {
+        "catalogue": catalogue,
+        "params": params,
+        "n": args.n,
+        "member_blocked": blocked,
+    }
+    best: dict[str, Timing] = {}
+    same_as_other = True
+    load_before = os.getloadavg()[0]
     with threadpool_limits(limits=1):
         for _ in range(args.repeat):
-            started = time.perf_counter()
-            feeds = apply_policy(
-                items,
-                scores,
-                catalogue=catalogue,
-                params=params,
-                n=args.n,
-                member_blocked=blocked,
-            )
-            vectorised = min(vectorised, time.perf_counter() - started)
+            feeds = timed(best, "apply_policy", lambda: apply_policy(items, scores, **arguments))
+            if other is not None:
+                theirs = timed(best, "compared", lambda: other(items, scores, **arguments))
+                same_as_other = same_as_other and identical(feeds, theirs)
+                del theirs
+            if not args.policy:
+                reference = timed(
+                    best,
+                    "naive loop",
+                    lambda: naive(items[:k], scores[:k], catalogue, blocked[:k], params, args.n),
+                )
 
-            started = time.perf_counter()
-            reference = naive(items[:k], scores[:k], catalogue, blocked[:k], params, args.n)
-            looped = min(looped, time.perf_counter() - started)
-
-    same = bool(np.array_equal(reference, feeds.items[:k]))
-    fast_rate = args.members / vectorised
-    slow_rate = k / looped
+    same = args.policy is not None or bool(np.array_equal(reference, feeds.items[:k]))
+    counts = {"apply_policy": args.members, "compared": args.members, "naive loop": k}
+    rates = {name: timing.rates(counts[name]) for name, timing in best.items()}
     print(f"members={args.members} pool={args.pool} n={args.n} (one core, best of {args.repeat})")
-    print(f"apply_policy : {vectorised:8.2f} s  {fast_rate:12,.0f} members/s")
-    print(f"naive loop   : {looped:8.2f} s  {slow_rate:12,.0f} members/s  (first {k} members)")
-    print(f"ratio        : {fast_rate / slow_rate:8.1f}x   identical feeds: {same}")
+    print(f"ranking: {params.model_dump_json(exclude={'provenance'})}")
+    print(f"load average: {load_before:.2f} at start, {os.getloadavg()[0]:.2f} at end")
+    print(f"{'':14}{'wall s':>8}{'members/s':>12}{'CPU s':>8}{'members/CPU s':>15}")
+    for name, timing in best.items():
+        wall_rate, cpu_rate = rates[name]
+        print(f"{name:14}{timing.wall:8.2f}{wall_rate:12,.0f}{timing.cpu:8.2f}{cpu_rate:15,.0f}")
+    naive_wall, naive_cpu = rates.get("naive loop", (math.nan, math.nan))
+    for name in ("apply_policy", "compared"):
+        if name in rates and "naive loop" in rates:
+            wall_rate, cpu_rate = rates[name]
+            print(
+                f"{name} / naive loop: {wall_rate / naive_wall:.1f}x wall, "
+                f"{cpu_rate / naive_cpu:.1f}x CPU"
+            )
+    if other is not None:
+        wall_rate, cpu_rate = rates["apply_policy"]
+        other_wall, other_cpu = rates["compared"]
+        print(
+            f"apply_policy / compared ({args.compare_with}): {wall_rate / other_wall:.2f}x wall, "
+            f"{cpu_rate / other_cpu:.2f}x CPU; identical feeds: {same_as_other}"
+        )
+    if not args.policy:
+        print(f"naive loop identical feeds (first {k} members): {same}")
     filled = feeds.items >= 0
     print(f"mean feed length {filled.sum(axis=1).mean():.1f} / {args.n}")
-    if not same or not math.isfinite(fast_rate):
+    if not same or not same_as_other:
         raise SystemExit(1)
 
 

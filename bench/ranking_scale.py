@@ -97,7 +97,7 @@ def main() -> None:
         f"ALS fit ({args.factors} factors, {args.iterations} iterations): {fit_seconds:.1f}s",
         flush=True,
     )
-    bare_model = model._fitted()  # the very implicit model our wrapper holds
+    bare_model = model.implicit_model  # the very implicit model our wrapper holds
 
     provenance = {name: Allow(action="allow") for name in PROVENANCE_CLASSES}
     provenance["ai_generated"] = Exclude(action="exclude")

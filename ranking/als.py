@@ -20,6 +20,7 @@ Notes on :mod:`implicit` 0.7.3 that this wrapper hides:
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
@@ -30,8 +31,9 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse
 from implicit.cpu.als import AlternatingLeastSquares
+from implicit.cpu.topk import topk
 from scipy.sparse import csr_matrix
-from threadpoolctl import threadpool_limits
+from threadpoolctl import ThreadpoolController, threadpool_limits
 
 from ranking.policy import ModelParams
 
@@ -44,6 +46,16 @@ _FORMAT = "commonfeed.als"
 _FORMAT_VERSION = 1
 _FILTERED_SCORE = np.float32(-np.finfo(np.float32).max)
 """The score implicit's top-k gives an item it filtered out (seen, or not in ``items``)."""
+
+
+_FEW_ROWS = 64
+"""Up to this many rows, :meth:`ALSModel.recalculate_users` solves on one thread."""
+
+
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    """The thread pools of the libraries loaded with this module, inspected once."""
+    return ThreadpoolController()
 
 
 class NotFittedError(RuntimeError):
@@ -201,6 +213,15 @@ class ALSModel:
         return self._model is not None
 
     @property
+    def implicit_model(self) -> Any:
+        """The fitted ``implicit`` model this wraps (CPU ``AlternatingLeastSquares``).
+
+        For comparisons against bare ``implicit`` on the very same factors (``bench/``) and for
+        calls this wrapper does not offer. Mutating it changes this model too.
+        """
+        return self._fitted()
+
+    @property
     def user_factors(self) -> npt.NDArray[np.float32]:
         """User factors, float32 array of shape ``(n_users, factors)``."""
         factors: npt.NDArray[np.float32] = self._fitted().user_factors
@@ -253,6 +274,62 @@ class ALSModel:
         self._model = model
         return self
 
+    def recalculate_users(self, user_items: csr_matrix) -> npt.NDArray[np.float32]:
+        """Solve user factors for members from their interaction rows, against the item factors.
+
+        The exact least-squares step of ALS for each row (implicit's ``recalculate_user``), with
+        the model's confidence ``params.alpha * w`` and regularisation, for members who were not
+        in training or whose interactions changed since. The model is left unchanged.
+
+        Parameters
+        ----------
+        user_items : scipy.sparse.csr_matrix, shape (m, n_items)
+            One row per member, built like the training matrix (same :func:`interaction_matrix`
+            weighting). Other sparse formats are converted; values are cast to float32.
+
+        Returns
+        -------
+        numpy.ndarray of float32, shape (m, factors)
+            Row ``r``: the factors of the member whose interactions are row ``r``; a row without
+            interactions gets zeros.
+
+        Raises
+        ------
+        NotFittedError
+            If the model has no factors.
+        ValueError
+            If ``user_items`` does not have ``n_items`` columns, or holds non-finite values.
+        TypeError
+            If ``user_items`` is not a scipy sparse matrix.
+        """
+        model = self._fitted()
+        matrix = _as_csr(user_items, "user_items")
+        if matrix.shape[1] != self.n_items:
+            raise ValueError(
+                f"user_items has shape {matrix.shape}; the model has {self.n_items} items"
+            )
+        factors = np.zeros((matrix.shape[0], self.params.factors), dtype=np.float32)
+        if matrix.shape[0] == 0:
+            return factors
+        if matrix.dtype != np.float32:
+            matrix = matrix.astype(np.float32)
+        if not bool(np.all(np.isfinite(matrix.data))):
+            raise ValueError("user_items must hold finite values")
+        # A handful of rows (a fold-in refresh) is solved in well under a millisecond: starting
+        # OpenMP's thread team and re-reading the loaded BLAS libraries (threadpool_limits)
+        # cost ten to a hundred times that on a busy machine. The result does not depend on the
+        # number of threads.
+        threads = model.num_threads
+        if matrix.shape[0] <= _FEW_ROWS:
+            model.num_threads = 1
+        try:
+            with _blas_controller().limit(limits=1, user_api="blas"):
+                solved = model.recalculate_user(np.arange(matrix.shape[0]), matrix)
+        finally:
+            model.num_threads = threads
+        factors[:] = np.asarray(solved, dtype=np.float32).reshape(factors.shape)
+        return factors
+
     def recommend(
         self,
         user_rows: npt.ArrayLike,
@@ -285,9 +362,89 @@ class ALSModel:
         scores : numpy.ndarray of float32, shape (m, n)
             Predicted preference (dot product of factors); ``-inf`` where ``items`` is ``-1``.
         """
-        model = self._fitted()
+        self._fitted()
         n_users, n_items = self.n_users, self.n_items
         rows = _as_index_array(user_rows, "user_rows", n_users)
+        seen: csr_matrix | None = None
+        if exclude_seen:
+            matrix = _as_csr(user_items, "user_items")
+            if matrix.shape != (n_users, n_items):
+                raise ValueError(
+                    f"user_items has shape {matrix.shape}; the model has {(n_users, n_items)}"
+                )
+            seen = matrix[rows]
+        return self._top_n(self.user_factors[rows], seen, n, allowed_items)
+
+    def recommend_from_factors(
+        self,
+        user_factors: npt.ArrayLike,
+        user_items: csr_matrix | None,
+        n: int,
+        *,
+        allowed_items: npt.ArrayLike | None = None,
+        exclude_seen: bool = True,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Top-``n`` items for arbitrary user factors (e.g. from :meth:`recalculate_users`).
+
+        Same ranking, filtering and padding as :meth:`recommend`, which is this method applied
+        to ``user_factors[user_rows]`` and ``user_items[user_rows]``.
+
+        Parameters
+        ----------
+        user_factors : array_like of float, shape (m, factors)
+            One factor vector per user.
+        user_items : scipy.sparse.csr_matrix, shape (m, n_items), or None
+            Row ``r``: what user ``r`` has seen (non-zero = seen). Only read, and may be
+            ``None``, when ``exclude_seen`` is false.
+        n : int
+            Feed length (``>= 0``).
+        allowed_items : array_like of int, optional
+            Item indices that may be recommended; duplicates are ignored. ``None`` allows all.
+        exclude_seen : bool, default True
+            Never recommend an item that is non-zero in the user's row of ``user_items``.
+
+        Returns
+        -------
+        items, scores
+            As :meth:`recommend`.
+
+        Raises
+        ------
+        ValueError
+            On a factor matrix of the wrong shape or with non-finite entries, a ``user_items``
+            of the wrong shape, or ``n < 0``.
+        """
+        self._fitted()
+        factors = np.asarray(user_factors, dtype=np.float32)
+        if factors.ndim != 2 or factors.shape[1] != self.params.factors:
+            raise ValueError(
+                f"user_factors has shape {factors.shape}, expected (m, {self.params.factors})"
+            )
+        if not bool(np.all(np.isfinite(factors))):
+            raise ValueError("user_factors must be finite")
+        seen: csr_matrix | None = None
+        if exclude_seen:
+            if user_items is None:
+                raise ValueError("exclude_seen needs user_items")
+            seen = _as_csr(user_items, "user_items")
+            if seen.shape != (factors.shape[0], self.n_items):
+                raise ValueError(
+                    f"user_items has shape {seen.shape}, expected "
+                    f"{(factors.shape[0], self.n_items)}"
+                )
+        return self._top_n(factors, seen, n, allowed_items)
+
+    def _top_n(
+        self,
+        factors: npt.NDArray[np.float32],
+        seen: csr_matrix | None,
+        n: int,
+        allowed_items: npt.ArrayLike | None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """implicit's top-k over ``factors @ item_factors.T``, normalised to -1 / -inf padding."""
+        model = self._fitted()
+        n_items = self.n_items
+        m = factors.shape[0]
         n = int(n)
         if n < 0:
             raise ValueError(f"n must be >= 0, got {n}")
@@ -298,30 +455,27 @@ class ALSModel:
             items = np.unique(_as_index_array(allowed_items, "allowed_items", n_items))
             n_eff = min(n, int(items.size))
 
-        out_items = np.full((rows.size, n), -1, dtype=np.int64)
-        out_scores = np.full((rows.size, n), -np.inf, dtype=np.float32)
-        if n_eff == 0 or rows.size == 0:
+        out_items = np.full((m, n), -1, dtype=np.int64)
+        out_scores = np.full((m, n), -np.inf, dtype=np.float32)
+        if n_eff == 0 or m == 0:
             return out_items, out_scores
 
-        query: csr_matrix | None = None
-        if exclude_seen:
-            matrix = _as_csr(user_items, "user_items")
-            if matrix.shape != (n_users, n_items):
-                raise ValueError(
-                    f"user_items has shape {matrix.shape}; the model has {(n_users, n_items)}"
-                )
-            query = matrix[rows]
-
+        item_factors = model.item_factors if items is None else model.item_factors[items]
+        query = None
+        if seen is not None:
+            query = seen if items is None else _restrict_columns(seen, items)
         with threadpool_limits(limits=1, user_api="blas"):
-            ids, scores = model.recommend(
-                rows,
-                query,
-                N=n_eff,
-                filter_already_liked_items=exclude_seen,
-                items=items,
+            ids, scores = topk(
+                item_factors,
+                np.ascontiguousarray(factors, dtype=np.float32),
+                n_eff,
+                filter_query_items=query,
+                num_threads=self._num_threads,
             )
-        ids = np.asarray(ids, dtype=np.int64).reshape(rows.size, n_eff)
-        scores = np.asarray(scores, dtype=np.float32).reshape(rows.size, n_eff)
+        ids = np.asarray(ids, dtype=np.int64).reshape(m, n_eff)
+        scores = np.asarray(scores, dtype=np.float32).reshape(m, n_eff)
+        if items is not None:
+            ids = items[ids]
 
         # implicit keeps filtered items in the result with score -FLT_MAX; move them to the end
         # (stable, so the ranking of real results is untouched) and blank them out.
@@ -397,6 +551,18 @@ class ALSModel:
         model.item_factors = item_factors
         result._model = model
         return result
+
+
+def _restrict_columns(matrix: csr_matrix, columns: npt.NDArray[np.int64]) -> csr_matrix:
+    """The entries of ``matrix`` in ``columns`` (sorted, unique), renumbered to their positions."""
+    coo = matrix.tocoo()
+    position = np.minimum(np.searchsorted(columns, coo.col), columns.size - 1)
+    keep = (columns[position] == coo.col) & (coo.data != 0)
+    return csr_matrix(
+        (coo.data[keep], (coo.row[keep], position[keep])),
+        shape=(matrix.shape[0], columns.size),
+        dtype=np.float32,
+    )
 
 
 def _as_csr(matrix: Any, name: str) -> csr_matrix:

@@ -14,7 +14,8 @@ member's candidate pool (item indices and base scores, e.g. the ALS top-200) int
 3. **Greedy selection** over the ``n`` feed positions, vectorised across members: each position
    takes the best remaining candidate that keeps the per-creator cap and the provenance share
    caps, restricted to long-tail / new-creator items when a quota could otherwise no longer be
-   met, and scored by maximal marginal relevance when ``diversity > 0``.
+   met (both quotas are met whenever the pool allows it, unless provenance share caps bind: see
+   :func:`_greedy`), and scored by maximal marginal relevance when ``diversity > 0``.
 
 Every output entry carries a reason bitmask (:class:`ranking.reasons.Reason`).
 
@@ -68,8 +69,9 @@ _UNKNOWN = PROVENANCE_CODES["unknown"]
 LONG_TAIL_HEAD_SHARE = 0.2
 """Share of creators (the most interacted-with) that are *not* long tail."""
 
-_BLOCK = 4096
-"""Members processed together by the greedy selection (bounds its ``O(block x pool)`` memory)."""
+_BLOCK = 1024
+"""Members processed together: bounds the ``O(block x pool)`` memory, and keeps each block's
+arrays (about 1.6 MB per int64 array for a pool of 200) near the cache."""
 
 _SHORTCUTS = True
 """Use the loop-free equivalent of the greedy selection for a single cap, and decide rows from
@@ -386,21 +388,30 @@ def blocked_mask(blocked: csr_matrix, items: Int64Array) -> BoolArray:
 
 
 def _row_min_max(
-    values: npt.NDArray[np.float64], valid: BoolArray
+    values: npt.NDArray[np.floating[Any]], valid: BoolArray
 ) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    # In the values' own dtype: float32 -> float64 is exact and monotone, so the bounds are the
+    # same as over the float64 copy, for half the memory traffic.
     low = np.where(valid, values, np.inf).min(axis=1, initial=np.inf)
     high = np.where(valid, values, -np.inf).max(axis=1, initial=-np.inf)
-    return low, high
+    return low.astype(np.float64), high.astype(np.float64)
 
 
-def _normalise(values: npt.NDArray[np.float64], valid: BoolArray) -> npt.NDArray[np.float64]:
-    """Min-max scale each row's valid entries to [0, 1] (1 where a row's range is empty)."""
+def _normalise(values: npt.NDArray[np.floating[Any]], valid: BoolArray) -> npt.NDArray[np.float64]:
+    """Min-max scale each row's valid entries to [0, 1] (1 where a row's range is empty).
+
+    Computed in float64 whatever the input dtype.
+    """
     low, high = _row_min_max(values, valid)
     spread = high - low
     ok = np.isfinite(spread) & (spread > 0)
     scale = np.where(ok, spread, 1.0)[:, None]
-    scaled = (values - np.where(np.isfinite(low), low, 0.0)[:, None]) / scale
-    return np.where(ok[:, None], scaled, 1.0)
+    scaled = values.astype(np.float64)
+    scaled -= np.where(np.isfinite(low), low, 0.0)[:, None]
+    scaled /= scale
+    if not bool(ok.all()):
+        scaled[~ok] = 1.0
+    return scaled
 
 
 def apply_policy(
@@ -483,11 +494,13 @@ def apply_policy(
     out_reasons = np.zeros((m, n), dtype=np.int32)
     if m == 0 or n == 0 or items.shape[1] == 0 or catalogue.n_items == 0:
         return RankedFeeds(out_items, out_scores, out_base, out_reasons)
+    tables = _ItemTables.build(catalogue, params, n)
     for begin in range(0, m, _BLOCK):
         rows = slice(begin, min(begin + _BLOCK, m))
         part = _apply_block(
             items[rows],
             scores[rows],
+            tables=tables,
             catalogue=catalogue,
             params=params,
             n=n,
@@ -523,10 +536,82 @@ def _treatment_tables(
     return excluded, factor, limit, bits
 
 
+@dataclass(frozen=True)
+class _ItemTables:
+    """Everything :func:`_apply_block` looks up per item, resolved once per call.
+
+    Each table has one extra entry at the end that index ``-1`` (padding, dropped candidates)
+    reads, so a block gathers every attribute with a single lookup per candidate.
+    """
+
+    usable: BoolArray
+    """Not refused for everyone and of a provenance class that is not excluded."""
+    creator: Int64Array
+    """Dense creator index, ``-1`` for none."""
+    n_creators: int
+    """Number of creators (one more than the largest index)."""
+    provenance: Int64Array
+    """Provenance code."""
+    factor: npt.NDArray[np.float64] | None
+    """Downrank factor of the item's class; ``None`` when every factor is 1."""
+    decay: npt.NDArray[np.float64] | None
+    """Freshness decay ``0.5 ** (age / half-life)`` (1 for unknown age); ``None`` when off."""
+    penalty: npt.NDArray[np.float64] | None
+    """``popularity_penalty * log1p(popularity) / max log1p(popularity)``; ``None`` when off."""
+    bits: npt.NDArray[np.int32]
+    """Reason bits the item carries wherever it is picked (labels, downranked, decayed,
+    penalised)."""
+    limit: Int64Array
+    """Share cap of each provenance code, in items (``n`` where uncapped)."""
+    adjusting: bool
+    """Whether any score adjustment is on (else the adjusted score is the base score)."""
+
+    @classmethod
+    def build(cls, catalogue: Catalogue, params: RankingParams, n: int) -> _ItemTables:
+        excluded, factor, limit, label_bits = _treatment_tables(params, n)
+        provenance = catalogue.provenance.astype(np.int64)
+        bits = label_bits[provenance]
+        half_life = params.freshness_half_life_days
+        penalty = params.popularity_penalty
+        adjusting = penalty > 0 or half_life is not None or bool(np.any(factor < 1.0))
+        factors = None
+        if adjusting and bool(np.any(factor != 1.0)):
+            factors = factor[provenance]
+        decay = None
+        if half_life is not None:
+            age = np.maximum(catalogue.age_days.astype(np.float64), 0.0)
+            decay = np.where(np.isnan(age), 1.0, 0.5 ** (np.nan_to_num(age) / half_life))
+            bits = bits | np.where(decay < 1.0, int(Reason.FRESHNESS_DECAYED), 0).astype(np.int32)
+        penalties = None
+        if penalty > 0:
+            pop = np.log1p(catalogue.popularity.astype(np.float64))
+            peak = float(pop.max(initial=0.0))
+            share = pop / peak if peak > 0 else np.zeros(pop.shape)
+            penalties = penalty * share
+            bits = bits | np.where(share > 0, int(Reason.POPULARITY_PENALISED), 0).astype(np.int32)
+
+        def padded(values: Any, fill: object) -> Any:
+            return np.append(values, np.array([fill], dtype=values.dtype))
+
+        return cls(
+            usable=padded(~catalogue.refused & ~excluded[provenance], False),
+            creator=padded(catalogue.creator, -1),
+            n_creators=int(catalogue.creator.max(initial=-1)) + 1,
+            provenance=padded(provenance, 0),
+            factor=None if factors is None else padded(factors, 1.0),
+            decay=None if decay is None else padded(decay, 1.0),
+            penalty=None if penalties is None else padded(penalties, 0.0),
+            bits=padded(bits.astype(np.int32), 0),
+            limit=limit,
+            adjusting=adjusting,
+        )
+
+
 def _apply_block(
     items: Int64Array,
     scores: Float32Array,
     *,
+    tables: _ItemTables,
     catalogue: Catalogue,
     params: RankingParams,
     n: int,
@@ -535,70 +620,67 @@ def _apply_block(
     vectors: Float32Array | None,
 ) -> tuple[Int64Array, Float32Array, Float32Array, npt.NDArray[np.int32]]:
     m, width = items.shape
-    excluded, factor, limit, label_bits = _treatment_tables(params, n)
+    limit = tables.limit
+    row_start = np.arange(m, dtype=np.int64)[:, None] * width
 
-    # 1. Hard refusals (and padding, and repeats).
-    valid = (items >= 0) & np.isfinite(scores)
-    safe = np.where(valid, items, 0)
-    # Keys (item, position) are unique, so a plain sort puts each item's first occurrence first;
-    # padding gets item -1 and never counts as a repeat.
-    position = np.arange(width, dtype=np.int64)
-    keyed = np.where(valid, items, -1) * width + position  # unique; padding sorts first
-    order = np.argsort(keyed, axis=1)
-    by_item = np.take_along_axis(keyed, order, axis=1) // width
-    dropped = np.zeros((m, width), dtype=bool)  # in item order
-    dropped[:, 1:] = (by_item[:, 1:] == by_item[:, :-1]) & (by_item[:, 1:] >= 0)
+    # 1. Hard refusals (and padding, and repeats). ``marked``: the item, or -1 once dropped.
+    # Refusals and exclusions first: they drop every occurrence of an item, so repeats and
+    # blocks among the rest come out the same. ("wrap" only keeps padding below -1 in bounds;
+    # ``items >= 0`` masks it.)
+    valid = (items >= 0) & np.isfinite(scores) & np.take(tables.usable, items, mode="wrap")
+    marked = np.where(valid, items, -1)
+    # Sorting int32 is several times faster than int64 (SIMD), and item indices fit.
+    compact = np.int32 if catalogue.n_items < np.iinfo(np.int32).max else np.int64
+    by_item = np.sort(marked.astype(compact), axis=1)
+    repeated = (by_item[:, 1:] == by_item[:, :-1]) & (by_item[:, 1:] >= 0)
+    with_repeats = np.flatnonzero(repeated.any(axis=1))
+    if with_repeats.size:  # rare: candidate generators return distinct items
+        valid[with_repeats] &= _first_occurrences(marked[with_repeats])
+        marked[with_repeats] = np.where(valid[with_repeats], marked[with_repeats], -1)
     if blocked is not None and blocked.nnz:
-        # Look the (few) blocked pairs up among the (many) candidates: both sides as one sorted
-        # key space, row-major, so a single searchsorted finds every hit.
+        # Look the (few) blocked pairs up among the (many) candidates: ``by_item`` is sorted per
+        # row, so with row offsets it is one sorted key space and one searchsorted finds every
+        # hit; the (rare) hits are then located in their rows.
         stride = catalogue.n_items + 1
-        offsets = np.arange(m, dtype=np.int64)[:, None] * stride
-        candidate_keys = (offsets + by_item + 1).ravel()
-        block_rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(blocked.indptr))
+        candidate_keys = (np.arange(m, dtype=np.int64)[:, None] * stride + by_item + 1).ravel()
         nonzero = blocked.data != 0
-        block_keys = (block_rows * stride + blocked.indices.astype(np.int64) + 1)[nonzero]
+        block_rows = np.repeat(np.arange(m, dtype=np.int64), np.diff(blocked.indptr))[nonzero]
+        block_items = blocked.indices.astype(np.int64)[nonzero]
+        block_keys = block_rows * stride + block_items + 1
         at = np.minimum(np.searchsorted(candidate_keys, block_keys), candidate_keys.size - 1)
         hit = candidate_keys[at] == block_keys
-        dropped.ravel()[at[hit]] = True
-    np.put_along_axis(valid, order, np.take_along_axis(valid, order, axis=1) & ~dropped, axis=1)
-    provenance = catalogue.provenance[safe]
-    valid &= ~catalogue.refused[safe] & ~excluded[provenance]
+        if bool(hit.any()):
+            hit_rows = block_rows[hit]
+            which, column = np.nonzero(marked[hit_rows] == block_items[hit][:, None])
+            valid[hit_rows[which], column] = False
+            marked[hit_rows[which], column] = -1
+    # Valid candidates have finite adjusted scores and invalid ones -inf, so once sorted every
+    # row is its ``count`` valid candidates followed by the invalid ones.
+    count = np.count_nonzero(valid, axis=1)
 
     # 2. Score adjustments.
-    bits = np.where(valid, label_bits[provenance] | sources[:, None], 0).astype(np.int32)
-    half_life = params.freshness_half_life_days
-    penalty = params.popularity_penalty
-    adjusting = penalty > 0 or half_life is not None or bool(np.any(factor < 1.0))
-    if adjusting:
-        unit = _normalise(scores.astype(np.float64), valid)
-        unit *= factor[provenance]
-        if half_life is not None:
-            age = np.maximum(catalogue.age_days[safe].astype(np.float64), 0.0)
-            decay = np.where(np.isnan(age), 1.0, 0.5 ** (np.nan_to_num(age) / half_life))
-            unit *= decay
-            bits |= np.where(valid & (decay < 1.0), int(Reason.FRESHNESS_DECAYED), 0).astype(
-                np.int32
-            )
-        if penalty > 0:
-            pop = np.log1p(catalogue.popularity.astype(np.float64))
-            peak = float(pop.max(initial=0.0))
-            share = pop[safe] / peak if peak > 0 else np.zeros(items.shape)
-            unit -= penalty * share
-            bits |= np.where(valid & (share > 0), int(Reason.POPULARITY_PENALISED), 0).astype(
-                np.int32
-            )
-        adjusted = np.where(valid, unit, -np.inf).astype(np.float32)
+    if tables.adjusting:
+        unit = _normalise(scores, valid)
+        if tables.factor is not None:
+            unit *= np.take(tables.factor, marked)
+        if tables.decay is not None:
+            unit *= np.take(tables.decay, marked)
+        if tables.penalty is not None:
+            unit -= np.take(tables.penalty, marked)
+        np.copyto(unit, -np.inf, where=~valid)
+        adjusted = unit.astype(np.float32)
     else:
         adjusted = np.where(valid, scores, -np.inf).astype(np.float32)
 
     # Sort each row by adjusted score, best first (stable: ties keep candidate order).
-    order = _descending(adjusted) if adjusting else np.argsort(-adjusted, axis=1, kind="stable")
+    order = _descending(adjusted)
     capped = params.creator_cap is not None or bool(np.any(limit < n))
     quotas = params.long_tail_quota > 0 or params.new_creator_quota > 0
     k = min(n, width)
     if not (capped or quotas or vectors is not None):
         picks = np.full((m, n), -1, dtype=np.int64)
-        picks[:, :k] = np.where(np.take_along_axis(valid, order[:, :k], axis=1), position[:k], -1)
+        ranks = np.arange(k)
+        picks[:, :k] = np.where(ranks < count[:, None], ranks, -1)
         extra = np.zeros((m, n), dtype=np.int32)
     else:
         single_cap = (params.creator_cap is None) != (not bool(np.any(limit < n)))
@@ -608,16 +690,15 @@ def _apply_block(
             who: Int64Array | slice, columns: int
         ) -> tuple[Int64Array, npt.NDArray[np.int32]]:
             head = order[who, :columns]
-            s_items = np.take_along_axis(items[who], head, axis=1)
-            s_valid = np.take_along_axis(valid[who], head, axis=1)
+            starts = row_start if isinstance(who, slice) else who[:, None] * width
+            flat = starts + head
+            s_items = np.take(marked, flat)
+            s_valid = s_items >= 0
             if shortcut:
-                return _rank_capped(
-                    s_items, s_valid, catalogue=catalogue, params=params, n=n, limit=limit
-                )
-            s_adjusted = np.take_along_axis(adjusted[who], head, axis=1)
+                return _rank_capped(s_items, tables=tables, params=params, n=n)
             return _greedy(
                 s_items,
-                s_adjusted,
+                adjusted.ravel()[flat],
                 s_valid,
                 catalogue=catalogue,
                 params=params,
@@ -633,16 +714,16 @@ def _apply_block(
             picks, extra = select(slice(None), width)
         else:
             picks, extra = select(slice(None), prefix)
-            in_prefix = np.take_along_axis(valid, order[:, :prefix], axis=1).sum(axis=1)
-            short = np.flatnonzero((picks[:, -1] < 0) & (valid.sum(axis=1) > in_prefix))
+            short = np.flatnonzero((picks[:, -1] < 0) & (count > prefix))
             if short.size:
                 picks[short], extra[short] = select(short, width)
+
     has = picks >= 0
-    at = np.take_along_axis(order, np.maximum(picks, 0), axis=1)  # original columns
-    out_items = np.where(has, np.take_along_axis(items, at, axis=1), -1)
-    out_scores = np.where(has, np.take_along_axis(adjusted, at, axis=1), -np.inf)
-    out_base = np.where(has, np.take_along_axis(scores, at, axis=1), -np.inf)
-    out_reasons = np.where(has, np.take_along_axis(bits, at, axis=1) | extra, 0)
+    at = row_start + np.take(order, row_start + np.maximum(picks, 0))  # flat original columns
+    out_items = np.where(has, np.take(items, at), -1)
+    out_scores = np.where(has, np.take(adjusted, at), -np.inf)
+    out_base = np.where(has, np.take(scores, at), -np.inf)
+    out_reasons = np.where(has, np.take(tables.bits, out_items) | sources[:, None] | extra, 0)
     return (
         out_items.astype(np.int64),
         out_scores.astype(np.float32),
@@ -651,69 +732,128 @@ def _apply_block(
     )
 
 
-def _descending(values: Float32Array) -> Int64Array:
-    """Stable descending argsort of each row, through an unstable sort of unique int64 keys.
+def _first_occurrences(marked: npt.NDArray[np.integer[Any]]) -> BoolArray:
+    """Whether each entry is the first of its item in its row (``-1`` entries always are)."""
+    m, width = marked.shape
+    position = np.arange(width, dtype=np.int64)
+    # Keys (item, position) are unique, so a plain sort puts each item's first occurrence first.
+    keyed = marked.astype(np.int64) * width + position
+    order = np.argsort(keyed, axis=1)
+    by_item = np.take_along_axis(keyed, order, axis=1) // width
+    repeat = np.zeros((m, width), dtype=bool)
+    repeat[:, 1:] = (by_item[:, 1:] == by_item[:, :-1]) & (by_item[:, 1:] >= 0)
+    first = np.ones((m, width), dtype=bool)
+    np.put_along_axis(first, order, ~repeat, axis=1)
+    return first
 
-    Faster than numpy's stable (timsort) argsort on unsorted float rows; ties keep column order.
+
+def _descending(values: Float32Array) -> Int64Array:
+    """Stable descending argsort of each row, through a sort of unique int64 keys.
+
+    Each key holds the value's order in its high 32 bits and the column in the low 32, so a
+    plain (unstable, SIMD) sort of the keys gives the columns in order: much faster than
+    numpy's stable argsort of float rows; ties keep column order.
     """
     negated = np.ascontiguousarray(-values + np.float32(0.0))  # -0.0 becomes 0.0
-    raw = negated.view(np.int32).astype(np.int64)
-    monotone = np.where(raw < 0, raw ^ 0x7FFFFFFF, raw)  # float order == integer order
+    raw = negated.view(np.int32)
+    monotone = raw ^ ((raw >> 31) & 0x7FFFFFFF)  # float order == integer order
     width = values.shape[1]
-    key = (monotone << 32) | np.arange(width, dtype=np.int64)
-    order: Int64Array = np.argsort(key, axis=1)
-    return order
+    key = (monotone.astype(np.int64) << 32) | np.arange(width, dtype=np.int64)
+    key.sort(axis=1)
+    key &= 0xFFFFFFFF
+    return key
 
 
 def _rank_capped(
     items: Int64Array,
-    valid: BoolArray,
     *,
-    catalogue: Catalogue,
+    tables: _ItemTables,
     params: RankingParams,
     n: int,
-    limit: Int64Array,
 ) -> tuple[Int64Array, npt.NDArray[np.int32]]:
     """The greedy selection's result when only one kind of cap is active, without its loop.
 
     With a single grouping (creators, or provenance classes) a candidate is taken exactly when
     fewer than ``limit`` valid candidates of its group rank above it, so the feed is the first
-    ``n`` such candidates. Same output as :func:`_greedy`.
+    ``n`` such candidates. Same output as :func:`_greedy`. ``items`` holds each row's candidates
+    best first, ``-1`` where not valid.
     """
     m, width = items.shape
-    safe = np.where(valid, items, 0)
+    valid = items >= 0
     if params.creator_cap is not None:
-        group = np.where(valid, catalogue.creator[safe], -1)
-        group_limit = np.full(m, params.creator_cap, dtype=np.int64)[:, None]
-        n_groups = int(group.max(initial=-1)) + 1
+        group = np.take(tables.creator, items)  # -1: no creator (or not valid)
+        n_groups = tables.n_creators
     else:
-        group = np.where(valid, catalogue.provenance[safe].astype(np.int64), -1)
-        group_limit = np.append(limit, n)[group]
+        group = np.take(tables.provenance, items)
         n_groups = len(PROVENANCE_CLASSES)
-    grouped = group >= 0
+    # Group codes: a capped group, then n_groups (valid, no group: never capped), then
+    # n_groups + 1 (not valid: never taken). Keys (code, position) are unique, so a plain sort
+    # lists each group's candidates best first, and a candidate's rank in its group is its
+    # distance from the start of its run.
+    code = np.where(valid, np.where(group >= 0, group, n_groups), n_groups + 1)
     position = np.arange(width, dtype=np.int64)
-    # Unique keys (group, position); ungrouped candidates sort last. No stable sort needed.
-    key = np.where(grouped, group, n_groups) * width + position
-    order = np.argsort(key, axis=1)
-    sorted_group = np.take_along_axis(key, order, axis=1) // width
+    compact = np.int32 if (n_groups + 2) * width < np.iinfo(np.int32).max else np.int64
+    key = (code * width + position).astype(compact)
+    key.sort(axis=1)
+    sorted_code = key // width
+    at = key - sorted_code * width  # the candidate's position in ``items``
     starts = np.ones((m, width), dtype=bool)
-    starts[:, 1:] = sorted_group[:, 1:] != sorted_group[:, :-1]
-    run_start = np.maximum.accumulate(np.where(starts, position, 0), axis=1)
-    rank = np.empty((m, width), dtype=np.int64)
-    np.put_along_axis(rank, order, position - run_start, axis=1)
-    taken = valid & (~grouped | (rank < group_limit))
-    skipped = valid & ~taken
-    raised = taken & ((np.cumsum(skipped, axis=1) - skipped) > 0)
+    starts[:, 1:] = sorted_code[:, 1:] != sorted_code[:, :-1]
+    rank = position - np.maximum.accumulate(np.where(starts, position, 0), axis=1)
+    capped = sorted_code < n_groups
+    limit: Any = params.creator_cap
+    if limit is None:
+        limit = np.append(tables.limit, 0)[np.minimum(sorted_code, n_groups)]
+    skipped = capped & (rank >= limit)
+    taken = (sorted_code == n_groups) | (capped & ~skipped)
+    first_skip = np.where(skipped, at, width).min(axis=1)
+    # Taken candidates first, each in its position order: the feed.
+    chosen = np.where(taken, at, at + width).astype(compact)
+    chosen.sort(axis=1)
     k = min(n, width)
-    column = np.argsort(~taken, axis=1, kind="stable")[:, :k]
-    ok = np.take_along_axis(taken, column, axis=1)
+    head = chosen[:, :k].astype(np.int64)
+    ok = head < width
     picks = np.full((m, n), -1, dtype=np.int64)
     extra = np.zeros((m, n), dtype=np.int32)
-    picks[:, :k] = np.where(ok, column, -1)
-    extra[:, :k] = np.where(
-        ok & np.take_along_axis(raised, column, axis=1), int(Reason.RAISED_BY_CAP), 0
-    )
+    picks[:, :k] = np.where(ok, head, -1)
+    extra[:, :k] = np.where(ok & (head > first_skip[:, None]), int(Reason.RAISED_BY_CAP), 0)
     return picks, extra
+
+
+def _quota_restriction(
+    eligible: BoolArray,
+    long_tail: BoolArray,
+    new: BoolArray,
+    need_lt: Int64Array,
+    need_new: Int64Array,
+    remaining: int,
+) -> tuple[BoolArray, BoolArray]:
+    """Which candidates a position may take in rows whose owed quota items fill what is left.
+
+    For rows with ``need_lt + need_new >= remaining > 0``: only items that help an owed quota,
+    and only long-tail (new-creator) items when that quota alone fills the positions left;
+    failing that, items of any tight quota; failing that, any eligible item. Returns the allowed
+    mask and whether the row was restricted (for the reason bits). See :func:`_greedy`.
+    """
+    tight_lt = (need_lt >= remaining) & (need_lt > 0)
+    tight_new = (need_new >= remaining) & (need_new > 0)
+    helps = (long_tail & (need_lt > 0)[:, None]) | (new & (need_new > 0)[:, None])
+    every_tight = np.where(tight_lt[:, None], long_tail, True) & np.where(
+        tight_new[:, None], new, True
+    )
+    first: BoolArray = eligible & every_tight & helps
+    any_tight = np.where(
+        (tight_lt | tight_new)[:, None],
+        (tight_lt[:, None] & long_tail) | (tight_new[:, None] & new),
+        helps,
+    )
+    second: BoolArray = eligible & any_tight
+    use_first: BoolArray = np.asarray(first.any(axis=1))
+    use_second: BoolArray = ~use_first & np.asarray(second.any(axis=1))
+    allowed: BoolArray = np.where(
+        use_first[:, None], first, np.where(use_second[:, None], second, eligible)
+    )
+    return allowed, use_first | use_second
 
 
 def _first(mask: BoolArray) -> Int64Array:
@@ -737,6 +877,21 @@ def _greedy(
 
     Returns the chosen column of each position (``-1`` when nothing is left) and the reason
     bits the selection adds (raised by quota, cap or diversity).
+
+    Quotas. With ``a`` long-tail and ``b`` new-creator items still owed and ``r`` positions
+    left, a position may only take an item that helps an owed quota when ``a + b >= r``, only
+    a long-tail item when ``a >= r`` and only a new-creator item when ``b >= r`` (items of
+    creators that are both count for both). Both kinds are properties of the *creator*, so
+    under the creator cap each pick lowers its own kind's remaining capacity by exactly one,
+    and a state can still meet both quotas iff ``a <= B + L``, ``b <= B + N`` and
+    ``max(a, b, a + b - B) <= r`` (``B``, ``L``, ``N``: capacity of both / long tail only / new
+    only). Each rule above keeps that condition true, so **whenever some feed of the pool
+    meets both quotas (one, or both together) under the creator cap, the feed chosen meets
+    them**, whatever the scores and diversity. When the pool cannot meet them, a single active
+    quota still gets ``min(quota, capacity)`` items; with both active and not jointly feasible
+    nothing more is promised than the rules above. Provenance share caps are not part of that
+    reasoning: when they bind, quotas are best effort (a share cap can hide the items a quota
+    needs).
     """
     m, width = items.shape
     rows = np.arange(m)
@@ -754,7 +909,11 @@ def _greedy(
     quota_new = math.ceil(params.new_creator_quota * n - 1e-9)
 
     available = valid.copy()
-    same_creator = np.zeros((m, width), dtype=np.int32) if cap is not None else None
+    # Whether the caps still let the candidate in: False once its creator has ``cap`` picks in
+    # the row, or its provenance class its share limit. Updated only in the rows whose pick just
+    # filled a creator or a class.
+    open_caps = valid & (limit[provenance] > 0) if share_capped else valid.copy()
+    picked_creator = np.full((m, n), -1, dtype=np.int64)
     class_count = np.zeros((m, len(PROVENANCE_CLASSES)), dtype=np.int64)
     taken_lt = np.zeros(m, dtype=np.int64)
     taken_new = np.zeros(m, dtype=np.int64)
@@ -765,45 +924,32 @@ def _greedy(
     pool_vectors = None
     max_similarity = None
     if vectors is not None:
-        scaled = _normalise(adjusted.astype(np.float64), valid)
+        scaled = _normalise(adjusted, valid)
         relevance = np.where(valid, scaled, 0.0).astype(np.float32)
         pool_vectors = vectors[safe]  # [m, width, d]
         max_similarity = np.zeros((m, width), dtype=np.float32)
 
     for k in range(n):
         remaining = n - k
-        eligible = available
-        if same_creator is not None and cap is not None:
-            eligible = eligible & (same_creator < cap)
-        if share_capped:
-            eligible = eligible & (
-                np.take_along_axis(class_count, provenance, axis=1) < limit[provenance]
-            )
+        eligible = available & open_caps if cap is not None or share_capped else available
         allowed = eligible
         forced = np.zeros(m, dtype=bool)
         if quota_lt or quota_new:
             need_lt = np.maximum(quota_lt - taken_lt, 0)
             need_new = np.maximum(quota_new - taken_new, 0)
-            tight_lt = (need_lt >= remaining) & (need_lt > 0)
-            tight_new = (need_new >= remaining) & (need_new > 0)
-            joint = (need_lt + need_new >= remaining) & (need_lt + need_new > 0)
-            helps = (long_tail & (need_lt > 0)[:, None]) | (new & (need_new > 0)[:, None])
-            every_tight = np.where(tight_lt[:, None], long_tail, True) & np.where(
-                tight_new[:, None], new, True
-            )
-            first: BoolArray = eligible & every_tight & np.where(joint[:, None], helps, True)
-            any_tight = np.where(
-                (tight_lt | tight_new)[:, None],
-                (tight_lt[:, None] & long_tail) | (tight_new[:, None] & new),
-                np.where(joint[:, None], helps, True),
-            )
-            second: BoolArray = eligible & any_tight
-            use_first: BoolArray = np.asarray(first.any(axis=1))
-            use_second: BoolArray = ~use_first & np.asarray(second.any(axis=1))
-            allowed = np.where(
-                use_first[:, None], first, np.where(use_second[:, None], second, eligible)
-            )
-            forced = joint & (use_first | use_second)
+            # Only rows where the owed items fill the positions left are restricted (a tight
+            # quota implies this); everywhere else every eligible candidate is allowed.
+            bound = np.flatnonzero((need_lt + need_new >= remaining) & (need_lt + need_new > 0))
+            if bound.size:
+                allowed = eligible.copy()
+                allowed[bound], forced[bound] = _quota_restriction(
+                    eligible[bound],
+                    long_tail[bound],
+                    new[bound],
+                    need_lt[bound],
+                    need_new[bound],
+                    remaining,
+                )
         if relevance is not None and max_similarity is not None:
             weight = params.diversity
             criterion = (1.0 - weight) * relevance - weight * max_similarity
@@ -816,11 +962,12 @@ def _greedy(
         picks[:, k] = np.where(got, pick, -1)
 
         # Why was it chosen over the best remaining candidate?
+        best_eligible = pick if allowed is eligible and relevance is None else _first(eligible)
         raised = got & (pick != _first(available))
-        by_quota = raised & forced & (pick != _first(eligible))
+        by_quota = raised & forced & (pick != best_eligible)
         bit_lt = np.where(by_quota & long_tail[rows, pick], int(Reason.RAISED_LONG_TAIL), 0)
         bit_new = np.where(by_quota & new[rows, pick], int(Reason.RAISED_NEW_CREATOR), 0)
-        by_diversity = raised & ~by_quota & (pick != _first(eligible))
+        by_diversity = raised & ~by_quota & (pick != best_eligible)
         by_cap = raised & ~by_quota & ~by_diversity
         extra[:, k] = (
             bit_lt
@@ -830,11 +977,19 @@ def _greedy(
         )
 
         available[rows[got], pick[got]] = False
-        if same_creator is not None:
+        if cap is not None:
             chosen = np.where(got, creator[rows, pick], -1)
-            same_creator += (creator == chosen[:, None]) & (chosen >= 0)[:, None]
+            picked_creator[:, k] = chosen
+            count = np.count_nonzero(picked_creator[:, : k + 1] == chosen[:, None], axis=1)
+            full = np.flatnonzero((chosen >= 0) & (count >= cap))
+            if full.size:
+                open_caps[full] &= creator[full] != chosen[full, None]
         if share_capped:
-            np.add.at(class_count, (rows[got], provenance[rows[got], pick[got]]), 1)
+            taken_class = provenance[rows, pick]
+            class_count[rows[got], taken_class[got]] += 1
+            full = np.flatnonzero(got & (class_count[rows, taken_class] >= limit[taken_class]))
+            if full.size:
+                open_caps[full] &= provenance[full] != taken_class[full, None]
         taken_lt += got & long_tail[rows, pick]
         taken_new += got & new[rows, pick]
         if pool_vectors is not None and max_similarity is not None:

@@ -1,17 +1,24 @@
 """End to end: interactions and a policy in, every member's feed out.
 
-:func:`compute_feeds` is the one call the feed-building task makes. It maps database ids to dense
-indices (:class:`~ranking.vocabulary.Vocabulary`), builds the interaction matrix the policy asks
-for, fits ALS, takes each member's top ``policy.candidates.pool_size`` unseen candidates (ALS for
-members with history, popularity for the others, the policy's fallback for members who refuse
-personalisation) and cuts them to a feed with :func:`ranking.effects.apply_policy`. Everything is
-vectorised over members; the only loop is over chunks of members, to bound memory.
+:func:`compute_feeds` is :func:`prepare_feeds` (train once) followed by :func:`score_feeds`
+(rank any slice of the members); the feed pipeline runs the two stages in different processes,
+moving the prepared run between them as an ``.npz`` archive (:class:`PreparedFeeds`). Together
+they map database ids to dense indices (:class:`~ranking.vocabulary.Vocabulary`), build the
+interaction matrix the policy asks for, fit ALS, take each member's top
+``policy.candidates.pool_size`` unseen candidates (ALS for members with history, popularity for
+the others, the policy's fallback for members who refuse personalisation) and cut them to a feed
+with :func:`ranking.effects.apply_policy`. Everything is vectorised over members; the only loop is
+over chunks of members, to bound memory.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import os
 import time
 from dataclasses import dataclass
+from typing import Any, BinaryIO
 
 import numpy as np
 import numpy.typing as npt
@@ -23,7 +30,19 @@ from ranking.policy import CapShare, Downrank, Exclude, Policy, RankingParams
 from ranking.reasons import Reason
 from ranking.vocabulary import Vocabulary
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "FeedBatch", "compute_feeds"]
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "ROUTE_POPULAR",
+    "ROUTE_RECALCULATED",
+    "ROUTE_REFUSING",
+    "ROUTE_TRAINED",
+    "FeedBatch",
+    "PreparedFeeds",
+    "compute_feeds",
+    "prepare_feeds",
+    "refresh_feeds",
+    "score_feeds",
+]
 
 DEFAULT_CHUNK_SIZE = 10_000
 """Members ranked per vectorised batch; bounds peak memory at ``O(chunk x candidates)``."""
@@ -162,6 +181,191 @@ def _member_set(values: npt.ArrayLike | None, name: str) -> npt.NDArray[np.int64
     return np.unique(_as_ids([] if values is None else values, name))
 
 
+ROUTE_TRAINED = 0
+"""Route of a member scored by ALS from the factors fitted on their own (trained) row."""
+ROUTE_RECALCULATED = 1
+"""Route of a member who refused training: factors solved from their row against the items."""
+ROUTE_POPULAR = 2
+"""Route of a member without usable history: the popularity ranking."""
+ROUTE_REFUSING = 3
+"""Route of a member who refuses personalisation: the policy's fallback."""
+
+_PREPARED_FORMAT = "commonfeed.prepared_feeds"
+_PREPARED_VERSION = 1
+_CATALOGUE_FIELDS = (
+    "creator",
+    "provenance",
+    "age_days",
+    "popularity",
+    "refused",
+    "creator_long_tail",
+    "creator_first_age_days",
+)
+
+
+@dataclass(frozen=True)
+class PreparedFeeds:
+    """Everything a feed needs except the per-member ranking: the output of the training stage.
+
+    :func:`prepare_feeds` builds it once per run (vocabularies, matrices, the fitted model, the
+    catalogue, every member's route); :func:`score_feeds` ranks any slice of :attr:`targets`
+    from it, so a run can be scored in shards by several processes. :meth:`save` / :meth:`load`
+    move it between processes as one ``.npz`` archive (arrays and a JSON header, no pickle).
+
+    Row ``r`` of the per-member arrays belongs to ``targets[r]`` (the ``feed_members`` given to
+    :func:`prepare_feeds`, same order).
+    """
+
+    policy: Policy
+    n: int
+    """Feed length."""
+    pool: int
+    """Candidates per member before the policy cuts them to :attr:`n`."""
+    targets: npt.NDArray[np.int64]
+    """int64 ``[m]``: the members to make feeds for."""
+    route: npt.NDArray[np.int8]
+    """int8 ``[m]``: ``ROUTE_TRAINED``, ``ROUTE_RECALCULATED``, ``ROUTE_POPULAR`` or
+    ``ROUTE_REFUSING``."""
+    model_rows: npt.NDArray[np.int64]
+    """int64 ``[m]``: each member's row of ``model.user_factors``; ``-1`` if none."""
+    seen: csr_matrix
+    """``[m, n_model_items]``: every item each member interacted with (any weight)."""
+    train: csr_matrix
+    """``[m, n_model_items]``: training rows of the ``ROUTE_RECALCULATED`` members (empty rows
+    for everybody else)."""
+    extra_blocks: csr_matrix
+    """``[m, len(space_ids)]``: items each member blocked (mutes) besides what they saw."""
+    space_ids: npt.NDArray[np.int64]
+    """int64 ``[N]``: item id of each catalogue column; the first ``n_model_items`` are the
+    model's items (columns of ``item_factors``), then candidates nobody interacted with."""
+    n_model_items: int
+    scorable: npt.NDArray[np.int64]
+    """int64: model item indices that may be recommended by ALS or popularity."""
+    popularity: npt.NDArray[np.int64]
+    """int64 ``[n_model_items]``: distinct training members with a positive interaction."""
+    candidates: npt.NDArray[np.int64]
+    """int64: the candidate item ids as given."""
+    catalogue: Catalogue
+    item_vectors_needed: bool
+    model: ALSModel | None
+    fit_member_ids: npt.NDArray[np.int64]
+    """int64 ``[model.n_users]``: the member id of each row of ``model.user_factors``."""
+    metadata: dict[str, object]
+    """JSON-ready facts about the preparation (sizes, ``fit_seconds``, route counts)."""
+
+    def __len__(self) -> int:
+        return int(self.targets.size)
+
+    def save(self, file: BinaryIO) -> None:
+        """Write the prepared run to ``file`` as one ``.npz`` archive (no pickle)."""
+        arrays: dict[str, npt.NDArray[Any]] = {
+            "targets": self.targets,
+            "route": self.route,
+            "model_rows": self.model_rows,
+            "space_ids": self.space_ids,
+            "scorable": self.scorable,
+            "popularity": self.popularity,
+            "candidates": self.candidates,
+            "fit_member_ids": self.fit_member_ids,
+        }
+        for name in ("seen", "train", "extra_blocks"):
+            matrix: csr_matrix = getattr(self, name)
+            arrays[f"{name}_data"] = matrix.data
+            arrays[f"{name}_indices"] = matrix.indices
+            arrays[f"{name}_indptr"] = matrix.indptr
+            arrays[f"{name}_shape"] = np.asarray(matrix.shape, dtype=np.int64)
+        for name in _CATALOGUE_FIELDS:
+            arrays[f"catalogue_{name}"] = getattr(self.catalogue, name)
+        if self.model is not None:
+            arrays["user_factors"] = self.model.user_factors
+            arrays["item_factors"] = self.model.item_factors
+        header = {
+            "format": _PREPARED_FORMAT,
+            "version": _PREPARED_VERSION,
+            "policy": self.policy.model_dump(mode="json"),
+            "n": self.n,
+            "pool": self.pool,
+            "n_model_items": self.n_model_items,
+            "item_vectors_needed": self.item_vectors_needed,
+            "has_model": self.model is not None,
+            "metadata": self.metadata,
+        }
+        arrays["header"] = np.array(json.dumps(header, sort_keys=True))
+        np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kw as allow_pickle
+
+    @classmethod
+    def load(
+        cls, file: BinaryIO | str | os.PathLike[str], *, num_threads: int = 0
+    ) -> PreparedFeeds:
+        """Read an archive written by :meth:`save` (``allow_pickle=False``).
+
+        Raises
+        ------
+        ValueError
+            If ``file`` is not a prepared-feeds archive of a supported version.
+        """
+        with np.load(file, allow_pickle=False) as archive:
+            try:
+                header = json.loads(str(archive["header"]))
+                arrays = {name: archive[name] for name in archive.files if name != "header"}
+            except KeyError as error:
+                raise ValueError(f"not a prepared-feeds archive: missing {error}") from None
+        if header.get("format") != _PREPARED_FORMAT or header.get("version") != _PREPARED_VERSION:
+            raise ValueError(f"not a {_PREPARED_FORMAT} archive of version {_PREPARED_VERSION}")
+        policy = Policy.model_validate(header["policy"])
+
+        def matrix(name: str) -> csr_matrix:
+            shape = tuple(int(v) for v in arrays[f"{name}_shape"])
+            result = csr_matrix(
+                (arrays[f"{name}_data"], arrays[f"{name}_indices"], arrays[f"{name}_indptr"]),
+                shape=shape,
+            )
+            result.has_sorted_indices = True
+            return result
+
+        model = None
+        if header["has_model"]:
+            model = _model_from_factors(
+                policy, arrays["user_factors"], arrays["item_factors"], num_threads
+            )
+        return cls(
+            policy=policy,
+            n=int(header["n"]),
+            pool=int(header["pool"]),
+            targets=arrays["targets"].astype(np.int64, copy=False),
+            route=arrays["route"].astype(np.int8, copy=False),
+            model_rows=arrays["model_rows"].astype(np.int64, copy=False),
+            seen=matrix("seen"),
+            train=matrix("train"),
+            extra_blocks=matrix("extra_blocks"),
+            space_ids=arrays["space_ids"].astype(np.int64, copy=False),
+            n_model_items=int(header["n_model_items"]),
+            scorable=arrays["scorable"].astype(np.int64, copy=False),
+            popularity=arrays["popularity"].astype(np.int64, copy=False),
+            candidates=arrays["candidates"].astype(np.int64, copy=False),
+            catalogue=Catalogue(**{f: arrays[f"catalogue_{f}"] for f in _CATALOGUE_FIELDS}),
+            item_vectors_needed=bool(header["item_vectors_needed"]),
+            model=model,
+            fit_member_ids=arrays["fit_member_ids"].astype(np.int64, copy=False),
+            metadata=dict(header["metadata"]),
+        )
+
+
+def _model_from_factors(
+    policy: Policy,
+    user_factors: npt.NDArray[np.float32],
+    item_factors: npt.NDArray[np.float32],
+    num_threads: int,
+) -> ALSModel:
+    """An :class:`ALSModel` holding saved factors, as :meth:`ALSModel.load` rebuilds one."""
+    model = ALSModel(policy.model, num_threads=num_threads)
+    implicit_model = model._new_implicit_model()
+    implicit_model.user_factors = np.ascontiguousarray(user_factors, dtype=np.float32)
+    implicit_model.item_factors = np.ascontiguousarray(item_factors, dtype=np.float32)
+    model._model = implicit_model
+    return model
+
+
 def compute_feeds(
     *,
     member_ids: npt.ArrayLike,
@@ -242,6 +446,48 @@ def compute_feeds(
         If the interaction arrays differ in length, ``n < 0``, ``chunk_size < 1``, or the policy
         needs ``item_attributes`` and none were given.
     """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    prepared = prepare_feeds(
+        member_ids=member_ids,
+        item_ids=item_ids,
+        weights=weights,
+        policy=policy,
+        feed_members=feed_members,
+        candidate_items=candidate_items,
+        n=n,
+        num_threads=num_threads,
+        item_attributes=item_attributes,
+        refused_items=refused_items,
+        member_blocks=member_blocks,
+        no_personalisation_members=no_personalisation_members,
+        no_training_members=no_training_members,
+    )
+    return score_feeds(prepared, chunk_size=chunk_size)
+
+
+def prepare_feeds(
+    *,
+    member_ids: npt.ArrayLike,
+    item_ids: npt.ArrayLike,
+    weights: npt.ArrayLike,
+    policy: Policy,
+    feed_members: npt.ArrayLike,
+    candidate_items: npt.ArrayLike,
+    n: int,
+    num_threads: int = 0,
+    item_attributes: ItemAttributes | None = None,
+    refused_items: npt.ArrayLike | None = None,
+    member_blocks: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    no_personalisation_members: npt.ArrayLike | None = None,
+    no_training_members: npt.ArrayLike | None = None,
+) -> PreparedFeeds:
+    """The training stage of :func:`compute_feeds`: everything but the per-member ranking.
+
+    Takes the same arguments as :func:`compute_feeds` (bar ``chunk_size``) and raises the same
+    errors. :func:`score_feeds` on the result, over all members or any slices of them, gives
+    exactly :func:`compute_feeds`'s feeds.
+    """
     members = _as_ids(member_ids, "member_ids")
     items = _as_ids(item_ids, "item_ids")
     weight = np.asarray(weights, dtype=np.float32)
@@ -255,8 +501,6 @@ def compute_feeds(
     n = int(n)
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     if item_attributes is None and (needs := _needs_attributes(policy)):
         raise ValueError(f"the policy's {', '.join(needs)} need item_attributes")
     params = policy.model
@@ -284,10 +528,9 @@ def compute_feeds(
     if untrained.any():
         fit_rows = np.flatnonzero(~untrained)
         train_fit = csr_matrix(train[fit_rows])
-        seen_fit = csr_matrix(seen[fit_rows])
     else:
         fit_rows = np.arange(shape[0])
-        train_fit, seen_fit = train, seen
+        train_fit = train
     model_row = np.full(shape[0], -1, dtype=np.int64)
     model_row[fit_rows] = np.arange(fit_rows.size)
 
@@ -321,17 +564,102 @@ def compute_feeds(
     recalculated[personal] = untrained[rows[personal]]
     popular = ~personal & ~refusing
 
-    blocked = _blocked_matrix(targets, rows, seen, space, member_blocks)
-    item_vectors = None
-    if item_vectors_needed:
-        item_vectors = np.zeros((len(space), params.factors), dtype=np.float32)
-        if model is not None:
-            item_vectors[: shape[1]] = model.item_factors
+    route = np.full(targets.size, ROUTE_POPULAR, dtype=np.int8)
+    route[personal] = ROUTE_TRAINED
+    route[recalculated] = ROUTE_RECALCULATED
+    route[refusing] = ROUTE_REFUSING
+    target_model_rows = np.full(targets.size, -1, dtype=np.int64)
+    if model is not None:
+        target_model_rows[rows >= 0] = model_row[rows[rows >= 0]]
+    metadata: dict[str, object] = {
+        "n_members_trained": int(fit_rows.size),
+        "n_items": int(shape[1]),
+        "n_interactions": int(members.size),
+        "nnz": int(train_fit.nnz),
+        "n_candidates_scorable": int(scorable.size),
+        "factors": int(params.factors),
+        "fit_seconds": round(fit_seconds, 6),
+        "id_collisions": _collisions(member_vocab, members) + _collisions(item_vocab, items),
+        "fallback_members": int(popular.sum()),
+        "no_personalisation_members": int(refusing.sum()),
+        "no_training_members": int(untrained.sum()),
+        "recalculated_members": int(recalculated.sum()),
+        "refused_items": int(catalogue.refused.sum()),
+        "pool_size": int(pool),
+    }
+    return PreparedFeeds(
+        policy=policy,
+        n=n,
+        pool=pool,
+        targets=targets.copy(),
+        route=route,
+        model_rows=target_model_rows,
+        seen=_rows_of(seen, rows),
+        train=_rows_of(train, np.where(recalculated, rows, -1)),
+        extra_blocks=_extra_blocks(targets, space, member_blocks),
+        space_ids=np.asarray(space.ids, dtype=np.int64),
+        n_model_items=int(shape[1]),
+        scorable=scorable.astype(np.int64, copy=False),
+        popularity=popularity.astype(np.int64, copy=False),
+        candidates=candidates.copy(),
+        catalogue=catalogue,
+        item_vectors_needed=item_vectors_needed,
+        model=model,
+        fit_member_ids=np.asarray(member_vocab.ids[fit_rows], dtype=np.int64),
+        metadata=metadata,
+    )
 
-    out_items = np.full((targets.size, n), -1, dtype=np.int64)
-    out_scores = np.full((targets.size, n), -np.inf, dtype=np.float32)
-    out_base = np.full((targets.size, n), -np.inf, dtype=np.float32)
-    out_reasons = np.zeros((targets.size, n), dtype=np.int32)
+
+def score_feeds(
+    prepared: PreparedFeeds,
+    *,
+    start: int = 0,
+    stop: int | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> FeedBatch:
+    """Rank the feeds of ``prepared.targets[start:stop]``: the scoring stage of a run.
+
+    Members are ranked in blocks of ``chunk_size`` absolute positions. Shards whose bounds are
+    multiples of ``chunk_size`` (and the same ``chunk_size``) concatenate to exactly, bit for
+    bit, the feeds of one call over everybody; other bounds may differ in the last bit of an
+    ALS score (BLAS rounds a row's dot products according to the batch it is in).
+
+    Parameters
+    ----------
+    prepared : PreparedFeeds
+        From :func:`prepare_feeds` (or :meth:`PreparedFeeds.load`).
+    start, stop : int
+        The slice of members (positions in ``prepared.targets``); ``stop=None``: to the end.
+    chunk_size : int, default 10_000
+        Members ranked per vectorised batch.
+
+    Returns
+    -------
+    FeedBatch
+        The slice's feeds; ``metadata`` is the preparation's plus ``recommend_seconds`` for
+        this slice.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    total = len(prepared)
+    stop = total if stop is None else stop
+    if not 0 <= start <= stop <= total:
+        raise ValueError(f"slice [{start}, {stop}) is outside the {total} prepared members")
+    n, pool, policy, catalogue = prepared.n, prepared.pool, prepared.policy, prepared.catalogue
+    model = prepared.model
+    route = prepared.route[start:stop]
+    m = stop - start
+    space = Vocabulary(prepared.space_ids)
+    item_vectors = None
+    if prepared.item_vectors_needed:
+        item_vectors = np.zeros((len(space), policy.model.factors), dtype=np.float32)
+        if model is not None:
+            item_vectors[: prepared.n_model_items] = model.item_factors
+
+    out_items = np.full((m, n), -1, dtype=np.int64)
+    out_scores = np.full((m, n), -np.inf, dtype=np.float32)
+    out_base = np.full((m, n), -np.inf, dtype=np.float32)
+    out_reasons = np.zeros((m, n), dtype=np.int32)
 
     def finish(
         chunk: npt.NDArray[np.int64],
@@ -346,85 +674,160 @@ def compute_feeds(
             catalogue=catalogue,
             params=ranking,
             n=n,
-            member_blocked=csr_matrix(blocked[chunk]),
+            member_blocked=_blocked_rows(prepared, start + chunk),
             source=int(source),
             item_vectors=item_vectors,
         )
         out_items[chunk], out_scores[chunk] = ranked.items, ranked.scores
         out_base[chunk], out_reasons[chunk] = ranked.base_scores, ranked.reasons
 
-    started = time.perf_counter()
-    if n:
-        if model is not None:
-            trained = np.flatnonzero(personal & ~recalculated)
-            for begin in range(0, trained.size, chunk_size):
-                chunk = trained[begin : begin + chunk_size]
-                pool_items, pool_scores = model.recommend(
-                    model_row[rows[chunk]], seen_fit, pool, allowed_items=scorable
-                )
-                finish(chunk, pool_items, pool_scores, policy.ranking, Reason.PERSONALISED)
-            others = np.flatnonzero(recalculated)
-            for begin in range(0, others.size, chunk_size):
-                chunk = others[begin : begin + chunk_size]
-                pool_items, pool_scores = _recalculated(
-                    model, train, seen, rows[chunk], scorable, pool
-                )
-                finish(chunk, pool_items, pool_scores, policy.ranking, Reason.PERSONALISED)
+    scorable, popularity = prepared.scorable, prepared.popularity
+    by_popularity = scorable[np.lexsort((scorable, -popularity[scorable]))]
+    counts = popularity[by_popularity].astype(np.float64)
+    peak = counts[0] if counts.size else 1.0
+    popularity_scores = (counts / peak).astype(np.float32)
+    if policy.fallback.kind == "newest" and (route == ROUTE_REFUSING).any():
+        fallback_items, fallback_scores, fallback_source = _newest(
+            space, prepared.candidates, catalogue
+        )
+    else:
+        fallback_items, fallback_scores = by_popularity, popularity_scores
+        fallback_source = Reason.POPULAR
+    fallback_ranking = _fallback_params(policy)
+    # When every model item may be recommended, say so: implicit's top-k over the whole
+    # catalogue is faster than over an explicit list of the same items (same results).
+    allowed = None if scorable.size == prepared.n_model_items else scorable
 
-        by_popularity = scorable[np.lexsort((scorable, -popularity[scorable]))]
-        counts = popularity[by_popularity].astype(np.float64)
-        peak = counts[0] if counts.size else 1.0
-        popularity_scores = (counts / peak).astype(np.float32)
-        for begin in range(0, int(popular.sum()), chunk_size):
-            chunk = np.flatnonzero(popular)[begin : begin + chunk_size]
+    started = time.perf_counter()
+    # Chunks are fixed blocks of absolute positions, not of this slice: BLAS may round a row's
+    # dot products differently depending on the other rows of the same product, so a shard that
+    # starts on a chunk boundary reproduces the whole run's feeds bit for bit.
+    for block in range(start - start % chunk_size, stop if n else start, chunk_size):
+        local = np.arange(max(block, start), min(block + chunk_size, stop)) - start
+        here = route[local]
+        if model is not None:
+            chunk = local[here == ROUTE_TRAINED]
+            if chunk.size:
+                # One row alone would be a matrix-vector product, rounded unlike the same row
+                # inside a matrix-matrix product: score it twice and keep one.
+                rows = start + (np.repeat(chunk, 2) if chunk.size == 1 else chunk)
+                pool_items, pool_scores = model.recommend(
+                    prepared.model_rows[rows],
+                    _model_query(prepared, model, rows),
+                    pool,
+                    allowed_items=allowed,
+                )
+                finish(
+                    chunk,
+                    pool_items[: chunk.size],
+                    pool_scores[: chunk.size],
+                    policy.ranking,
+                    Reason.PERSONALISED,
+                )
+            chunk = local[here == ROUTE_RECALCULATED]
+            if chunk.size:
+                rows = start + (np.repeat(chunk, 2) if chunk.size == 1 else chunk)
+                pool_items, pool_scores = _recalculated(
+                    model, prepared.train, prepared.seen, rows, scorable, pool
+                )
+                finish(
+                    chunk,
+                    pool_items[: chunk.size],
+                    pool_scores[: chunk.size],
+                    policy.ranking,
+                    Reason.PERSONALISED,
+                )
+        chunk = local[here == ROUTE_POPULAR]
+        if chunk.size:
             pool_items, pool_scores = _ranked_candidates(
-                csr_matrix(blocked[chunk]), by_popularity, popularity_scores, pool
+                _blocked_rows(prepared, start + chunk), by_popularity, popularity_scores, pool
             )
             finish(chunk, pool_items, pool_scores, policy.ranking, Reason.POPULAR)
-
-        if refusing.any():
-            if policy.fallback.kind == "newest":
-                fallback_items, fallback_scores, source = _newest(space, candidates, catalogue)
-            else:
-                fallback_items, fallback_scores = by_popularity, popularity_scores
-                source = Reason.POPULAR
-            fallback_ranking = _fallback_params(policy)
-            for begin in range(0, int(refusing.sum()), chunk_size):
-                chunk = np.flatnonzero(refusing)[begin : begin + chunk_size]
-                pool_items, pool_scores = _ranked_candidates(
-                    csr_matrix(blocked[chunk]), fallback_items, fallback_scores, pool
-                )
-                finish(chunk, pool_items, pool_scores, fallback_ranking, source)
+        chunk = local[here == ROUTE_REFUSING]
+        if chunk.size:
+            pool_items, pool_scores = _ranked_candidates(
+                _blocked_rows(prepared, start + chunk), fallback_items, fallback_scores, pool
+            )
+            finish(chunk, pool_items, pool_scores, fallback_ranking, fallback_source)
     recommend_seconds = time.perf_counter() - started
 
     item_out = np.full(out_items.shape, -1, dtype=np.int64)
     filled = out_items >= 0
-    item_out[filled] = space.ids[out_items[filled]]
-    metadata: dict[str, object] = {
-        "n_members_trained": int(fit_rows.size),
-        "n_items": int(shape[1]),
-        "n_interactions": int(members.size),
-        "nnz": int(train_fit.nnz),
-        "n_candidates_scorable": int(scorable.size),
-        "factors": int(params.factors),
-        "fit_seconds": round(fit_seconds, 6),
-        "recommend_seconds": round(recommend_seconds, 6),
-        "id_collisions": _collisions(member_vocab, members) + _collisions(item_vocab, items),
-        "fallback_members": int(popular.sum()),
-        "no_personalisation_members": int(refusing.sum()),
-        "no_training_members": int(untrained.sum()),
-        "recalculated_members": int(recalculated.sum()),
-        "refused_items": int(catalogue.refused.sum()),
-        "pool_size": int(pool),
-    }
+    item_out[filled] = prepared.space_ids[out_items[filled]]
     return FeedBatch(
-        member_ids=targets.copy(),
+        member_ids=prepared.targets[start:stop].copy(),
         item_ids=item_out,
         scores=out_scores,
         base_scores=out_base,
         reasons=out_reasons,
-        metadata=metadata,
+        metadata={**prepared.metadata, "recommend_seconds": round(recommend_seconds, 6)},
     )
+
+
+def _rows_of(matrix: csr_matrix, rows: npt.NDArray[np.int64]) -> csr_matrix:
+    """``matrix[rows]`` with an empty row wherever ``rows`` is negative (canonical CSR)."""
+    if matrix.shape[0] == 0 or not (rows >= 0).any():
+        return csr_matrix((rows.size, matrix.shape[1]), dtype=np.float32)
+    known = rows >= 0
+    picked = csr_matrix(matrix[np.maximum(rows, 0)])
+    if not known.all():
+        picked = csr_matrix(picked.multiply(known[:, None].astype(np.float32)))
+        picked.eliminate_zeros()
+    picked.sort_indices()
+    return csr_matrix(picked, dtype=np.float32)
+
+
+def _extra_blocks(
+    targets: npt.NDArray[np.int64],
+    space: Vocabulary,
+    member_blocks: tuple[npt.ArrayLike, npt.ArrayLike] | None,
+) -> csr_matrix:
+    """``[m, len(space)]``: the items each feed member blocked, besides what they saw."""
+    m = targets.size
+    if member_blocks is None:
+        return csr_matrix((m, len(space)), dtype=np.float32)
+    who = _as_ids(member_blocks[0], "member_blocks members")
+    what = _as_ids(member_blocks[1], "member_blocks items")
+    if who.shape != what.shape:
+        raise ValueError("member_blocks must be two parallel arrays")
+    order = np.argsort(targets, kind="stable")
+    position = np.searchsorted(targets[order], who)
+    position = np.minimum(position, max(m - 1, 0))
+    found = (targets[order][position] == who) if m else np.zeros(who.size, dtype=bool)
+    item = space.lookup(what)
+    ok = found & (item >= 0)
+    extra = csr_matrix(
+        (np.ones(int(ok.sum()), dtype=np.float32), (order[position[ok]], item[ok])),
+        shape=(m, len(space)),
+    )
+    extra.sum_duplicates()
+    extra.sort_indices()
+    return extra
+
+
+def _blocked_rows(prepared: PreparedFeeds, positions: npt.NDArray[np.int64]) -> csr_matrix:
+    """``[len(positions), N]``: every seen or blocked item of those members."""
+    picked = csr_matrix(prepared.seen[positions])
+    picked.resize((positions.size, len(prepared.space_ids)))
+    picked = csr_matrix(picked + prepared.extra_blocks[positions])
+    picked.sum_duplicates()
+    picked.eliminate_zeros()
+    picked.sort_indices()
+    return picked
+
+
+def _model_query(
+    prepared: PreparedFeeds, model: ALSModel, positions: npt.NDArray[np.int64]
+) -> csr_matrix:
+    """A ``[model.n_users, n_items]`` matrix holding the seen rows of ``positions`` at their
+    model rows (the only rows :meth:`ALSModel.recommend` reads for them)."""
+    rows, first = np.unique(prepared.model_rows[positions], return_index=True)
+    seen = csr_matrix(prepared.seen[positions[first]])  # in ascending model-row order
+    counts = np.zeros(model.n_users, dtype=np.int64)
+    counts[rows] = np.diff(seen.indptr)
+    indptr = np.zeros(model.n_users + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return csr_matrix((seen.data, seen.indices, indptr), shape=(model.n_users, seen.shape[1]))
 
 
 def _catalogue(
@@ -477,44 +880,6 @@ def _catalogue(
     return catalogue, policy.ranking.diversity > 0
 
 
-def _blocked_matrix(
-    targets: npt.NDArray[np.int64],
-    rows: npt.NDArray[np.int64],
-    seen: csr_matrix,
-    space: Vocabulary,
-    member_blocks: tuple[npt.ArrayLike, npt.ArrayLike] | None,
-) -> csr_matrix:
-    """``[m, len(space)]``: per feed member, every seen or blocked item."""
-    m = targets.size
-    known = rows >= 0
-    if seen.shape[0]:
-        picked = csr_matrix(seen[np.maximum(rows, 0)])
-        picked = csr_matrix(picked.multiply(known[:, None].astype(np.float32)))
-        picked.resize((m, len(space)))
-    else:
-        picked = csr_matrix((m, len(space)), dtype=np.float32)
-    if member_blocks is not None:
-        who = _as_ids(member_blocks[0], "member_blocks members")
-        what = _as_ids(member_blocks[1], "member_blocks items")
-        if who.shape != what.shape:
-            raise ValueError("member_blocks must be two parallel arrays")
-        order = np.argsort(targets, kind="stable")
-        position = np.searchsorted(targets[order], who)
-        position = np.minimum(position, max(m - 1, 0))
-        found = (m > 0) & (targets[order][position] == who) if m else np.zeros(0, dtype=bool)
-        item = space.lookup(what)
-        ok = found & (item >= 0)
-        extra = csr_matrix(
-            (np.ones(int(ok.sum()), dtype=np.float32), (order[position[ok]], item[ok])),
-            shape=(m, len(space)),
-        )
-        picked = csr_matrix(picked + extra)
-    picked.sum_duplicates()
-    picked.eliminate_zeros()
-    picked.sort_indices()
-    return picked
-
-
 def _recalculated(
     model: ALSModel,
     train: csr_matrix,
@@ -524,11 +889,7 @@ def _recalculated(
     pool: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """ALS candidates for members left out of training: factors solved from their own rows."""
-    implicit_model = model._fitted()  # implicit's recalculate_user (not exposed by ALSModel)
-    factors = np.asarray(
-        implicit_model.recalculate_user(np.arange(rows.size), csr_matrix(train[rows])),
-        dtype=np.float32,
-    ).reshape(rows.size, -1)
+    factors = model.recalculate_users(csr_matrix(train[rows]))
     scores = factors @ model.item_factors[scorable].T
     seen_rows = csr_matrix(seen[rows])
     mask = np.zeros((rows.size, model.n_items), dtype=bool)
@@ -550,3 +911,143 @@ def _newest(
     order = np.lexsort((space.ids[dated], age))
     scores = (1.0 / (1.0 + age[order].astype(np.float64))).astype(np.float32)
     return dated[order], scores, Reason.NEWEST
+
+
+def refresh_feeds(
+    prepared: PreparedFeeds,
+    *,
+    feed_members: npt.ArrayLike,
+    member_ids: npt.ArrayLike,
+    item_ids: npt.ArrayLike,
+    weights: npt.ArrayLike,
+    member_blocks: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
+    no_personalisation_members: npt.ArrayLike | None = None,
+    refused_items: npt.ArrayLike | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> FeedBatch:
+    """Re-rank a few members against a prepared run, from their current histories (fold-in).
+
+    The run's model, catalogue, popularity and policy stay as they are; only the given members'
+    rows change. Each member is routed from their current choices: a member who refuses
+    personalisation gets the policy's fallback; a member with a positive interaction with one
+    of the model's items gets ALS candidates from factors solved from their whole current
+    history against the run's item factors (:meth:`ALSModel.recalculate_users`, exactly as
+    :data:`ROUTE_RECALCULATED` in :func:`score_feeds`), whether they were trained, recalculated,
+    popular or not a member at all when the run was prepared; anyone else gets the popularity
+    ranking. Every interaction (whatever its weight) blocks its item, as in a run; items the
+    model does not know cannot be ALS candidates, and items outside the run's catalogue cannot
+    be recommended at all.
+
+    Parameters
+    ----------
+    prepared : PreparedFeeds
+        The served run (:func:`prepare_feeds` or :meth:`PreparedFeeds.load`).
+    feed_members : array_like of int64, shape (m,)
+        The members to re-rank; the result has one row per member, in ascending id order.
+    member_ids, item_ids : array_like of int64, shape (k,)
+        The current interactions of those members (all of them, not only new ones); rows of
+        other members are ignored.
+    weights : array_like of float32, shape (k,)
+        The interactions' weights, as for :func:`prepare_feeds` (pairs whose weights sum to
+        zero or less block their item but are no evidence of interest).
+    member_blocks : (array_like of int64, array_like of int64), optional
+        Parallel ``(member ids, item ids)``: the members' current mutes, resolved to items.
+    no_personalisation_members : array_like of int64, optional
+        Those of the members who refuse personalisation now.
+    refused_items : array_like of int64, optional
+        Item ids refused for everyone besides the run's refusals (e.g. creators who opted out,
+        items deactivated since the run). Refusals only ever grow: the run's stay.
+    chunk_size : int, default 10_000
+        Members ranked per vectorised batch.
+
+    Returns
+    -------
+    FeedBatch
+        As :func:`score_feeds`; ``metadata`` is the run's plus ``refreshed_members``, the
+        number of members per route (``refresh_routes``) and ``recommend_seconds``.
+
+    Raises
+    ------
+    ValueError
+        If the interaction arrays differ in length or hold non-finite weights.
+    """
+    targets = np.unique(_as_ids(feed_members, "feed_members"))
+    members = _as_ids(member_ids, "member_ids")
+    items = _as_ids(item_ids, "item_ids")
+    weight = np.asarray(weights, dtype=np.float32)
+    if not (members.shape == items.shape == weight.shape):
+        raise ValueError(
+            "member_ids, item_ids and weights must be parallel 1-D arrays; got shapes "
+            f"{members.shape}, {items.shape}, {weight.shape}"
+        )
+    m, n_model = targets.size, prepared.n_model_items
+    space = Vocabulary(prepared.space_ids)
+    row = np.searchsorted(targets, members)
+    row = np.minimum(row, max(m - 1, 0))
+    column = space.lookup(items)
+    mine = (targets[row] == members) if m else np.zeros(members.size, dtype=bool)
+    mine &= column >= 0  # items outside the run's catalogue cannot be recommended anyway
+    row, column, weight = row[mine], column[mine], weight[mine]
+    in_model = column < n_model
+
+    # Built exactly as prepare_feeds builds a member's training and seen rows, over the model's
+    # items; interactions with catalogue items the model does not know only block them.
+    train = interaction_matrix(
+        row[in_model], column[in_model], weight[in_model], shape=(m, n_model), weighting="weight"
+    )
+    if prepared.policy.model.weighting == "binary":
+        train.data[:] = 1.0
+    seen = interaction_matrix(
+        row[in_model], column[in_model], None, shape=(m, n_model), weighting="binary"
+    )
+    blocks = _extra_blocks(targets, space, member_blocks)
+    outside = ~in_model
+    if outside.any():
+        blocks = csr_matrix(
+            blocks
+            + csr_matrix(
+                (np.ones(int(outside.sum()), dtype=np.float32), (row[outside], column[outside])),
+                shape=blocks.shape,
+            )
+        )
+        blocks.data[:] = 1.0
+        blocks.sort_indices()
+
+    refusing = np.isin(targets, _member_set(no_personalisation_members, "no_personalisation"))
+    personal = ~refusing & (np.diff(train.indptr) > 0) & (prepared.model is not None)
+    route = np.full(m, ROUTE_POPULAR, dtype=np.int8)
+    route[personal] = ROUTE_RECALCULATED
+    route[refusing] = ROUTE_REFUSING
+    # Only ROUTE_RECALCULATED rows read ``train``; keep it empty for the others, as a run does.
+    train = csr_matrix(train.multiply(personal[:, None].astype(np.float32)))
+    train.eliminate_zeros()
+    train.sort_indices()
+
+    catalogue = prepared.catalogue
+    if refused_items is not None:
+        index = space.lookup(_as_ids(refused_items, "refused_items"))
+        if (index >= 0).any():
+            refused = catalogue.refused.copy()
+            refused[index[index >= 0]] = True
+            catalogue = dataclasses.replace(catalogue, refused=refused)
+    counts = np.bincount(route, minlength=4)
+    refreshed = dataclasses.replace(
+        prepared,
+        targets=targets,
+        route=route,
+        model_rows=np.full(m, -1, dtype=np.int64),
+        seen=seen,
+        train=train,
+        extra_blocks=blocks,
+        catalogue=catalogue,
+        metadata={
+            **prepared.metadata,
+            "refreshed_members": int(m),
+            "refresh_routes": {
+                "recalculated": int(counts[ROUTE_RECALCULATED]),
+                "popular": int(counts[ROUTE_POPULAR]),
+                "refusing": int(counts[ROUTE_REFUSING]),
+            },
+        },
+    )
+    return score_feeds(refreshed, chunk_size=chunk_size)

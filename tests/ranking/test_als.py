@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -239,6 +240,157 @@ def test_zero_items_or_zero_users_give_empty_arrays(model: ALSModel, matrix: csr
 
     items, scores = model.recommend(np.array([], dtype=np.int64), matrix, 4)
     assert items.shape == scores.shape == (0, 4)
+
+
+def test_it_gives_exactly_what_implicit_itself_recommends(
+    model: ALSModel, matrix: csr_matrix
+) -> None:
+    users = np.arange(matrix.shape[0])
+    allowed = np.array([3, 9, 1, 27, 14, 33, 8])
+    bare = model.implicit_model
+
+    ours, our_scores = model.recommend(users, matrix, 5, allowed_items=allowed)
+    ids, scores = bare.recommend(users, matrix[users], N=5, items=allowed)
+
+    real = scores > -np.finfo(np.float32).max
+    for user in users:
+        keep = real[user]
+        width = int(keep.sum())
+        assert ours[user, :width].tolist() == ids[user][keep].tolist()
+        assert np.array_equal(our_scores[user, :width], scores[user][keep])
+        assert np.all(ours[user, width:] == -1)
+
+
+# -- recalculating users --------------------------------------------------------------------
+
+
+def test_recalculated_factors_of_a_training_row_are_close_to_the_trained_ones(
+    matrix: csr_matrix,
+) -> None:
+    model = ALSModel(SMALL.model_copy(update={"iterations": 15})).fit(matrix)
+
+    factors = model.recalculate_users(matrix)
+
+    trained = model.user_factors
+    assert factors.dtype == np.float32
+    assert factors.shape == trained.shape
+    cosine = (factors * trained).sum(axis=1) / (
+        np.linalg.norm(factors, axis=1) * np.linalg.norm(trained, axis=1)
+    )
+    assert cosine.min() > 0.99
+    relative = np.linalg.norm(factors - trained, axis=1) / np.linalg.norm(trained, axis=1)
+    assert np.median(relative) < 0.05
+
+
+def test_recalculating_solves_the_weighted_least_squares_with_the_models_alpha(
+    rng: np.random.Generator,
+) -> None:
+    users, items = 30, 25
+    rows = rng.integers(0, users, 200)
+    cols = rng.integers(0, items, 200)
+    weights = rng.uniform(0.5, 3.0, 200)
+    train = interaction_matrix(rows, cols, weights, shape=(users, items), weighting="weight")
+    params = SMALL.model_copy(update={"alpha": 4.0, "regularization": 0.3})
+    model = ALSModel(params).fit(train)
+    fresh = interaction_matrix(
+        np.array([0, 0, 0, 1]),
+        np.array([2, 7, 11, 4]),
+        np.array([1.0, 2.5, 0.7, 3.0]),
+        shape=(2, items),
+        weighting="weight",
+    )
+
+    factors = model.recalculate_users(fresh)
+
+    # Hu et al. with confidence alpha * w (implicit's convention): (Y'C Y + lambda I) x = Y'C p.
+    y = model.item_factors.astype(np.float64)
+    for row in range(2):
+        confidence = np.ones(items)
+        preference = np.zeros(items)
+        start, stop = fresh.indptr[row], fresh.indptr[row + 1]
+        confidence[fresh.indices[start:stop]] = params.alpha * fresh.data[start:stop]
+        preference[fresh.indices[start:stop]] = 1.0
+        a = y.T @ (confidence[:, None] * y) + params.regularization * np.eye(params.factors)
+        expected = np.linalg.solve(a, y.T @ (confidence * preference))
+        assert np.allclose(factors[row], expected, rtol=1e-3, atol=1e-4)
+
+
+def test_recalculating_leaves_the_model_unchanged_and_gives_zeros_for_empty_rows(
+    model: ALSModel, matrix: csr_matrix
+) -> None:
+    users_before = model.user_factors.copy()
+    items_before = model.item_factors.copy()
+    rows = csr_matrix(matrix[[4, 9]])
+    empty = csr_matrix((1, matrix.shape[1]), dtype=np.float32)
+
+    model.recalculate_users(rows)
+    zeros = model.recalculate_users(empty)
+
+    assert np.array_equal(model.user_factors, users_before)
+    assert np.array_equal(model.item_factors, items_before)
+    assert zeros.shape == (1, SMALL.factors)
+    assert not zeros.any()
+    assert model.recalculate_users(matrix[:0]).shape == (0, SMALL.factors)
+
+
+def test_recalculating_refuses_a_matrix_of_the_wrong_width_or_kind(
+    model: ALSModel, matrix: csr_matrix
+) -> None:
+    with pytest.raises(ValueError, match="items"):
+        model.recalculate_users(csr_matrix((2, matrix.shape[1] + 1), dtype=np.float32))
+    with pytest.raises(TypeError):
+        model.recalculate_users(matrix[:2].toarray())  # type: ignore[arg-type]
+    bad = matrix[:2].copy()
+    bad.data[0] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        model.recalculate_users(bad)
+    with pytest.raises(NotFittedError):
+        ALSModel(SMALL).recalculate_users(matrix)
+
+
+def test_recommending_from_factors_matches_recommending_by_row(
+    model: ALSModel, matrix: csr_matrix
+) -> None:
+    users = np.array([5, 0, 12, 5])
+    allowed = np.arange(0, 40, 3)
+
+    options: list[dict[str, Any]] = [{}, {"allowed_items": allowed}, {"exclude_seen": False}]
+    for kwargs in options:
+        by_row = model.recommend(users, matrix, 8, **kwargs)
+        by_factors = model.recommend_from_factors(
+            model.user_factors[users], matrix[users], 8, **kwargs
+        )
+        assert np.array_equal(by_row[0], by_factors[0])
+        assert np.array_equal(by_row[1], by_factors[1])
+
+
+def test_recalculated_members_get_feeds_without_their_seen_items(
+    model: ALSModel, matrix: csr_matrix
+) -> None:
+    newcomers = csr_matrix(matrix[[2, 3]])
+
+    items, scores = model.recommend_from_factors(model.recalculate_users(newcomers), newcomers, 10)
+
+    full = model.recalculate_users(newcomers) @ model.item_factors.T
+    for row in range(2):
+        assert not set(items[row].tolist()) & set(newcomers[row].indices.tolist())
+        assert np.allclose(scores[row], full[row, items[row]], rtol=1e-5, atol=1e-6)
+
+
+def test_recommending_from_factors_refuses_bad_shapes(model: ALSModel, matrix: csr_matrix) -> None:
+    factors = model.user_factors[:2]
+    with pytest.raises(ValueError, match="user_factors"):
+        model.recommend_from_factors(factors[:, :3], matrix[:2], 3)
+    with pytest.raises(ValueError, match="user_items"):
+        model.recommend_from_factors(factors, matrix[:3], 3)
+    with pytest.raises(ValueError, match="user_items"):
+        model.recommend_from_factors(factors, None, 3)
+    with pytest.raises(ValueError, match="finite"):
+        model.recommend_from_factors(np.full_like(factors, np.nan), matrix[:2], 3)
+    with pytest.raises(ValueError, match="n must be"):
+        model.recommend_from_factors(factors, matrix[:2], -1)
+    items, _ = model.recommend_from_factors(factors, None, 3, exclude_seen=False)
+    assert items.shape == (2, 3)
 
 
 # -- saving ---------------------------------------------------------------------------------

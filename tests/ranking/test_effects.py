@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from scipy.sparse import csr_matrix
 
@@ -105,6 +105,44 @@ def test_a_member_never_gets_an_item_they_blocked() -> None:
     feeds = run(DESCENDING[0] * 2, DESCENDING[1] * 2, SIX, NEUTRAL, n=2, member_blocked=blocked)
 
     assert feeds.items.tolist() == [[1, 3], [0, 1]]
+
+
+def test_explicit_zeros_block_nothing_and_a_blocked_repeat_is_dropped_everywhere() -> None:
+    blocked = csr_matrix(
+        (np.array([0.0, 1.0], dtype=np.float32), (np.array([0, 1]), np.array([0, 2]))),
+        shape=(2, 6),
+    )
+    items = [[0, 1, 2, 3], [2, 1, 2, 3]]
+    scores = [[4.0, 3.0, 2.0, 1.0], [4.0, 3.0, 2.5, 1.0]]
+
+    feeds = run(items, scores, SIX, NEUTRAL, n=4, member_blocked=blocked)
+
+    assert feeds.items.tolist() == [[0, 1, 2, 3], [1, 3, -1, -1]]
+
+
+def test_splitting_members_into_blocks_changes_nothing(rng: np.random.Generator) -> None:
+    catalogue = Catalogue.build(
+        50,
+        creator=rng.integers(-1, 8, 50),
+        provenance=rng.integers(0, 4, 50).astype(np.int8),
+        popularity=rng.integers(0, 30, 50),
+        refused=rng.random(50) < 0.1,
+    )
+    items = rng.integers(-1, 50, (9, 30))
+    scores = rng.normal(size=(9, 30)).astype(np.float32)
+    blocked = csr_matrix(rng.random((9, 50)) < 0.2, dtype=np.float32)
+    params = neutral(creator_cap=2, popularity_penalty=0.4)
+
+    def feeds() -> RankedFeeds:
+        return run(items.tolist(), scores.tolist(), catalogue, params, 6, member_blocked=blocked)
+
+    whole = feeds()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(effects, "_BLOCK", 2)
+        split = feeds()
+
+    for field in ("items", "scores", "base_scores", "reasons"):
+        assert np.array_equal(getattr(whole, field), getattr(split, field))
 
 
 def test_an_excluded_provenance_class_is_never_recommended() -> None:
@@ -716,3 +754,107 @@ def test_the_fast_descending_sort_is_stable(values: list[list[float]]) -> None:
     array = np.array(values, dtype=np.float32)
 
     assert np.array_equal(effects._descending(array), np.argsort(-array, axis=1, kind="stable"))
+
+
+@dataclass
+class QuotaPool:
+    catalogue: Catalogue
+    params: RankingParams
+    items: np.ndarray
+    scores: np.ndarray
+    n: int
+    quota_lt: int
+    quota_new: int
+    vectors: np.ndarray
+
+
+@st.composite
+def quota_pools(draw: st.DrawFn) -> QuotaPool:
+    """Pools of long-tail / new / both / neither creators' items, and both quotas active."""
+    n_creators = draw(st.integers(2, 8))
+    # The ceil(0.2 * C) creators with the most interactions are the head, the rest long tail.
+    interactions = draw(st.permutations(list(range(n_creators))))
+    first_age = draw(
+        st.lists(st.sampled_from([10.0, 500.0]), min_size=n_creators, max_size=n_creators)
+    )
+    n_items = draw(st.integers(1, 30))
+    creator = draw(st.lists(st.integers(-1, n_creators - 1), min_size=n_items, max_size=n_items))
+    present = max(creator) + 1  # the catalogue knows creators up to the largest index used
+    catalogue = Catalogue.build(
+        n_items,
+        creator=creator,
+        creator_interactions=interactions[:present],
+        creator_first_age_days=first_age[:present],
+    )
+    n = draw(st.integers(1, 10))
+    quota_lt = draw(st.integers(1, n))
+    quota_new = draw(st.integers(1, n))
+    params = NEUTRAL.model_copy(
+        update={
+            "long_tail_quota": quota_lt / n,
+            "new_creator_quota": quota_new / n,
+            "new_creator_days": 90,
+            "creator_cap": draw(st.none() | st.integers(1, 3)),
+            "popularity_penalty": draw(st.sampled_from([0.0, 0.5])),
+            "diversity": draw(st.sampled_from([0.0, 0.0, 0.5])),
+        }
+    )
+    m = draw(st.integers(1, 4))
+    width = draw(st.integers(1, n_items))
+    seed = draw(st.integers(0, 2**16))
+    rng = np.random.default_rng(seed)
+    items = np.stack([rng.permutation(n_items)[:width] for _ in range(m)])
+    scores = rng.normal(size=(m, width)).astype(np.float32)
+    vectors = rng.normal(size=(n_items, 3)).astype(np.float32)
+    return QuotaPool(catalogue, params, items, scores, n, quota_lt, quota_new, vectors)
+
+
+def quotas_feasible(pool: QuotaPool, row: int) -> bool:
+    """Whether some feed of at most ``n`` of the row's items meets both quotas under the cap.
+
+    Brute force over how many items of each creator kind (long tail and new, long tail only,
+    new only) the feed takes, each at most what the creator cap lets the row give.
+    """
+    catalogue, cap = pool.catalogue, pool.params.creator_cap
+    tail = catalogue.creator_long_tail
+    new = catalogue.creator_first_age_days < pool.params.new_creator_days
+    per_creator = Counter(int(catalogue.creator[i]) for i in pool.items[row])
+    per_creator.pop(-1, None)
+
+    def capacity(kind: np.ndarray) -> int:
+        return sum(
+            count if cap is None else min(count, cap)
+            for creator, count in per_creator.items()
+            if kind[creator]
+        )
+
+    both, tail_only, new_only = capacity(tail & new), capacity(tail & ~new), capacity(new & ~tail)
+    return any(
+        b + t >= pool.quota_lt and b + w >= pool.quota_new and b + t + w <= pool.n
+        for b in range(both + 1)
+        for t in range(tail_only + 1)
+        for w in range(new_only + 1)
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(pool=quota_pools())
+def test_both_quotas_are_met_whenever_the_pool_allows_it(pool: QuotaPool) -> None:
+    feasible = [quotas_feasible(pool, row) for row in range(pool.items.shape[0])]
+    assume(any(feasible))
+    tail = pool.catalogue.creator_long_tail
+    new = pool.catalogue.creator_first_age_days < pool.params.new_creator_days
+
+    feeds = apply_policy(
+        pool.items,
+        pool.scores,
+        catalogue=pool.catalogue,
+        params=pool.params,
+        n=pool.n,
+        item_vectors=pool.vectors,
+    )
+
+    for row in np.flatnonzero(feasible):
+        creators = [int(pool.catalogue.creator[i]) for i in feeds.items[row] if i >= 0]
+        assert sum(1 for c in creators if c >= 0 and tail[c]) >= pool.quota_lt
+        assert sum(1 for c in creators if c >= 0 and new[c]) >= pool.quota_new

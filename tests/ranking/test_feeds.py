@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -533,3 +534,111 @@ def test_a_member_who_refuses_training_does_not_change_anyone_elses_feed() -> No
     assert batch.metadata["recalculated_members"] == 1
     assert batch.metadata["no_training_members"] == 1
     assert_well_formed(batch, COMMUNITY, [*range(1, 9), 50], list(range(10, 25)), 5)
+
+
+# --- Prepared once, scored in shards ------------------------------------------------------------
+
+
+def _shardable_inputs() -> dict[str, object]:
+    """A community that reaches every route: trained, recalculated, popular and refusing."""
+    rng = np.random.default_rng(7)
+    members = rng.integers(1, 400, size=6_000)
+    items = 1_000 + rng.zipf(1.3, size=6_000) % 150
+    weights = rng.choice([1.0, 1.0, 2.0, -1.0], size=6_000).astype(np.float32)
+    item_ids = np.arange(1_000, 1_160)
+    attributes = ItemAttributes.from_records(
+        item_ids.tolist(),
+        creator_ids=[7_000 + int(i) % 13 for i in item_ids],
+        provenance=["human", "ai_generated", "ai_assisted", "unknown"] * 40,
+        age_days=[float(i % 30) for i in item_ids],
+        item_keys=[f"item-{i}" for i in item_ids],
+        creator_keys=[f"creator-{int(i) % 13}" for i in item_ids],
+        tags=[["spoilers"] if i % 11 == 0 else [] for i in item_ids],
+    )
+    policy = policy_validate(
+        {
+            "model": {"factors": 8, "iterations": 4, "regularization": 0.1, "seed": 5},
+            "refusals": [{"kind": "tag", "tag": "spoilers", "reason": "No spoilers."}],
+            "ranking": {
+                "creator_cap": 3,
+                "diversity": 0.3,
+                "popularity_penalty": 0.2,
+                "provenance": {"ai_generated": {"action": "downrank", "factor": 0.5}},
+            },
+            "fallback": {"kind": "newest", "creator_cap": 2},
+        }
+    )
+    return {
+        "member_ids": members,
+        "item_ids": items,
+        "weights": weights,
+        "policy": policy,
+        "feed_members": np.arange(1, 460),  # some members without any interaction
+        "candidate_items": item_ids,
+        "n": 12,
+        "item_attributes": attributes,
+        "refused_items": [1_003],
+        "member_blocks": (rng.integers(1, 460, size=300), rng.choice(item_ids, size=300)),
+        "no_personalisation_members": np.arange(5, 400, 17),
+        "no_training_members": np.arange(3, 400, 29),
+    }
+
+
+def _assert_same_feeds(left: FeedBatch, right: FeedBatch) -> None:
+    for name in ("member_ids", "item_ids", "scores", "base_scores", "reasons"):
+        assert np.array_equal(getattr(left, name), getattr(right, name)), name
+
+
+def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
+    tmp_path: Path,
+) -> None:
+    from ranking.feeds import (
+        ROUTE_POPULAR,
+        ROUTE_RECALCULATED,
+        ROUTE_REFUSING,
+        ROUTE_TRAINED,
+        PreparedFeeds,
+        prepare_feeds,
+        score_feeds,
+    )
+
+    inputs = _shardable_inputs()
+    prepared = prepare_feeds(**inputs)  # type: ignore[arg-type]
+    routes = set(prepared.route.tolist())
+    assert routes == {ROUTE_TRAINED, ROUTE_RECALCULATED, ROUTE_POPULAR, ROUTE_REFUSING}
+
+    whole = score_feeds(prepared, chunk_size=50)
+    _assert_same_feeds(whole, compute_feeds(**inputs, chunk_size=50))  # type: ignore[arg-type]
+
+    # Through the archive another process would load, in uneven shards on chunk boundaries.
+    path = tmp_path / "prepared.npz"
+    with open(path, "wb") as handle:
+        prepared.save(handle)
+    loaded = PreparedFeeds.load(path)
+    bounds = [0, 50, 200, 250, 450, len(loaded)]
+    parts = [score_feeds(loaded, start=a, stop=b, chunk_size=50) for a, b in pairwise(bounds)]
+    joined = FeedBatch(
+        member_ids=np.concatenate([p.member_ids for p in parts]),
+        item_ids=np.concatenate([p.item_ids for p in parts]),
+        scores=np.concatenate([p.scores for p in parts]),
+        base_scores=np.concatenate([p.base_scores for p in parts]),
+        reasons=np.concatenate([p.reasons for p in parts]),
+        metadata={},
+    )
+    _assert_same_feeds(whole, joined)
+    assert loaded.policy == prepared.policy
+    assert np.array_equal(loaded.fit_member_ids, prepared.fit_member_ids)
+    assert loaded.model is not None and prepared.model is not None
+    assert np.array_equal(loaded.model.item_factors, prepared.model.item_factors)
+
+
+def test_a_prepared_run_refuses_a_bad_slice_and_a_foreign_archive(tmp_path: Path) -> None:
+    from ranking.feeds import PreparedFeeds, prepare_feeds, score_feeds
+
+    prepared = prepare_feeds(**_shardable_inputs())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="outside"):
+        score_feeds(prepared, start=10, stop=len(prepared) + 1)
+    foreign = tmp_path / "other.npz"
+    np.savez(foreign, header=np.array(json.dumps({"format": "something else"})))
+    with pytest.raises(ValueError, match=r"not a commonfeed\.prepared_feeds"):
+        PreparedFeeds.load(foreign)
