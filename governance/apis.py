@@ -30,7 +30,7 @@ from governance.models import Ballot, Community, Membership, Proposal
 from governance.selectors import (
     audit_filtered,
     audit_stored,
-    audit_verify,
+    audit_verify_cached,
     ballot_of,
     membership_of_user,
     proposal_tally,
@@ -89,6 +89,19 @@ class GovernanceErrorOutput(serializers.Serializer[Any]):
     detail = serializers.JSONField(help_text="What went wrong, for people.")
 
 
+class QueryIntegerField(serializers.IntegerField):
+    """An integer query parameter where ``?limit=`` (present, blank) is an error, not "absent".
+
+    DRF reads a blank optional form value as omitted; for a query string that hides a client's
+    bug, and the OpenAPI schema says the parameter is an integer.
+    """
+
+    def get_value(self, dictionary: Any) -> Any:
+        if dictionary.get(self.field_name) == "":
+            return ""
+        return super().get_value(dictionary)
+
+
 def _errors(*statuses: int) -> dict[int, Any]:
     return {status: GovernanceErrorOutput for status in statuses}
 
@@ -142,7 +155,8 @@ class AuditEntryOutput(serializers.Serializer[Any]):
 class ChainProblemOutput(serializers.Serializer[Any]):
     seq = serializers.IntegerField(help_text="The first bad entry (for a gap: the missing seq).")
     kind = serializers.CharField(
-        help_text="gap, duplicate, reordered, broken link or hash mismatch."
+        help_text="gap, duplicate, reordered, broken link, hash mismatch, or (against the head "
+        "this server verified earlier) truncated or rewritten."
     )
     detail = serializers.CharField()
 
@@ -165,8 +179,8 @@ class AuditLogOutput(serializers.Serializer[Any]):
 
 def chain_summary(*, community: Community) -> dict[str, Any]:
     """The verification of the community's chain, for the API and the page."""
-    states = audit_verify(community=community)
-    state = states[0] if states else audit_chain.ChainState(community=community.pk)
+    # Incremental: only entries added since the last verified head are hashed (docs/audit.md).
+    state = audit_verify_cached(community=community)
     problem = state.problem
     return {
         "ok": problem is None,
@@ -198,13 +212,13 @@ class AuditLogApi(GovernanceApi):
             max_length=150,
             help_text="Only entries with this actor label (blank: any).",
         )
-        after_seq = serializers.IntegerField(
+        after_seq = QueryIntegerField(
             required=False,
             min_value=0,
             max_value=2**63 - 1,
             help_text="Only entries after this seq (the previous page's `next_after_seq`).",
         )
-        limit = serializers.IntegerField(
+        limit = QueryIntegerField(
             required=False, min_value=1, max_value=1000, help_text="Entries per page (100)."
         )
 
@@ -277,8 +291,13 @@ class ProposalSummaryOutput(serializers.Serializer[Any]):
     id = serializers.IntegerField(source="pk")
     title = serializers.CharField()
     state = serializers.ChoiceField(choices=Proposal.State.choices)
+    kind = serializers.ChoiceField(
+        choices=Proposal.Kind.choices, help_text="What it changes: the policy or the charter."
+    )
     author = serializers.CharField(source="author.external_id")
-    base_version = serializers.IntegerField(source="base_version.number")
+    base_version = serializers.IntegerField(
+        source="base.number", help_text="The policy (or charter) version it was drafted on."
+    )
     created_at = serializers.DateTimeField()
     opens_at = serializers.DateTimeField(allow_null=True)
     closes_at = serializers.DateTimeField(allow_null=True)
@@ -335,11 +354,16 @@ class MyBallotOutput(serializers.Serializer[Any]):
 
 class ProposalDetailOutput(ProposalSummaryOutput):
     rationale = serializers.CharField()
-    document = serializers.JSONField(help_text="The proposed policy, every default spelled out.")
+    document = serializers.JSONField(
+        help_text="The proposed policy (or charter), every default spelled out."
+    )
     changes = ChangeOutput(many=True, help_text="The changes against the base version.")
     tally = TallyOutput(allow_null=True, help_text="null until voting opens.")
     ratified_version = serializers.IntegerField(
-        source="ratified_version.number", allow_null=True, default=None
+        source="ratified.number",
+        allow_null=True,
+        default=None,
+        help_text="The policy (or charter) version its ratification created.",
     )
     conflict_paths = serializers.ListField(child=serializers.CharField())
     in_electorate = serializers.BooleanField(help_text="Whether you may vote on it.")
@@ -361,7 +385,7 @@ def proposal_detail_data(proposal: Proposal, member: Membership) -> dict[str, An
     proposal.counts = _counts(proposal, tally)  # type: ignore[attr-defined]
     proposal.tally = tally  # type: ignore[attr-defined]
     proposal.changes = [  # type: ignore[attr-defined]
-        _change(c) for c in policy_diff(proposal.base_version.document, proposal.document)
+        _change(c) for c in policy_diff(proposal.base.document, proposal.document)
     ]
     proposal.in_electorate = proposal.electorate.filter(member=member).exists()  # type: ignore[attr-defined]
     proposal.my_ballot = ballot_of(proposal=proposal, member=member)  # type: ignore[attr-defined]
@@ -376,8 +400,16 @@ class ProposalsApi(MemberApi):
     class ProposalCreateInput(serializers.Serializer[Any]):
         title = StrictCharField(max_length=200)
         rationale = StrictCharField(max_length=20_000, allow_blank=True, required=False)
+        kind = StrictChoiceField(
+            choices=Proposal.Kind.choices,
+            required=False,
+            help_text="`policy` (default) or `charter`: which document `document` replaces.",
+        )
         document = StrictObjectField(
-            help_text="The proposed policy document (see the policy JSON Schema)."
+            help_text=(
+                "The proposed policy document (see the policy JSON Schema), or for `kind` "
+                "`charter` the whole proposed charter."
+            )
         )
 
     @extend_schema(
@@ -400,16 +432,18 @@ class ProposalsApi(MemberApi):
             400: OpenApiResponse(
                 GovernanceErrorOutput,
                 description=(
-                    'Invalid input; an invalid policy reads `{"error": "invalid", "detail": '
-                    '{"document": [{"path": ..., "message": ...}]}}`.'
+                    'Invalid input; an invalid policy or charter reads `{"error": "invalid", '
+                    '"detail": {"document": [{"path": ..., "message": ...}]}}`.'
                 ),
             ),
             **_errors(403, 404, 413),
         },
         summary="Draft a proposal",
         description=(
-            "Drafts a proposal to replace the current policy with `document`. The charter says "
-            "who may propose. Send the CSRF token (`X-CSRFToken`)."
+            "Drafts a proposal to replace the current policy (or, with `kind` `charter`, the "
+            "current charter) with `document`. The charter says who may propose; a charter "
+            "change needs the charter's `charter_change_supermajority`. Send the CSRF token "
+            "(`X-CSRFToken`)."
         ),
     )
     def post(self, request: Request, slug: str) -> Response:
@@ -422,6 +456,7 @@ class ProposalsApi(MemberApi):
             title=data.validated_data["title"],
             rationale=data.validated_data.get("rationale", ""),
             document=data.validated_data["document"],
+            kind=data.validated_data.get("kind", Proposal.Kind.POLICY),
         )
         proposal = self.proposal(community, str(proposal.pk))
         return Response(proposal_detail_data(proposal, member), status=201)
@@ -437,6 +472,48 @@ class ProposalApi(MemberApi):
     )
     def get(self, request: Request, slug: str, pk: str) -> Response:
         community, member = self.community_member(request, slug)
+        return Response(proposal_detail_data(self.proposal(community, pk), member))
+
+    class ProposalUpdateInput(serializers.Serializer[Any]):
+        title = StrictCharField(max_length=200, required=False)
+        rationale = StrictCharField(max_length=20_000, allow_blank=True, required=False)
+        document = StrictObjectField(
+            required=False,
+            help_text="The whole proposed document (policy, or charter for a charter proposal).",
+        )
+
+    @extend_schema(
+        request=ProposalUpdateInput,
+        responses={
+            200: ProposalDetailOutput,
+            400: OpenApiResponse(
+                GovernanceErrorOutput,
+                description="Invalid input; an invalid document lists its field paths.",
+            ),
+            **_errors(403, 404, 413),
+            409: OpenApiResponse(GovernanceErrorOutput, description="Not a draft any more."),
+        },
+        parameters=[PROPOSAL_ID],
+        operation_id="proposal_partial_update",
+        summary="Edit a draft",
+        description=(
+            "Changes the fields given (title, rationale, document) of a draft; an open or "
+            "decided proposal never changes (409). Author, moderators and admins. Audited as "
+            "`proposal.updated`. Send the CSRF token (`X-CSRFToken`)."
+        ),
+    )
+    def patch(self, request: Request, slug: str, pk: str) -> Response:
+        community, member = self.community_member(request, slug)
+        proposal = self.proposal(community, pk)
+        data = self.ProposalUpdateInput(data=request.data)
+        data.is_valid(raise_exception=True)
+        proposal_services.proposal_update(
+            proposal=proposal,
+            actor=member,
+            title=data.validated_data.get("title"),
+            rationale=data.validated_data.get("rationale"),
+            document=data.validated_data.get("document"),
+        )
         return Response(proposal_detail_data(self.proposal(community, pk), member))
 
 
@@ -517,12 +594,21 @@ class BallotApi(MemberApi):
         description="Returns your receipt. Send the CSRF token (`X-CSRFToken`).",
     )
     def put(self, request: Request, slug: str, pk: str) -> Response:
-        community, member = self.community_member(request, slug)
+        # The hot path of voting: one query for the member, then one call that locks, checks,
+        # writes the ballot and its audit entry and commits in the database (see
+        # ``proposal_services.ballot_cast_id``). The community is only loaded to explain a 404.
+        member = proposal_services.ballot_member(slug=slug, user=request.user)
+        if member is None:
+            get_object_or_404(Community, slug=slug)
+            raise NotPermitted(f"You are not a member of {slug}.")
         data = self.BallotInput(data=request.data)
         data.is_valid(raise_exception=True)
-        ballot = proposal_services.ballot_cast(
-            proposal=self.proposal(community, pk),
-            member=member,
-            choice=data.validated_data["choice"],
-        )
+        if not (pk.isascii() and pk.isdigit() and len(pk) <= 18):
+            raise exceptions.NotFound("No such proposal.")
+        try:
+            ballot = proposal_services.ballot_cast_id(
+                proposal_id=int(pk), member=member, choice=data.validated_data["choice"]
+            )
+        except Proposal.DoesNotExist:
+            raise exceptions.NotFound("No such proposal.") from None
         return Response(BallotOutput(ballot).data)

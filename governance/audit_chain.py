@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -111,14 +111,18 @@ class StoredEntry:
     entry_hash: str
 
 
-def verify_chains(entries: Iterable[StoredEntry], *, locate: Any = None) -> Iterator[ChainState]:
+def verify_chains(
+    entries: Iterable[StoredEntry], *, locate: Any = None, start: ChainState | None = None
+) -> Iterator[ChainState]:
     """Check entries sorted by (community, seq); yield each community's state when it ends.
 
     A chain stops being checked at its first problem. ``locate(community, entry_hash)`` (optional)
     returns the seq of the entry with that hash in the community, or None; it is only called once
     a link is broken, to tell a reordering (the predecessor exists elsewhere) from a rewrite.
+    ``start`` (optional) resumes one community's chain from a head verified earlier: ``entries``
+    then begin after ``start.head_seq``, and the state is yielded even when there are none.
     """
-    state: ChainState | None = None
+    state: ChainState | None = replace(start) if start is not None else None
     for entry in entries:
         community = entry.body["community"]
         if state is None or state.community != community:

@@ -52,6 +52,19 @@ class VotingNotOver(GovernanceError):
     code = "voting_not_over"
 
 
+class LastAdmin(GovernanceError):
+    """The change would leave the community without an admin who can sign in (HTTP 409)."""
+
+    code = "last_admin"
+
+
+class MemberInUse(GovernanceError):
+    """The member cannot be removed: they are in a running vote's electorate, or they authored
+    proposals, which keep their author (HTTP 409)."""
+
+    code = "member_in_use"
+
+
 # HTTP status of each domain error, for views and APIs (anything else: 409).
 HTTP_STATUS = {NotPermitted: 403, NotInElectorate: 403, InvalidVersionParent: 400}
 

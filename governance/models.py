@@ -207,11 +207,18 @@ class AuditEntry(models.Model):
 
 
 class Proposal(models.Model):
-    """A proposed change to a community's ranking policy, voted on by a frozen electorate.
+    """A proposed change to a community's ranking policy or charter, voted on by a frozen
+    electorate.
 
     Life cycle: draft -> open -> passed / failed / withdrawn; passed -> ratified / conflicted.
-    Every transition is a compare-and-set update on ``state`` in ``governance.services``.
+    Every transition is a compare-and-set update on ``state`` in ``governance.proposal_services``.
+    ``kind`` says which document it changes; the base and ratified version columns of the other
+    kind stay empty (check constraints).
     """
+
+    class Kind(models.TextChoices):
+        POLICY = "policy", "Ranking policy"
+        CHARTER = "charter", "Charter"
 
     class State(models.TextChoices):
         DRAFT = "draft", "Draft"
@@ -226,13 +233,22 @@ class Proposal(models.Model):
     author = models.ForeignKey(Membership, on_delete=models.PROTECT, related_name="proposals")
     title = models.CharField(max_length=200)
     rationale = models.TextField(blank=True)
-    # The proposed policy, validated and with every default spelled out (canonical form).
+    kind = models.CharField(max_length=8, choices=Kind.choices, default=Kind.POLICY)
+    # The proposed policy or charter, validated and with every default spelled out.
     document = models.JSONField()
     # The version current when the proposal was drafted: the base of its diff and of the merge.
-    base_version = models.ForeignKey(PolicyVersion, on_delete=models.PROTECT, related_name="+")
+    # ``base_version`` for a policy proposal, ``base_charter_version`` for a charter proposal.
+    base_version = models.ForeignKey(
+        PolicyVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    base_charter_version = models.ForeignKey(
+        CharterVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
     state = models.CharField(max_length=16, choices=State.choices, default=State.DRAFT)
     created_at = models.DateTimeField(default=timezone.now)
     # Frozen when voting opens: the rules and the electorate do not move under a running vote.
+    # ``approval_threshold`` is the bar that applies: the charter's ``approval_threshold`` for a
+    # policy proposal, its ``charter_change_supermajority`` for a charter proposal.
     charter_version = models.ForeignKey(
         CharterVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
@@ -250,6 +266,9 @@ class Proposal(models.Model):
     decided_at = models.DateTimeField(null=True, blank=True)
     ratified_version = models.ForeignKey(
         PolicyVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
+    )
+    ratified_charter_version = models.ForeignKey(
+        CharterVersion, on_delete=models.PROTECT, null=True, blank=True, related_name="+"
     )
     conflict_paths = models.JSONField(default=list, blank=True)
 
@@ -285,7 +304,29 @@ class Proposal(models.Model):
                 name="proposal_opened_has_rules",
             ),
             models.CheckConstraint(
-                condition=~Q(state="ratified") | Q(ratified_version__isnull=False),
+                condition=Q(kind__in=["policy", "charter"]), name="proposal_kind_valid"
+            ),
+            # A policy proposal refers to policy versions only, a charter proposal to charter
+            # versions only; each has its base.
+            models.CheckConstraint(
+                condition=Q(
+                    kind="policy",
+                    base_version__isnull=False,
+                    base_charter_version__isnull=True,
+                    ratified_charter_version__isnull=True,
+                )
+                | Q(
+                    kind="charter",
+                    base_charter_version__isnull=False,
+                    base_version__isnull=True,
+                    ratified_version__isnull=True,
+                ),
+                name="proposal_versions_match_kind",
+            ),
+            models.CheckConstraint(
+                condition=~Q(state="ratified")
+                | Q(ratified_version__isnull=False)
+                | Q(ratified_charter_version__isnull=False),
                 name="proposal_ratified_has_version",
             ),
             # One proposal per ratified version: a version is made by exactly one decision.
@@ -294,10 +335,29 @@ class Proposal(models.Model):
                 condition=Q(ratified_version__isnull=False),
                 name="proposal_unique_ratified_version",
             ),
+            models.UniqueConstraint(
+                fields=["ratified_charter_version"],
+                condition=Q(ratified_charter_version__isnull=False),
+                name="proposal_unique_ratified_charter_version",
+            ),
         ]
 
     def __str__(self) -> str:
         return f"#{self.pk} {self.title}"
+
+    @property
+    def is_charter(self) -> bool:
+        return self.kind == self.Kind.CHARTER
+
+    @property
+    def base(self) -> VersionedDocument | None:
+        """The version it was drafted on (policy or charter, by ``kind``)."""
+        return self.base_charter_version if self.is_charter else self.base_version
+
+    @property
+    def ratified(self) -> VersionedDocument | None:
+        """The version its ratification created, if any (policy or charter, by ``kind``)."""
+        return self.ratified_charter_version if self.is_charter else self.ratified_version
 
 
 class ElectorateEntry(models.Model):

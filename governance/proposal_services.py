@@ -9,6 +9,7 @@ votes, or sees the proposal closed and writes nothing.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import secrets
 from datetime import datetime, timedelta
@@ -16,9 +17,13 @@ from fractions import Fraction
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.utils import timezone
+from pydantic import ValidationError
 
+from governance.audit_chain import canonical_json as audit_canonical_json
+from governance.charter import Charter
+from governance.diff import policy_diff
 from governance.errors import (
     InvalidTransition,
     NotInElectorate,
@@ -41,7 +46,15 @@ from governance.selectors import (
     policy_version_current,
     proposal_tally,
 )
-from governance.services import audit_append, community_lock, policy_version_create
+from governance.services import (
+    audit_append,
+    audit_append_locked,
+    audit_body_around_time,
+    charter_version_create,
+    community_lock,
+    community_lock_key,
+    policy_version_create,
+)
 from governance.signals import policy_version_ratified
 from ranking.policy import PolicyError, canonical_json, policy_validate
 
@@ -72,6 +85,24 @@ def _transition(
     return proposal
 
 
+def charter_validate(data: object) -> Charter:
+    """Validate an untrusted charter document (dict or JSON text), as ``policy_validate`` does a
+    policy: raises :class:`PolicyError` with one ``{"path", "message"}`` per problem."""
+    if isinstance(data, str | bytes | bytearray):
+        try:
+            data = json.loads(data)
+        except ValueError as error:
+            raise PolicyError([{"path": "", "message": f"not valid JSON: {error}"}]) from None
+    try:
+        return Charter.model_validate(data)
+    except ValidationError as error:
+        errors = [
+            {"path": ".".join(str(part) for part in e["loc"]), "message": e["msg"]}
+            for e in error.errors()
+        ]
+        raise PolicyError(errors) from None
+
+
 def _may_propose(member: Membership) -> bool:
     charter = charter_of(charter_version_current(community=member.community))
     return charter.who_may_propose == "members" or member.role in _MODERATING_ROLES
@@ -85,9 +116,16 @@ def _may_manage(proposal: Proposal, member: Membership) -> bool:
 
 @transaction.atomic
 def proposal_create(
-    *, community: Community, author: Membership, title: str, rationale: str, document: Any
+    *,
+    community: Community,
+    author: Membership,
+    title: str,
+    rationale: str,
+    document: Any,
+    kind: str = Proposal.Kind.POLICY,
 ) -> Proposal:
-    """Draft a proposal to replace the community's policy with ``document``.
+    """Draft a proposal to replace the community's policy (``kind="policy"``) or its charter
+    (``kind="charter"``) with ``document``, based on the version current now.
 
     Raises :class:`PolicyError` (with dotted paths) for an invalid document or one that changes
     nothing, :class:`NotPermitted` if the charter does not let ``author`` propose.
@@ -99,18 +137,28 @@ def proposal_create(
     title = title.strip()
     if not title:
         raise PolicyError([{"path": "title", "message": "A proposal needs a title."}])
-    policy = policy_validate(document)
-    base = policy_version_current(community=community)
-    proposed = policy.model_dump(mode="json")
+    if kind not in Proposal.Kind.values:
+        raise PolicyError([{"path": "kind", "message": "kind is policy or charter."}])
+    validated: Charter | Any
+    if kind == Proposal.Kind.CHARTER:
+        validated = charter_validate(document)
+        base: Any = charter_version_current(community=community)
+        bases = {"base_charter_version": base}
+    else:
+        validated = policy_validate(document)
+        base = policy_version_current(community=community)
+        bases = {"base_version": base}
+    proposed = validated.model_dump(mode="json")
     if canonical_json(proposed) == canonical_json(base.document):
-        raise PolicyError([{"path": "", "message": "The document is the current policy."}])
+        raise PolicyError([{"path": "", "message": f"The document is the current {kind}."}])
     proposal = Proposal.objects.create(
         community=community,
         author=author,
         title=title,
         rationale=rationale,
+        kind=kind,
         document=proposed,
-        base_version=base,
+        **bases,
     )
     user, label = _member_actor(author)
     audit_append(
@@ -120,10 +168,11 @@ def proposal_create(
         action="proposal.created",
         obj=proposal,
         payload={
+            "kind": kind,
             "title": title,
             "author": author.external_id,
             "base_version": base.number,
-            "sha256": policy.sha256(),
+            "sha256": validated.sha256(),
             "document": proposed,
         },
     )
@@ -131,8 +180,86 @@ def proposal_create(
 
 
 @transaction.atomic
+def proposal_update(
+    *,
+    proposal: Proposal,
+    actor: Membership,
+    title: str | None = None,
+    rationale: str | None = None,
+    document: Any = None,
+) -> Proposal:
+    """Edit a draft's title, rationale or document (``None``: leave it as it is).
+
+    Only while the proposal is a draft: once open, it is what the electorate votes on and never
+    changes. The document is validated as :func:`proposal_create` does and stays based on the
+    version the draft was made from (ratification merges onto whatever is current then).
+    Audited (``proposal.updated``: the fields changed and the new document's hash and body); an
+    edit that changes nothing writes nothing.
+
+    Raises :class:`NotPermitted` unless ``actor`` is the author, a moderator or an admin;
+    :class:`InvalidTransition` unless the proposal is a draft; :class:`PolicyError` (dotted
+    paths) for a blank title or an invalid document, or one equal to its base version.
+    """
+    if not _may_manage(proposal, actor):
+        raise NotPermitted("Only the author, moderators and admins may edit a draft.")
+    # The community lock orders this edit with proposal_open, which takes it too: an edit never
+    # lands in a proposal that has just been opened.
+    community_lock(community=proposal.community)
+    current = Proposal.objects.select_for_update().get(pk=proposal.pk)
+    if current.state != Proposal.State.DRAFT:
+        raise InvalidTransition(
+            f"proposal {current.pk} is {current.state}: only a draft can be edited"
+        )
+    changes: dict[str, Any] = {}
+    if title is not None:
+        title = title.strip()
+        if not title:
+            raise PolicyError([{"path": "title", "message": "A proposal needs a title."}])
+        if title != current.title:
+            changes["title"] = title
+    if rationale is not None and rationale != current.rationale:
+        changes["rationale"] = rationale
+    sha256 = None
+    if document is not None:
+        validated: Any = (
+            charter_validate(document) if current.is_charter else policy_validate(document)
+        )
+        proposed = validated.model_dump(mode="json")
+        base: Any = current.base
+        if canonical_json(proposed) == canonical_json(base.document):
+            raise PolicyError(
+                [{"path": "", "message": f"The document is version {base.number} unchanged."}]
+            )
+        if canonical_json(proposed) != canonical_json(current.document):
+            changes["document"] = proposed
+            sha256 = validated.sha256()
+    if not changes:
+        return current
+    Proposal.objects.filter(pk=current.pk, state=Proposal.State.DRAFT).update(**changes)
+    for name, value in changes.items():
+        setattr(current, name, value)
+    user, label = _member_actor(actor)
+    payload: dict[str, Any] = {"fields": sorted(changes), "title": current.title}
+    if sha256 is not None:
+        payload.update(sha256=sha256, document=changes["document"])
+    audit_append(
+        community=current.community,
+        actor=user,
+        actor_label=label,
+        action="proposal.updated",
+        obj=current,
+        payload=payload,
+    )
+    return current
+
+
+@transaction.atomic
 def proposal_open(*, proposal: Proposal, actor: Membership) -> Proposal:
-    """Open voting: freeze the electorate (every member now) and the charter's rules."""
+    """Open voting: freeze the electorate (every member now) and the charter's rules.
+
+    The bar frozen as ``approval_threshold`` is the charter's ``charter_change_supermajority`` for
+    a charter proposal, its ``approval_threshold`` for a policy proposal.
+    """
     if not _may_manage(proposal, actor):
         raise NotPermitted("Only the author, moderators and admins may open a proposal.")
     community = proposal.community
@@ -140,6 +267,9 @@ def proposal_open(*, proposal: Proposal, actor: Membership) -> Proposal:
     community_lock(community=community)
     charter_version = charter_version_current(community=community)
     charter = charter_of(charter_version)
+    threshold = (
+        charter.charter_change_supermajority if proposal.is_charter else charter.approval_threshold
+    )
     now = timezone.now()
     _transition(
         proposal,
@@ -149,7 +279,7 @@ def proposal_open(*, proposal: Proposal, actor: Membership) -> Proposal:
         closes_at=now + timedelta(hours=charter.voting_period_hours),
         charter_version=charter_version,
         quorum=charter.quorum,
-        approval_threshold=charter.approval_threshold,
+        approval_threshold=threshold,
         electorate_size=0,
     )
     member_ids = Membership.objects.filter(community=community).values_list("pk", flat=True)
@@ -165,12 +295,13 @@ def proposal_open(*, proposal: Proposal, actor: Membership) -> Proposal:
         action="proposal.opened",
         obj=proposal,
         payload={
+            "kind": proposal.kind,
             "electorate_size": len(entries),
             "opens_at": now.isoformat(),
             "closes_at": proposal.closes_at.isoformat(),
             "charter_version": charter_version.number,
             "quorum": charter.quorum,
-            "approval_threshold": charter.approval_threshold,
+            "approval_threshold": threshold,
         },
     )
     return proposal
@@ -209,8 +340,11 @@ def ballot_receipt(
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _check_open(proposal_id: int, now: datetime) -> Proposal:
-    proposal = Proposal.objects.select_related("community").get(pk=proposal_id)
+def _check_open(proposal_id: int, now: datetime, *, community_id: int) -> Proposal:
+    """The proposal if it is the community's and open at ``now``; otherwise the reason why not."""
+    proposal = Proposal.objects.select_related("community").get(
+        pk=proposal_id, community_id=community_id
+    )
     if proposal.state != Proposal.State.OPEN or (
         proposal.closes_at is not None and now >= proposal.closes_at
     ):
@@ -223,60 +357,229 @@ def ballot_cast(*, proposal: Proposal, member: Membership, choice: str) -> Ballo
 
     Raises :class:`NotInElectorate` (403) and :class:`ProposalNotOpen` (409).
     """
+    if proposal.community_id != member.community_id:
+        raise NotInElectorate(
+            f"{member.external_id} is not a member of the community of proposal {proposal.pk}"
+        )
+    return ballot_cast_id(proposal_id=proposal.pk, member=member, choice=choice)
+
+
+def ballot_cast_id(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
+    """``ballot_cast`` by the proposal's id, without loading it first (the API's hot path).
+
+    Raises ``Proposal.DoesNotExist`` when the member's community has no such proposal, then
+    :class:`ProposalNotOpen` (409) and :class:`NotInElectorate` (403).
+    """
     if choice not in Ballot.Choice.values:
         raise ValueError(f"unknown choice {choice!r}")
-    try:
-        return _ballot_cast(proposal=proposal, member=member, choice=choice)
-    except IntegrityError:
-        # Two first ballots of one member raced and the unique constraint turned one away; the
-        # other has committed, so this time the row exists and the retry is an update.
-        return _ballot_cast(proposal=proposal, member=member, choice=choice)
+    if transaction.get_connection().vendor == "postgresql":
+        return _ballot_cast_postgresql(proposal_id=proposal_id, member=member, choice=choice)
+    return _ballot_cast(proposal_id=proposal_id, member=member, choice=choice)
 
 
-@transaction.atomic
-def _ballot_cast(*, proposal: Proposal, member: Membership, choice: str) -> Ballot:
+# The hot path's member lookup: one indexed query, without the ORM building it on every ballot.
+# Columns in the model's field order, which is the order ``Model.from_db`` expects them in.
+_BALLOT_MEMBER_FIELDS = [
+    f.attname
+    for f in Membership._meta.concrete_fields
+    if f.attname in {"id", "community_id", "external_id", "user_id"}
+]
+_BALLOT_MEMBER = f"""
+    SELECT {", ".join(f"m.{name}" for name in _BALLOT_MEMBER_FIELDS)}
+    FROM governance_membership AS m
+    JOIN governance_community AS c ON c.id = m.community_id
+    WHERE c.slug = %s AND m.user_id = %s
+    ORDER BY m.id LIMIT 1
+"""
+
+
+def ballot_member(*, slug: str, user: AbstractBaseUser) -> Membership | None:
+    """``user``'s membership of the community ``slug`` for ``ballot_cast_id``, or ``None``.
+
+    Loads only what a ballot needs (id, community, external id; the other fields are deferred)
+    and attaches ``user``, so casting the ballot needs no query for the actor's name.
+    """
+    if not user.is_authenticated:
+        return None
+    connection = transaction.get_connection()
+    with connection.cursor() as cursor:
+        cursor.execute(_BALLOT_MEMBER, [slug, user.pk])
+        row = cursor.fetchone()
+    if row is None:
+        return None
+    member = Membership.from_db(connection.alias, _BALLOT_MEMBER_FIELDS, row)
+    member.user = user
+    return member
+
+
+def _ballot_new(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
+    """An unsaved ballot with its time, nonce and receipt."""
     now = timezone.now()
-    proposal = _check_open(proposal.pk, now)
-    if not ElectorateEntry.objects.filter(proposal=proposal, member=member).exists():
-        raise NotInElectorate(
-            f"{member.external_id} was not a member of {proposal.community.slug} when voting "
-            f"on proposal {proposal.pk} opened"
-        )
     nonce = secrets.token_hex(16)
     receipt = ballot_receipt(
-        proposal_id=proposal.pk,
+        proposal_id=proposal_id,
         external_id=member.external_id,
         choice=choice,
         cast_at=now,
         nonce=nonce,
     )
-    fields = {"choice": choice, "cast_at": now, "nonce": nonce, "receipt": receipt}
-    # The row lock orders two changes of one member's ballot; for a first ballot there is no
-    # row to lock yet, and the unique constraint is what turns the second insert away.
-    ballot = Ballot.objects.select_for_update().filter(proposal=proposal, member=member).first()
-    if ballot is None:
-        ballot = Ballot.objects.create(proposal=proposal, member=member, **fields)
-        action = "ballot.cast"
-    else:
-        Ballot.objects.filter(pk=ballot.pk).update(**fields)
-        for name, value in fields.items():
-            setattr(ballot, name, value)
-        action = "ballot.changed"
-    # Re-check under the community lock, which proposal_close holds while it counts: a close that
-    # committed since the first check wins and this ballot rolls back.
-    community_lock(community=proposal.community)
-    _check_open(proposal.pk, timezone.now())
-    user, label = _member_actor(member)
-    audit_append(
-        community=proposal.community,
-        actor=user,
-        actor_label=label,
-        action=action,
-        obj=ballot,
-        # The choice stays out of the public log: the receipt lets the voter find their entry.
-        payload={"proposal": proposal.pk, "member": member.external_id, "receipt": receipt},
+    return Ballot(
+        proposal_id=proposal_id,
+        member=member,
+        choice=choice,
+        cast_at=now,
+        nonce=nonce,
+        receipt=receipt,
     )
+
+
+def _ballot_audit_fields(ballot: Ballot, action: str, object_id: str) -> dict[str, Any]:
+    user, label = _member_actor(ballot.member)
+    return {
+        "actor_id": user.pk if user is not None else None,
+        "actor_label": label,
+        "action": action,
+        "object_type": Ballot._meta.label_lower,
+        "object_id": object_id,
+        # The choice stays out of the public log: the receipt lets the voter find their entry.
+        "payload_json": audit_canonical_json(
+            {
+                "proposal": ballot.proposal_id,
+                "member": ballot.member.external_id,
+                "receipt": ballot.receipt,
+            }
+        ),
+    }
+
+
+def _ballot_stored(ballot: Ballot, ballot_id: int, alias: str) -> Ballot:
+    ballot.pk = ballot_id
+    ballot._state.adding = False
+    ballot._state.db = alias
     return ballot
+
+
+# The whole ballot in one server-side call (migration 0006 has the function and says what it
+# does): community lock, proposal check, upsert, chain head, audit entry.
+_BALLOT_CAST_POSTGRESQL = """
+    SELECT o_outcome, o_ballot_id, o_state FROM governance_ballot_cast(
+        %s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::varchar, %s::timestamptz,
+        %s::varchar, %s::varchar, %s::bigint, %s::varchar, %s::varchar, %s::text, %s::text,
+        %s::text, %s::text, %s::text)
+"""
+_OBJECT_ID_KEY = '"object_id":"'
+
+
+def _ballot_cast_postgresql(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
+    """PostgreSQL: one call of ``governance_ballot_cast``, in autocommit when we can.
+
+    Outside ``transaction.atomic()`` the call is its own transaction, so the community lock is
+    released inside the server as soon as the function has committed: no client round trip
+    happens while other ballots of the community wait. Inside a caller's transaction it is just
+    as correct; the lock is then held until that transaction ends.
+    """
+    connection = transaction.get_connection()
+    ballot = _ballot_new(proposal_id=proposal_id, member=member, choice=choice)
+    fields = _ballot_audit_fields(ballot, "ballot.cast", "0")
+    community_id = member.community_id
+    head_cast, after_time = audit_body_around_time(community_id=community_id, fields=fields)
+    head_changed, _ = audit_body_around_time(
+        community_id=community_id, fields={**fields, "action": "ballot.changed"}
+    )
+    # After the time comes "object_id" (keys sort): split around its value, which only the
+    # server knows; a quote inside a JSON string is escaped, so the first match is the key.
+    at = after_time.index(_OBJECT_ID_KEY) + len(_OBJECT_ID_KEY)
+    if not after_time.startswith('0"', at):  # pragma: no cover - entry_body changed its keys
+        raise RuntimeError("the audit entry body no longer has object_id right after created_at")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            _BALLOT_CAST_POSTGRESQL,
+            [
+                community_lock_key(community_id=community_id),
+                community_id,
+                proposal_id,
+                member.pk,
+                choice,
+                ballot.cast_at,
+                ballot.nonce,
+                ballot.receipt,
+                fields["actor_id"],
+                fields["actor_label"],
+                fields["object_type"],
+                fields["payload_json"],
+                head_cast,
+                head_changed,
+                after_time[:at],
+                after_time[at + 1 :],
+            ],
+        )
+        outcome, ballot_id, state = cursor.fetchone()
+    if outcome == "ok":
+        return _ballot_stored(ballot, ballot_id, connection.alias)
+    if outcome == "not_found":
+        raise Proposal.DoesNotExist(f"community {community_id} has no proposal {proposal_id}")
+    if outcome == "not_open":
+        raise ProposalNotOpen(f"proposal {proposal_id} is not open for voting ({state})")
+    raise NotInElectorate(
+        f"{member.external_id} was not a member of {member.community.slug} when voting on "
+        f"proposal {proposal_id} opened"
+    )
+
+
+# SQLite: the ballot is written if, and only if, the proposal is the member's community's, is
+# open, and has the member in its electorate. BEGIN IMMEDIATE holds the database's single write
+# lock from the start, so nothing changes under the checks until the commit.
+_BALLOT_UPSERT = """
+    INSERT INTO governance_ballot AS b (proposal_id, member_id, choice, cast_at, nonce, receipt)
+    SELECT p.id, e.member_id, %s, %s, %s, %s
+    FROM governance_proposal AS p
+    JOIN governance_electorateentry AS e ON e.proposal_id = p.id AND e.member_id = %s
+    WHERE p.id = %s AND p.community_id = %s AND p.state = 'open' AND p.closes_at > %s
+    ON CONFLICT (proposal_id, member_id) DO UPDATE SET choice = excluded.choice,
+        cast_at = excluded.cast_at, nonce = excluded.nonce, receipt = excluded.receipt
+    RETURNING id
+"""
+
+
+@transaction.atomic
+def _ballot_cast(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
+    """SQLite: the steps of ``governance_ballot_cast`` in Python, under the database's write lock
+    (BEGIN IMMEDIATE, which is what ``community_lock`` relies on there too)."""
+    connection = transaction.get_connection()
+    adapt = connection.ops.adapt_datetimefield_value
+    ballot = _ballot_new(proposal_id=proposal_id, member=member, choice=choice)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT id FROM governance_ballot WHERE proposal_id = %s AND member_id = %s",
+            [proposal_id, member.pk],
+        )
+        existed = cursor.fetchone() is not None
+        cursor.execute(
+            _BALLOT_UPSERT,
+            [
+                choice,
+                adapt(ballot.cast_at),
+                ballot.nonce,
+                ballot.receipt,
+                member.pk,
+                proposal_id,
+                member.community_id,
+                adapt(ballot.cast_at),
+            ],
+        )
+        written = cursor.fetchone()
+    if written is None:
+        # Nothing written: find out why, in the order the API reports it (404, 409, 403).
+        proposal = _check_open(proposal_id, ballot.cast_at, community_id=member.community_id)
+        raise NotInElectorate(
+            f"{member.external_id} was not a member of {proposal.community.slug} when voting "
+            f"on proposal {proposal.pk} opened"
+        )
+    fields = _ballot_audit_fields(
+        ballot, "ballot.changed" if existed else "ballot.cast", str(written[0])
+    )
+    audit_append_locked(community_id=member.community_id, **fields)
+    return _ballot_stored(ballot, written[0], connection.alias)
 
 
 def _passes(*, tally: dict[str, Any], threshold: float) -> bool:
@@ -329,19 +632,27 @@ def proposal_close(*, proposal: Proposal, now: datetime | None = None) -> Propos
 
 @transaction.atomic
 def proposal_ratify(*, proposal: Proposal) -> Proposal:
-    """Turn a passed proposal into the community's current policy version, exactly once.
+    """Turn a passed proposal into the community's current policy (or charter) version, exactly
+    once.
 
-    If another proposal was ratified since this one was drafted, its changes are merged onto the
-    current version (``governance.merge``); on a clash the proposal becomes ``conflicted`` with the
-    clashing paths, and nothing is overwritten.
+    If another proposal of the same kind was ratified since this one was drafted, its changes are
+    merged onto the current version (``governance.merge``); on a clash the proposal becomes
+    ``conflicted`` with the clashing paths, and nothing is overwritten.
     """
     community = proposal.community
     community_lock(community=community)
-    proposal = Proposal.objects.select_related("community", "base_version").get(pk=proposal.pk)
+    proposal = Proposal.objects.select_related(
+        "community", "base_version", "base_charter_version"
+    ).get(pk=proposal.pk)
     if proposal.state != Proposal.State.PASSED:
         raise InvalidTransition(f"proposal {proposal.pk} is {proposal.state}, not passed")
-    current = policy_version_current(community=community)
-    base = proposal.base_version
+    current: Any
+    if proposal.is_charter:
+        current, validate = charter_version_current(community=community), charter_validate
+    else:
+        current, validate = policy_version_current(community=community), policy_validate
+    base = proposal.base
+    assert base is not None  # proposal_versions_match_kind
     if current.pk == base.pk:
         merged: dict[str, Any] | None = proposal.document
         conflicts: list[str] = []
@@ -350,14 +661,21 @@ def proposal_ratify(*, proposal: Proposal) -> Proposal:
             base=base.document, proposed=proposal.document, current=current.document
         )
         merged, conflicts = result.document, result.conflicts
-    policy = None
+    validated: Any = None
     if merged is not None:
         try:
-            policy = policy_validate(merged)
+            validated = validate(merged)
         except PolicyError as error:
-            conflicts = sorted({e["path"] for e in error.errors})
+            # Each side valid, the merge not: a conflict too, at the offending paths. A rule
+            # between fields (a charter's supermajority below its threshold) has no path of its
+            # own; then the proposal's own changes are what no longer fit.
+            paths = {e["path"] for e in error.errors}
+            if "" in paths:
+                paths.discard("")
+                paths.update(c.path for c in policy_diff(base.document, proposal.document))
+            conflicts = sorted(paths)
     now = timezone.now()
-    if policy is None:
+    if validated is None:
         _transition(
             proposal,
             expected=(Proposal.State.PASSED,),
@@ -371,24 +689,37 @@ def proposal_ratify(*, proposal: Proposal) -> Proposal:
             action="proposal.conflicted",
             obj=proposal,
             payload={
+                "kind": proposal.kind,
                 "base_version": base.number,
                 "current_version": current.number,
                 "paths": conflicts,
             },
         )
         return proposal
+    made: dict[str, Any]
     try:
-        version = policy_version_create(
-            community=community, policy=policy, parent=current, actor=None, make_current=True
-        )
+        if proposal.is_charter:
+            version = charter_version_create(
+                community=community,
+                charter=validated,
+                parent=current,
+                actor=None,
+                make_current=True,
+            )
+            made = {"ratified_charter_version": version}
+        else:
+            version = policy_version_create(
+                community=community, policy=validated, parent=current, actor=None, make_current=True
+            )
+            made = {"ratified_version": version}
     except StaleVersion as error:  # pragma: no cover - the community lock rules it out
         raise InvalidTransition(str(error)) from error
     _transition(
         proposal,
         expected=(Proposal.State.PASSED,),
         to=Proposal.State.RATIFIED,
-        ratified_version=version,
         decided_at=now,
+        **made,
     )
     audit_append(
         community=community,
@@ -396,17 +727,20 @@ def proposal_ratify(*, proposal: Proposal) -> Proposal:
         action="proposal.ratified",
         obj=proposal,
         payload={
+            "kind": proposal.kind,
             "version": version.number,
             "base_version": base.number,
             "merged_onto": current.number if current.pk != base.pk else None,
             "sha256": version.sha256,
         },
     )
-    transaction.on_commit(
-        lambda: policy_version_ratified.send(
-            sender=Proposal, community=community, version=version, proposal=proposal
+    if not proposal.is_charter:
+        # The feeds app recomputes on a new policy; a new charter changes no feed.
+        transaction.on_commit(
+            lambda: policy_version_ratified.send(
+                sender=Proposal, community=community, version=version, proposal=proposal
+            )
         )
-    )
     return proposal
 
 
@@ -445,7 +779,9 @@ def proposals_close_due(*, now: datetime | None = None) -> dict[str, int]:
 
 __all__ = [
     "ballot_cast",
+    "ballot_cast_id",
     "ballot_receipt",
+    "charter_validate",
     "proposal_close",
     "proposal_create",
     "proposal_open",

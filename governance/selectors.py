@@ -7,7 +7,8 @@ from datetime import date, datetime, time, timedelta
 from fractions import Fraction
 from typing import Any
 
-from django.db.models import Count, Q, QuerySet
+from django.core.cache import cache
+from django.db.models import Case, Count, IntegerField, Q, QuerySet, Value, When
 from django.utils import timezone
 
 from governance import audit_chain
@@ -65,10 +66,14 @@ def audit_entries(*, community: Community | None = None) -> QuerySet[AuditEntry]
 
 
 def audit_stream(
-    *, community: Community | None = None, chunk_size: int = 5_000
+    *, community: Community | None = None, chunk_size: int = 5_000, after_seq: int = 0
 ) -> Iterator[audit_chain.StoredEntry]:
-    """Stream entries in chain order, chunked (a server-side cursor on PostgreSQL)."""
-    rows = audit_entries(community=community).values_list(*_AUDIT_COLUMNS)
+    """Stream entries in chain order, chunked (a server-side cursor on PostgreSQL); with
+    ``after_seq``, only the entries after that seq."""
+    entries = audit_entries(community=community)
+    if after_seq:
+        entries = entries.filter(seq__gt=after_seq)
+    rows = entries.values_list(*_AUDIT_COLUMNS)
     for row in rows.iterator(chunk_size=chunk_size):
         body = audit_chain.entry_body(
             community=row[0],
@@ -148,6 +153,67 @@ def audit_verify(*, community: Community | None = None) -> list[audit_chain.Chai
     return list(audit_chain.verify_chains(audit_stream(community=community), locate=audit_locate))
 
 
+# How long a verified head stays cached. When it expires, the next request verifies the whole
+# chain again, which also re-checks the entries before the head (see docs/audit.md).
+AUDIT_HEAD_CACHE_SECONDS = 3600
+
+
+def _audit_head_key(community: Community) -> str:
+    # The creation time keeps a head cached for another database that reused the community's id
+    # (a test run, a restored dump) from being compared with this chain.
+    return f"governance:audit-head:{community.pk}:{community.created_at.timestamp():.6f}"
+
+
+def _audit_head_intact(*, community: Community, seq: int, head_hash: str) -> bool:
+    """Whether the stored entry at ``seq`` still has ``head_hash`` and content that hashes to it."""
+    entry = AuditEntry.objects.filter(community=community, seq=seq).first()
+    if entry is None or entry.entry_hash != head_hash:
+        return False
+    stored = audit_stored(entry)
+    return audit_chain.entry_hash(stored.prev_hash, stored.body) == head_hash
+
+
+def audit_verify_cached(*, community: Community) -> audit_chain.ChainState:
+    """Verify the community's chain, hashing only the entries added since the last verification.
+
+    The last verified head (seq, hash) is kept in Django's cache, one key per community. A
+    request re-checks that head entry (still stored, same hash, content still hashes to it),
+    then verifies only the entries after it, and caches the new head if all is well. Without a
+    cached head, or when the head entry no longer matches, it verifies the whole chain; if that
+    passes although the head verified earlier is gone or different, the chain was truncated or
+    consistently rewritten since, and that is the problem reported. Entries *before* the cached
+    head are not re-read: docs/audit.md says what this does and does not guarantee.
+    """
+    key = _audit_head_key(community)
+    cached = cache.get(key)
+    start = None
+    if cached is not None and _audit_head_intact(
+        community=community, seq=cached[0], head_hash=cached[1]
+    ):
+        start = audit_chain.ChainState(
+            community=community.pk, count=cached[0], head_seq=cached[0], head_hash=cached[1]
+        )
+    entries = audit_stream(community=community, after_seq=start.head_seq if start else 0)
+    states = list(audit_chain.verify_chains(entries, locate=audit_locate, start=start))
+    state = states[0] if states else audit_chain.ChainState(community=community.pk)
+    if cached is not None and start is None and state.problem is None:
+        seq, head_hash = cached
+        state.problem = audit_chain.Problem(
+            community=community.pk,
+            seq=seq,
+            kind="truncated" if state.head_seq < seq else "rewritten",
+            detail=f"this server verified entry {seq} with hash {head_hash[:12]}... earlier; "
+            + (
+                "it is no longer stored"
+                if state.head_seq < seq
+                else "it now has other content or another hash"
+            ),
+        )
+    if state.problem is None and state.head_seq:
+        cache.set(key, (state.head_seq, state.head_hash), AUDIT_HEAD_CACHE_SECONDS)
+    return state
+
+
 def proposal_tally(*, proposal: Proposal) -> dict[str, Any]:
     """Counts of the current ballots, turnout over the frozen electorate, quorum and approval.
 
@@ -181,7 +247,9 @@ def proposal_tally(*, proposal: Proposal) -> dict[str, Any]:
 
 def proposals_of(*, community: Community) -> QuerySet[Proposal]:
     """The community's proposals, newest first."""
-    return Proposal.objects.filter(community=community).select_related("author", "base_version")
+    return Proposal.objects.filter(community=community).select_related(
+        "author", "base_version", "base_charter_version"
+    )
 
 
 def proposals_with_counts(*, community: Community) -> QuerySet[Proposal]:
@@ -220,3 +288,26 @@ def policy_versions_with_diffs(*, community: Community) -> list[dict[str, Any]]:
         changes = policy_diff(parent.document, version.document) if parent else []
         rows.append({"version": version, "parent": parent, "changes": changes})
     return rows
+
+
+def memberships_of(*, community: Community, query: str = "") -> QuerySet[Membership]:
+    """The community's members for the members page: admins, then moderators, then members,
+    each by join date; ``query`` keeps those whose external id or username starts with it."""
+    members = (
+        Membership.objects.filter(community=community)
+        .select_related("user")
+        .annotate(
+            role_rank=Case(
+                When(role=Membership.Role.ADMIN, then=Value(0)),
+                When(role=Membership.Role.MODERATOR, then=Value(1)),
+                default=Value(2),
+                output_field=IntegerField(),
+            )
+        )
+        .order_by("role_rank", "joined_at", "pk")
+    )
+    if query:
+        members = members.filter(
+            Q(external_id__startswith=query) | Q(user__username__startswith=query)
+        )
+    return members

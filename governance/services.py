@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -11,8 +13,15 @@ from django.utils import timezone
 
 from governance import audit_chain
 from governance.charter import Charter, default_charter
-from governance.errors import InvalidVersionParent, StaleVersion
-from governance.models import AuditEntry, CharterVersion, Community, Membership, PolicyVersion
+from governance.errors import InvalidVersionParent, LastAdmin, MemberInUse, StaleVersion
+from governance.models import (
+    AuditEntry,
+    CharterVersion,
+    Community,
+    ElectorateEntry,
+    Membership,
+    PolicyVersion,
+)
 from ranking.policy import Policy, default_policy
 
 ACTIONS: Final = frozenset(
@@ -24,6 +33,8 @@ ACTIONS: Final = frozenset(
         "charter_version.made_current",
         "membership.created",
         "membership.role_changed",
+        "membership.removed",
+        "feed_run.requested",
         "feed_run.started",
         "feed_run.finished",
         "member.choices_changed",
@@ -32,6 +43,7 @@ ACTIONS: Final = frozenset(
         "app_credential.created",
         "app_credential.revoked",
         "proposal.created",
+        "proposal.updated",
         "proposal.opened",
         "proposal.withdrawn",
         "proposal.closed",
@@ -48,6 +60,12 @@ _AUDIT_LOCK_NAMESPACE: Final = zlib.crc32(b"commonfeed.audit") & 0x7FFFFFFF
 VersionModel = TypeVar("VersionModel", PolicyVersion, CharterVersion)
 
 
+def community_lock_key(*, community_id: int) -> int:
+    """The PostgreSQL advisory lock key of a community (see ``community_lock``)."""
+    # Distinct communities may share a key only past 2**32 ids; that costs waiting, not safety.
+    return (_AUDIT_LOCK_NAMESPACE << 32) | (community_id & 0xFFFFFFFF)
+
+
 def community_lock(*, community: Community) -> None:
     """Serialise governance writes (audit appends, version numbers) of one community.
 
@@ -61,10 +79,10 @@ def community_lock(*, community: Community) -> None:
     if not connection.in_atomic_block:
         raise RuntimeError("community_lock must be taken inside transaction.atomic()")
     if connection.vendor == "postgresql":
-        # Distinct communities may share a key only past 2**32 ids; that costs waiting, not safety.
-        key = (_AUDIT_LOCK_NAMESPACE << 32) | (community.pk & 0xFFFFFFFF)
         with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [key])
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s)", [community_lock_key(community_id=community.pk)]
+            )
 
 
 def _actor_fields(
@@ -74,6 +92,18 @@ def _actor_fields(
     if actor_label is None:
         actor_label = user.get_username() if user is not None else SYSTEM_ACTOR
     return user, actor_label
+
+
+def _append_connection(action: str) -> Any:
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError(
+            "audit_append must be called inside the transaction.atomic() block of the change "
+            "it records"
+        )
+    if action not in ACTIONS:
+        raise ValueError(f"unknown audit action {action!r}")
+    return connection
 
 
 def audit_append(
@@ -91,54 +121,182 @@ def audit_append(
     other). The community lock makes concurrent appends queue up; the (community, seq) unique
     constraint turns any append that slipped past it into an error rather than a fork.
     """
-    connection = transaction.get_connection()
-    if not connection.in_atomic_block:
-        raise RuntimeError(
-            "audit_append must be called inside the transaction.atomic() block of the change "
-            "it records"
-        )
-    if action not in ACTIONS:
-        raise ValueError(f"unknown audit action {action!r}")
+    _append_connection(action)
     if obj.pk is None:
         raise ValueError("audit the object after saving it: it has no primary key yet")
     user, label = _actor_fields(actor, actor_label)
     payload_json = audit_chain.canonical_json(payload)
     community_lock(community=community)
-    head = (
-        AuditEntry.objects.filter(community=community)
-        .order_by("-seq")
-        .values_list("seq", "entry_hash")
-        .first()
-    )
-    seq, prev_hash = (head[0] + 1, head[1]) if head else (1, audit_chain.GENESIS_HASH)
-    # Truncated to whole microseconds: what both databases store, and what gets hashed.
-    created_at = timezone.now()
-    object_type = obj._meta.label_lower
-    object_id = str(obj.pk)
-    body = audit_chain.entry_body(
-        community=community.pk,
-        seq=seq,
-        created_at=created_at,
+    entry = audit_append_locked(
+        community_id=community.pk,
         actor_id=user.pk if user is not None else None,
         actor_label=label,
         action=action,
-        object_type=object_type,
-        object_id=object_id,
+        object_type=obj._meta.label_lower,
+        object_id=str(obj.pk),
         payload_json=payload_json,
     )
-    return AuditEntry.objects.create(
-        community=community,
+    assert entry is not None  # no only_if condition
+    entry.community = community
+    return entry
+
+
+def audit_append_locked(
+    *,
+    community_id: int,
+    actor_id: int | None,
+    actor_label: str,
+    action: str,
+    object_type: str,
+    object_id: str,
+    payload_json: str,
+    only_if: tuple[str, Sequence[Any]] | None = None,
+) -> AuditEntry | None:
+    """Append an entry to the chain of a community whose ``community_lock`` the caller holds.
+
+    ``audit_append`` for callers that took the lock themselves (a ballot on SQLite, whose write
+    lock BEGIN IMMEDIATE took; on PostgreSQL a ballot appends inside ``governance_ballot_cast``,
+    migration 0006, with the same construction). From the lock to the commit every other writer
+    of the community waits, so this part is as short as it can be: on PostgreSQL one INSERT that
+    reads the chain head, stamps the time and computes the hashes itself (``sha256()``, same
+    construction as ``governance.audit_chain``); on SQLite, whose write lock is the whole
+    database anyway, a head read and an insert. ``only_if`` is an SQL boolean expression with its
+    parameters, evaluated under the lock in that statement (so it sees every write committed
+    before the lock was granted); when it is false nothing is written and ``None`` is returned.
+    """
+    connection = _append_connection(action)
+    condition, condition_params = only_if if only_if is not None else ("1 = 1", ())
+    fields = {
+        "actor_id": actor_id,
+        "actor_label": actor_label,
+        "action": action,
+        "object_type": object_type,
+        "object_id": object_id,
+        "payload_json": payload_json,
+    }
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            row = _append_postgresql(cursor, community_id, fields, condition, condition_params)
+            if row is None:
+                return None
+            pk, seq, created_at, prev_hash, entry_hash = row
+        else:
+            cursor.execute(
+                f"SELECT head.seq, head.entry_hash, ({condition}) {_HEAD_FROM}",
+                [*condition_params, community_id],
+            )
+            head_seq, head_hash, allowed = cursor.fetchone()
+            if not allowed:
+                return None
+            seq = head_seq + 1 if head_seq else 1
+            prev_hash = head_hash if head_seq else audit_chain.GENESIS_HASH
+            # Truncated to whole microseconds: what both databases store, and what gets hashed.
+            created_at = timezone.now()
+            body = audit_chain.entry_body(
+                community=community_id, seq=seq, created_at=created_at, **fields
+            )
+            entry_hash = audit_chain.entry_hash(prev_hash, body)
+            cursor.execute(
+                f"INSERT INTO {_AUDIT_TABLE} (community_id, seq, created_at, {_FIELDS}, "
+                "prev_hash, entry_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                "RETURNING id",
+                [
+                    community_id,
+                    seq,
+                    connection.ops.adapt_datetimefield_value(created_at),
+                    *fields.values(),
+                    prev_hash,
+                    entry_hash,
+                ],
+            )
+            pk = cursor.fetchone()[0]
+    entry = AuditEntry(
+        pk=pk,
+        community_id=community_id,
         seq=seq,
         created_at=created_at,
-        actor=user,
-        actor_label=label,
-        action=action,
-        object_type=object_type,
-        object_id=object_id,
-        payload_json=payload_json,
         prev_hash=prev_hash,
-        entry_hash=audit_chain.entry_hash(prev_hash, body),
+        entry_hash=entry_hash,
+        **fields,
     )
+    # A stored row now: saving it again would be a rewrite, which the model refuses.
+    entry._state.adding = False
+    entry._state.db = connection.alias
+    return entry
+
+
+_AUDIT_TABLE: Final = AuditEntry._meta.db_table
+_FIELDS: Final = "actor_id, actor_label, action, object_type, object_id, payload_json"
+# One row, holding the chain head's columns or NULLs while the chain is empty.
+_HEAD_FROM: Final = (
+    f"FROM (SELECT 1 AS one) AS one LEFT JOIN (SELECT seq, entry_hash FROM {_AUDIT_TABLE} "
+    "WHERE community_id = %s ORDER BY seq DESC LIMIT 1) AS head ON 1 = 1"
+)
+# The body's canonical JSON has sorted keys, so it reads A + created_at + B + seq + ',"v":1}'
+# where A and B depend on nothing the database decides: Python writes them, PostgreSQL fills in
+# the time and the sequence number under the lock and hashes (docs/audit.md):
+#   entry_hash = SHA-256(0x01 || prev_hash || SHA-256(0x00 || body)).
+_APPEND_POSTGRESQL: Final = f"""
+    INSERT INTO {_AUDIT_TABLE} (community_id, seq, created_at, {_FIELDS}, prev_hash, entry_hash)
+    SELECT %s, n.seq, n.at, %s, %s, %s, %s, %s, %s, n.prev, encode(sha256(
+        decode('01', 'hex') || decode(n.prev, 'hex') || sha256(decode('00', 'hex') || convert_to(
+            %s || to_char(n.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || %s
+            || n.seq::text || %s, 'UTF8'))), 'hex')
+    FROM (
+        SELECT COALESCE(head.seq, 0) + 1 AS seq,
+            COALESCE(head.entry_hash, '{audit_chain.GENESIS_HASH}') AS prev,
+            clock_timestamp() AS at
+        {_HEAD_FROM}
+    ) AS n
+    WHERE ({{condition}})
+    RETURNING id, seq, created_at, prev_hash, entry_hash
+"""
+_TIME_MARK: Final = datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+
+
+def audit_body_around_time(*, community_id: int, fields: dict[str, Any]) -> tuple[str, str]:
+    """An entry's canonical body text before its time, and after it up to the seq's digits.
+
+    For appends that let PostgreSQL stamp the time and number the entry under the lock: the body
+    is ``before + created_at + after + str(seq) + ',"v":1}'`` (see ``_APPEND_POSTGRESQL``).
+    """
+    body = audit_chain.canonical_json(
+        audit_chain.entry_body(community=community_id, seq=0, created_at=_TIME_MARK, **fields)
+    )
+    # Keys sort as ..., "community", "created_at", "object_id", ..., "payload", "seq", "v": the
+    # first "created_at" is the entry's own (a key inside the payload comes later), and the text
+    # ends with seq and v. Quotes inside JSON strings are escaped, so no value can fake a key.
+    mark = f'"created_at":"{audit_chain.format_timestamp(_TIME_MARK)}"'
+    tail = ',"seq":0,"v":1}'
+    at = body.index(mark) + len('"created_at":"')
+    if not body.endswith(tail):  # pragma: no cover - would mean entry_body changed its keys
+        raise RuntimeError("the audit entry body no longer ends with seq and v")
+    before_time = body[:at]
+    after_time = body[at + len(audit_chain.format_timestamp(_TIME_MARK)) : -len(tail)] + ',"seq":'
+    return before_time, after_time
+
+
+def _append_postgresql(
+    cursor: Any,
+    community_id: int,
+    fields: dict[str, Any],
+    condition: str,
+    condition_params: Sequence[Any],
+) -> tuple[int, int, datetime, str, str] | None:
+    before_time, after_time = audit_body_around_time(community_id=community_id, fields=fields)
+    cursor.execute(
+        _APPEND_POSTGRESQL.format(condition=condition),
+        [
+            community_id,
+            *fields.values(),
+            before_time,
+            after_time,
+            ',"v":1}',
+            community_id,
+            *condition_params,
+        ],
+    )
+    return cursor.fetchone()  # type: ignore[no-any-return]
 
 
 @transaction.atomic
@@ -391,7 +549,10 @@ def membership_set_role(
     actor: AbstractBaseUser | None,
     actor_label: str | None = None,
 ) -> Membership:
-    """Change a member's role, audited. Setting the role it already has writes nothing."""
+    """Change a member's role, audited. Setting the role it already has writes nothing.
+
+    Refuses (:class:`LastAdmin`) to demote the community's last admin who can sign in.
+    """
     community = membership.community
     community_lock(community=community)
     previous = (
@@ -400,6 +561,8 @@ def membership_set_role(
     if previous == role:
         membership.role = role
         return membership
+    if previous == Membership.Role.ADMIN:
+        membership_last_admin_check(membership=membership, doing="demote")
     # The role_valid check constraint rejects an unknown role.
     Membership.objects.filter(pk=membership.pk).update(role=role)
     membership.role = role
@@ -412,3 +575,72 @@ def membership_set_role(
         payload={"external_id": membership.external_id, "from": previous, "to": role},
     )
     return membership
+
+
+def membership_last_admin_check(*, membership: Membership, doing: str) -> None:
+    """Raise :class:`LastAdmin` unless another admin with a login remains.
+
+    The services call it under the community lock, so two admins demoting each other at once
+    cannot both succeed; forms may call it first to show the refusal next to the field.
+    """
+    others = Membership.objects.filter(
+        community_id=membership.community_id, role=Membership.Role.ADMIN, user__isnull=False
+    ).exclude(pk=membership.pk)
+    if not others.exists():
+        raise LastAdmin(
+            f"Cannot {doing} {membership.external_id}: the community would have no admin left "
+            "who can sign in. Make someone else an admin first."
+        )
+
+
+@transaction.atomic
+def membership_remove(
+    *,
+    membership: Membership,
+    actor: AbstractBaseUser | None,
+    actor_label: str | None = None,
+) -> None:
+    """Remove a member, audited (``membership.removed``).
+
+    Deleting the row also deletes what hangs on it: the member's ballots and electorate entries
+    of closed votes (each closed proposal keeps its counted totals), their interactions, feeds
+    and choices. Refused (:class:`MemberInUse`) while the member is in the electorate of an open
+    proposal (removing them would change a running vote) or authored a proposal (proposals keep
+    their author); refused (:class:`LastAdmin`) for the last admin who can sign in.
+    """
+    community = membership.community
+    community_lock(community=community)
+    # Re-read under the lock: the role may have changed since the caller loaded the row.
+    current = Membership.objects.select_for_update().get(pk=membership.pk)
+    membership_remove_check(membership=current)
+    audit_append(
+        community=community,
+        actor=actor,
+        actor_label=actor_label,
+        action="membership.removed",
+        obj=current,
+        payload={
+            "external_id": current.external_id,
+            "role": current.role,
+            "user_id": current.user_id,
+        },
+    )
+    current.delete()
+
+
+def membership_remove_check(*, membership: Membership) -> None:
+    """Raise what :func:`membership_remove` would refuse with (:class:`LastAdmin`,
+    :class:`MemberInUse`); forms call it to refuse before asking for confirmation."""
+    current = membership
+    if current.role == Membership.Role.ADMIN:
+        membership_last_admin_check(membership=current, doing="remove")
+    if current.proposals.exists():
+        raise MemberInUse(
+            f"{current.external_id} authored proposals, which keep their author; change their "
+            "role instead."
+        )
+    if ElectorateEntry.objects.filter(member=current, proposal__state="open").exists():
+        raise MemberInUse(
+            f"{current.external_id} may vote on an open proposal; removing them would change a "
+            "running vote. Try again when voting has closed."
+        )

@@ -12,6 +12,7 @@ from django.urls import reverse
 
 from governance.models import AuditEntry, Membership, Proposal
 from governance.proposal_services import proposal_close
+from governance.selectors import charter_version_current
 from governance.services import membership_create
 from tests.governance.proposal_helpers import changed_policy, make_voting_community, open_proposal
 
@@ -208,3 +209,55 @@ def test_writes_need_the_csrf_token(plot) -> None:  # type: ignore[no-untyped-de
         headers={"X-CSRFToken": token},
     )
     assert accepted.status_code == 200, accepted.content
+
+
+def test_a_charter_change_is_drafted_and_opened_through_the_api(plot) -> None:  # type: ignore[no-untyped-def]
+    community, _moderator, _members = plot
+    mod = _client("mo")
+    charter = charter_version_current(community=community).document
+    created = _json(
+        mod,
+        "post",
+        _url("api-proposals"),
+        {"title": "Higher quorum", "kind": "charter", "document": {**charter, "quorum": 0.3}},
+    )
+    assert created.status_code == 201, created.content
+    body = created.json()
+    assert (body["kind"], body["base_version"], body["document"]["quorum"]) == ("charter", 1, 0.3)
+    assert body["changes"] == [{"path": "quorum", "kind": "changed", "old": 0.2, "new": 0.3}]
+    opened = mod.post(_url("api-proposal-open", body["id"])).json()
+    assert opened["tally"]["approval_threshold"] == 0.66  # the supermajority, frozen
+    listed = mod.get(_url("api-proposals")).json()["proposals"]
+    assert [(p["kind"], p["state"]) for p in listed] == [("charter", "open")]
+    policy = _json(
+        mod,
+        "post",
+        _url("api-proposals"),
+        {"title": "Policy", "document": changed_policy(community, model={"factors": 8})},
+    )
+    assert policy.json()["kind"] == "policy"  # the default kind
+
+
+def test_an_invalid_charter_is_400_with_the_path_of_each_problem(plot) -> None:  # type: ignore[no-untyped-def]
+    mod = _client("mo")
+    for document, paths in [
+        ({"quorum": 1.5, "voting_period_hours": "soon"}, ["quorum", "voting_period_hours"]),
+        ({"quorom": 0.3}, ["quorom"]),
+        ({"approval_threshold": 0.9}, [""]),
+    ]:
+        response = _json(
+            mod,
+            "post",
+            _url("api-proposals"),
+            {"title": "Bad", "kind": "charter", "document": document},
+        )
+        assert response.status_code == 400
+        body = response.json()
+        assert body["error"] == "invalid"
+        assert sorted(p["path"] for p in body["detail"]["document"]) == paths, body
+    bad_kind = _json(
+        mod, "post", _url("api-proposals"), {"title": "x", "kind": "constitution", "document": {}}
+    )
+    assert bad_kind.status_code == 400
+    assert list(bad_kind.json()["detail"]) == ["kind"]
+    assert not Proposal.objects.exists()

@@ -9,13 +9,16 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
+from governance import audit_chain
 from governance.models import AuditEntry, Community
+from governance.selectors import audit_stored, audit_verify
 from governance.services import membership_create
-from tests.governance.conftest import tamper
+from tests.governance.conftest import tamper, verify_failure
 from tests.governance.test_audit_export import verifier  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.django_db
@@ -83,7 +86,15 @@ def test_the_endpoint_filters_by_action_and_actor(chain: Community) -> None:
 
 @pytest.mark.parametrize(
     "params",
-    [{"limit": 0}, {"limit": 1001}, {"after_seq": -1}, {"after_seq": "x"}, {"action": "a" * 65}],
+    [
+        {"limit": 0},
+        {"limit": 1001},
+        {"limit": ""},
+        {"after_seq": -1},
+        {"after_seq": "x"},
+        {"after_seq": ""},
+        {"action": "a" * 65},
+    ],
 )
 def test_the_endpoint_rejects_bad_parameters_with_400(
     chain: Community, params: dict[str, object]
@@ -157,3 +168,128 @@ def test_the_page_paginates_100_entries_at_a_time(chain: Community) -> None:
 def test_the_governance_nav_links_the_audit_log(chain: Community) -> None:
     body = Client().get(reverse("governance:home", args=["garden"])).content.decode()
     assert reverse("governance:audit", args=["garden"]) in body
+
+
+# --- Incremental verification: the verified head is cached ----------------------------------------
+
+
+def _chain_text(slug: str = "garden") -> str:
+    body = Client().get(reverse("governance:audit", args=[slug])).content.decode()
+    start = body.index('<div class="card" id="chain">')
+    return body[start : body.index("</div>", start)]
+
+
+@pytest.fixture
+def hashes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the entries hashed (one leaf hash per entry checked)."""
+    calls: list[int] = []
+    original = audit_chain.leaf_hash
+
+    def counting(body: dict) -> bytes:  # type: ignore[type-arg]
+        calls.append(body["seq"])
+        return original(body)
+
+    monkeypatch.setattr(audit_chain, "leaf_hash", counting)
+    return calls
+
+
+def _rewrite_from(community: Community, seq: int) -> None:
+    """Change entry ``seq`` and recompute every later hash: a consistent rewrite, as someone with
+    write access to the database (and the triggers off) could do."""
+    entries = list(AuditEntry.objects.filter(community=community, seq__gte=seq).order_by("seq"))
+    prev = AuditEntry.objects.get(community=community, seq=seq - 1).entry_hash
+    for entry in entries:
+        label = "mallory" if entry.seq == seq else entry.actor_label
+        body = {**audit_stored(entry).body, "actor_label": label}
+        new_hash = audit_chain.entry_hash(prev, body)
+        tamper(
+            "UPDATE governance_auditentry SET actor_label = %s, prev_hash = %s, entry_hash = %s "
+            "WHERE id = %s",
+            [label, prev, new_hash, entry.pk],
+        )
+        prev = new_hash
+
+
+def test_a_second_request_hashes_only_the_entries_added_since(
+    chain: Community, hashes: list[int]
+) -> None:
+    assert "12 entries" in _chain_text()
+    assert sorted(hashes) == list(range(1, 13))
+    for n in range(3):
+        membership_create(community=chain, external_id=f"late-{n}", actor=None)
+    hashes.clear()  # appending hashed the new entries too
+    text = _chain_text()
+    assert "Chain verified" in text and "15 entries, head seq 15" in text
+    # The cached head (seq 12) is re-checked, then only 13..15 are hashed.
+    assert sorted(hashes) == [12, 13, 14, 15]
+    hashes.clear()
+    assert _api()["chain"]["count"] == 15  # the API shares the cached head
+    assert hashes == [15]
+
+
+def test_a_tampered_entry_after_the_cached_head_is_reported(chain: Community) -> None:
+    assert "Chain verified" in _chain_text()
+    membership_create(community=chain, external_id="late", actor=None)
+    tamper(
+        "UPDATE governance_auditentry SET payload_json = '{}' WHERE community_id = %s AND seq = 13",
+        [chain.pk],
+    )
+    assert "FAILED</strong> at seq 13: hash mismatch" in _chain_text()
+    assert _api()["chain"]["problem"]["seq"] == 13
+
+
+def test_tampering_with_the_cached_head_entry_is_detected(chain: Community) -> None:
+    assert "head seq 12" in _chain_text()
+    tamper(
+        "UPDATE governance_auditentry SET actor_label = 'mallory' WHERE community_id = %s "
+        "AND seq = 12",
+        [chain.pk],
+    )
+    # The head no longer hashes to its stored hash: the whole chain is verified again.
+    assert "FAILED</strong> at seq 12: hash mismatch" in _chain_text()
+
+
+def test_an_older_entry_tampered_after_verification_shows_at_the_next_full_verification(
+    chain: Community,
+) -> None:
+    """The documented limit: entries before the cached head are not re-read on every request."""
+    assert "Chain verified" in _chain_text()
+    tamper(
+        "UPDATE governance_auditentry SET actor_label = 'mallory' WHERE community_id = %s "
+        "AND seq = 5",
+        [chain.pk],
+    )
+    assert "Chain verified" in _chain_text()  # still the cached head's verdict
+    cache.clear()  # as when the cached head expires (AUDIT_HEAD_CACHE_SECONDS)
+    assert "FAILED</strong> at seq 5: hash mismatch" in _chain_text()
+    assert "seq 5: hash mismatch" in verify_failure("garden")  # manage.py audit_verify: always all
+
+
+def test_a_consistent_rewrite_below_the_cached_head_is_reported(chain: Community) -> None:
+    assert "head seq 12" in _chain_text()
+    _rewrite_from(chain, 7)
+    # On its own the rewritten chain verifies: only a head seen earlier can tell.
+    assert [state.problem for state in audit_verify(community=chain)] == [None]
+    text = _chain_text()
+    assert "FAILED</strong> at seq 12: rewritten" in text
+    body = _api()
+    assert body["chain"]["ok"] is False and body["chain"]["problem"]["kind"] == "rewritten"
+
+
+def test_truncating_the_tail_below_the_cached_head_is_reported(chain: Community) -> None:
+    assert "head seq 12" in _chain_text()
+    tamper("DELETE FROM governance_auditentry WHERE community_id = %s AND seq > 10", [chain.pk])
+    assert [state.problem for state in audit_verify(community=chain)] == [None]
+    text = _chain_text()
+    assert "FAILED</strong> at seq 12: truncated" in text and "no longer stored" in text
+
+
+def test_a_failed_verification_is_not_cached(chain: Community) -> None:
+    tamper(
+        "UPDATE governance_auditentry SET actor_label = 'mallory' WHERE community_id = %s "
+        "AND seq = 3",
+        [chain.pk],
+    )
+    assert "at seq 3" in _chain_text()
+    membership_create(community=chain, external_id="late", actor=None)
+    assert "at seq 3" in _chain_text()
