@@ -1,11 +1,16 @@
 from __future__ import annotations
 
 import json
+import threading
+import time
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.db import connection, transaction
 from django.test import Client
 
+from feeds import ingest, ingest_schemas
 from feeds.models import Creator, Interaction, Item, ItemCreator
 from feeds.services import app_credential_create, feed_run_execute, feed_run_request
 from governance.models import Membership
@@ -231,6 +236,22 @@ def test_a_thousand_events_take_a_fixed_number_of_queries(
     assert response.json()["accepted"] == 1000
 
 
+def test_a_thousand_items_take_a_fixed_number_of_queries(
+    app: App, django_assert_max_num_queries: Any
+) -> None:
+    _catalogue(app)
+    items = [
+        {"id": f"bulk{i}", "title": f"Bulk {i}", "creators": ["c1", "c2"], "tags": ["t"]}
+        for i in range(1000)
+    ]
+    # Constant in the number of items (SQLite splits each INSERT by its parameter limit).
+    with django_assert_max_num_queries(40):
+        assert app.post("items", items).json() == {"created": 1000, "updated": 0}
+    with django_assert_max_num_queries(40):
+        assert app.post("items", items).json() == {"created": 0, "updated": 1000}
+    assert ItemCreator.objects.filter(item__external_id__startswith="bulk").count() == 2000
+
+
 def test_events_sent_over_the_api_shape_the_next_feed(app: App) -> None:
     small_catalogue(app.community)
     _catalogue(app)
@@ -244,3 +265,291 @@ def test_events_sent_over_the_api_shape_the_next_feed(app: App) -> None:
     assert not {"i0", "i1", "i2"} & {e["item"]["external_id"] for e in feed["items"]}
     assert Creator.objects.filter(community=app.community).count() == 7
     assert ItemCreator.objects.filter(item__external_id="i0").count() == 2
+
+
+def test_new_and_already_recorded_events_in_one_batch_are_counted_apart(app: App) -> None:
+    _catalogue(app)
+    first = [
+        {"id": "e1", "member": "m0", "item": "i1", "kind": "like"},
+        {"id": "e2", "member": "m1", "item": "i2", "kind": "view"},
+    ]
+    assert app.post("events", first).json()["accepted"] == 2
+    mixed = [
+        {"id": "e3", "member": "m2", "item": "i3", "kind": "save"},
+        # Same id, different content: still the event already recorded, left as it was.
+        {"id": "e2", "member": "m0", "item": "i5", "kind": "share", "weight": 9},
+        {"id": "e4", "member": "m0", "item": "i4", "kind": "skip"},
+        {"id": "e1", "member": "m0", "item": "i1", "kind": "like"},
+    ]
+    response = app.post("events", mixed)
+    assert response.status_code == 200
+    assert response.json() == {"accepted": 2, "duplicates": 2, "duplicate_ids": ["e1", "e2"]}
+    stored = {
+        key: (member, item, kind, weight)
+        for key, member, item, kind, weight in Interaction.objects.values_list(
+            "idempotency_key", "member__external_id", "item__external_id", "kind", "weight"
+        )
+    }
+    assert stored == {
+        "e1": ("m0", "i1", "like", 3.0),
+        "e2": ("m1", "i2", "view", 1.0),
+        "e3": ("m2", "i3", "save", 4.0),
+        "e4": ("m0", "i4", "skip", 0.0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"occured_at": "2026-01-01T00:00:00Z"}, "occured_at"),  # unknown (misspelt) field
+        ({"weight": "2"}, "weight"),  # a string is not a number
+        ({"weight": True}, "weight"),
+        ({"weight": 101}, "weight"),
+        ({"id": 7}, "id"),  # a number is not an id
+        ({"id": "has space"}, "id"),
+        ({"id": "nul\x00"}, "id"),
+        ({"id": "x" * 256}, "id"),
+        ({"member": None}, "member"),
+        ({"kind": "View"}, "kind"),
+        ({"occurred_at": 1_700_000_000}, "occurred_at"),  # ISO 8601 strings only
+        ({"occurred_at": "yesterday"}, "occurred_at"),
+        ({"occurred_at": "9999-12-31T23:59:59-14:00"}, "occurred_at"),  # past year 9999 in UTC
+    ],
+)
+def test_an_event_of_the_wrong_shape_rejects_the_batch(
+    app: App, change: dict[str, Any], field: str
+) -> None:
+    _catalogue(app)
+    good = {"id": "fine", "member": "m0", "item": "i1", "kind": "like"}
+    response = app.post("events", [good, {**good, "id": "bad", **change}])
+    assert response.status_code == 400
+    body = response.json()
+    assert body["error"] == "invalid"
+    assert [(r["index"], r["field"]) for r in body["rows"]] == [(1, field)]
+    assert body["rows"][0]["message"]
+    assert not Interaction.objects.exists()
+
+
+def test_a_row_that_is_not_an_object_is_named_by_its_index(app: App) -> None:
+    _catalogue(app)
+    response = app.post("events", [{"id": "e", "member": "m0", "item": "i1", "kind": "view"}, 3])
+    assert response.status_code == 400
+    assert [(r["index"], r["field"]) for r in response.json()["rows"]] == [(1, "row")]
+
+
+def test_event_times_are_read_with_their_offset_and_stored_in_utc(app: App) -> None:
+    _catalogue(app)
+    response = app.post(
+        "events",
+        [
+            {
+                "id": "a",
+                "member": "m0",
+                "item": "i1",
+                "kind": "view",
+                "occurred_at": "2026-01-02T03:04:05+02:00",
+            },
+            # No offset: the server's time zone (UTC in settings), as DRF read it.
+            {
+                "id": "b",
+                "member": "m0",
+                "item": "i2",
+                "kind": "view",
+                "occurred_at": "2026-01-02T03:04:05",
+            },
+            {"id": "c", "member": "m0", "item": "i3", "kind": "view", "occurred_at": None},
+        ],
+    )
+    assert response.status_code == 200
+    times = dict(Interaction.objects.values_list("idempotency_key", "occurred_at"))
+    assert times["a"] == datetime(2026, 1, 2, 1, 4, 5, tzinfo=UTC)
+    assert times["b"] == datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+    assert abs(times["c"] - datetime.now(UTC)) < timedelta(minutes=1)
+
+
+def test_an_event_from_the_future_is_rejected(app: App) -> None:
+    _catalogue(app)
+    soon = (datetime.now(UTC) + timedelta(minutes=1)).isoformat()
+    later = (datetime.now(UTC) + timedelta(hours=1)).isoformat()
+    response = app.post(
+        "events",
+        [
+            {"id": "clock-skew", "member": "m0", "item": "i1", "kind": "view", "occurred_at": soon},
+            {"id": "future", "member": "m0", "item": "i1", "kind": "view", "occurred_at": later},
+        ],
+    )
+    assert response.status_code == 400
+    assert response.json()["rows"] == [
+        {"index": 1, "field": "occurred_at", "message": "is in the future"}
+    ]
+    assert not Interaction.objects.exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        ({"url": "not a url"}, "url"),
+        ({"url": "javascript:alert(1)"}, "url"),
+        ({"title": "   "}, "title"),
+        ({"tags": ["ok", ""]}, "tags.1"),
+        ({"tags": ["x"] * 51}, "tags"),
+        ({"creators": []}, "creators"),
+        ({"active": "yes"}, "active"),
+        ({"provenance": "robot"}, "provenance"),
+        ({"published_at": 0}, "published_at"),
+    ],
+)
+def test_an_item_of_the_wrong_shape_rejects_the_batch(
+    app: App, change: dict[str, Any], field: str
+) -> None:
+    _catalogue(app)
+    row = {"id": "new", "title": "New", "creators": ["c1"], **change}
+    response = app.post("items", [row])
+    assert response.status_code == 400
+    assert [(r["index"], r["field"]) for r in response.json()["rows"]] == [(0, field)]
+    assert not Item.objects.filter(external_id="new").exists()
+
+
+def test_item_text_is_trimmed_and_optional_fields_take_their_defaults(app: App) -> None:
+    _catalogue(app)
+    response = app.post(
+        "items",
+        [
+            {"id": "plain", "title": "  Plain  ", "creators": ["c1"]},
+            {
+                "id": "full",
+                "title": "Full",
+                "url": "https://example.org/a",
+                "tags": [" x "],
+                "provenance": "human",
+                "published_at": "2026-03-04T05:06:07Z",
+                "active": False,
+                "creators": ["c2", "c1"],
+            },
+        ],
+    )
+    assert response.json() == {"created": 2, "updated": 0}
+    plain = Item.objects.get(external_id="plain")
+    assert (plain.title, plain.url, plain.tags, plain.provenance, plain.active) == (
+        "Plain",
+        "",
+        [],
+        "unknown",
+        True,
+    )
+    full = Item.objects.get(external_id="full")
+    assert (full.url, full.tags, full.active) == ("https://example.org/a", ["x"], False)
+    assert full.published_at == datetime(2026, 3, 4, 5, 6, 7, tzinfo=UTC)
+
+
+needs_postgresql = pytest.mark.skipif(
+    connection.vendor != "postgresql", reason="concurrent writers need PostgreSQL"
+)
+
+
+def _events(prefix: str, count: int) -> list[dict[str, Any]]:
+    return [
+        {"id": f"{prefix}{i:03d}", "member": f"m{i % 3}", "item": f"i{i % 6}", "kind": "view"}
+        for i in range(count)
+    ]
+
+
+def _waiting_on_a_lock() -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND wait_event_type = 'Lock'"
+        )
+        return bool(cursor.fetchone()[0])
+
+
+@needs_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_a_batch_sent_again_while_the_first_is_uncommitted_is_recorded_once(
+    app: App,
+) -> None:
+    _catalogue(app)
+    events = _events("e", 50)
+    first_written, release = threading.Event(), threading.Event()
+    results: dict[str, Any] = {}
+
+    def first() -> None:
+        try:
+            with transaction.atomic():
+                results["first"] = ingest.events_ingest(
+                    community=app.community, rows=ingest_schemas.events(events)
+                )
+                first_written.set()
+                release.wait(30)
+        finally:
+            connection.close()
+
+    def second() -> None:
+        try:
+            # Blocks on the first transaction's uncommitted rows until it commits.
+            results["second"] = _AppIn(Client(), app).post("events", events)
+        finally:
+            connection.close()
+
+    one = threading.Thread(target=first)
+    one.start()
+    assert first_written.wait(30)
+    two = threading.Thread(target=second)
+    two.start()
+    deadline = time.monotonic() + 30
+    while not _waiting_on_a_lock():
+        assert time.monotonic() < deadline, "the second request never waited for the first"
+        time.sleep(0.02)
+    release.set()
+    one.join(30)
+    two.join(30)
+    assert results["first"].accepted == 50
+    response = results["second"]
+    assert response.status_code == 200
+    assert response.json()["accepted"] == 0
+    assert response.json()["duplicates"] == 50
+    assert Interaction.objects.filter(community=app.community).count() == 50
+
+
+@needs_postgresql
+@pytest.mark.django_db(transaction=True)
+def test_overlapping_batches_sent_at_once_in_opposite_orders_all_succeed(app: App) -> None:
+    _catalogue(app)
+    total = 0
+    for round_ in range(5):
+        events = _events(f"r{round_}-", 300)
+        # Overlap of 200 events; one sender has them in reverse order.
+        batches = [events[:250], list(reversed(events[50:]))]
+        total += len(events)
+        start = threading.Barrier(2)
+        responses: list[Any] = [None, None]
+
+        def send(
+            which: int,
+            batches: list[Any] = batches,
+            start: Any = start,
+            responses: list[Any] = responses,
+        ) -> None:
+            try:
+                start.wait(10)
+                responses[which] = _AppIn(Client(), app).post("events", batches[which])
+            finally:
+                connection.close()
+
+        threads = [threading.Thread(target=send, args=(i,)) for i in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert [r.status_code for r in responses] == [200, 200]
+        bodies = [r.json() for r in responses]
+        assert sum(b["accepted"] for b in bodies) == len(events)
+        assert sum(b["duplicates"] for b in bodies) == 200
+        assert Interaction.objects.filter(community=app.community).count() == total
+
+
+class _AppIn(App):
+    """The same app's credential, with a client of its own (one per thread)."""
+
+    def __init__(self, client: Client, app: App) -> None:
+        self.community, self.token, self.client = app.community, app.token, client
