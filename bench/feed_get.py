@@ -5,15 +5,19 @@ Usage (needs `wrk` from Debian and gunicorn; the community must have computed fe
     DEBUG=true DATABASE_URL=... REDIS_URL=... python bench/feed_get.py SLUG [--connections 32]
 
 Starts gunicorn (config.wsgi through bench.bench_settings) on 127.0.0.1, warms the feed once,
-then runs wrk for the same duration against (1) `GET /api/v1/communities/SLUG/feeds/MEMBER/`
-with a bearer token, served from the Redis fast path after the first request, and (2)
+then runs wrk for the same duration, alternating for ``--rounds`` rounds, against (1)
+`GET /api/v1/communities/SLUG/feeds/MEMBER/` with a bearer token, served from the Redis fast
+path after the first request, and (2)
 `/bench/bare/`, a Django view that returns the same bytes from memory with no authentication, no
-database and no cache. Reports requests/s, p50 and p99 latency, and the ratio.
+database and no cache. Reports requests/s, p50 and p99 latency, the ratio per round and its
+median, and the load average. The server runs with COMMONFEED_APP_RATE lifted (``--rate``):
+every request is still counted against the credential, but none is refused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import subprocess
@@ -54,13 +58,64 @@ def wrk(url: str, *, connections: int, seconds: int, token: str | None) -> dict[
     }
 
 
+def cpu_probe(api_path: str, token: str, *, requests: int, rounds: int) -> None:
+    """CPU seconds per request of the API and the bare view, in this process (run with the
+    server's environment): the WSGI handler called directly, no network, no wrk. CPU time is
+    what a saturated server spends; unlike requests/s it barely moves with other load on the
+    machine. Prints JSON."""
+    import io
+
+    from django.core.handlers.wsgi import WSGIHandler
+
+    handler = WSGIHandler()
+
+    def call(path: str, auth: str | None) -> bytes:
+        environ = {
+            "REQUEST_METHOD": "GET",
+            "PATH_INFO": path,
+            "QUERY_STRING": "",
+            "SERVER_NAME": "127.0.0.1",
+            "SERVER_PORT": "80",
+            "HTTP_HOST": "127.0.0.1",
+            "SERVER_PROTOCOL": "HTTP/1.1",
+            "wsgi.url_scheme": "http",
+            "wsgi.input": io.BytesIO(),
+        }
+        if auth:
+            environ["HTTP_AUTHORIZATION"] = f"Bearer {auth}"
+        status: list[str] = []
+        response = handler(environ, lambda s, h: status.append(s))
+        body = b"".join(response)
+        response.close()  # type: ignore[attr-defined]
+        assert status[0].startswith("200"), status
+        return body
+
+    assert call(api_path, token) == call(api_path, token) == call("/bench/bare/", None)
+    cpu: dict[str, list[float]] = {"api": [], "bare": []}
+    for _ in range(rounds):
+        for name, path, auth in (("api", api_path, token), ("bare", "/bench/bare/", None)):
+            started = time.process_time()
+            for _ in range(requests):
+                call(path, auth)
+            cpu[name].append((time.process_time() - started) / requests * 1e6)
+    print(json.dumps(cpu))
+
+
 def main() -> None:
+    if sys.argv[1:2] == ["--cpu-probe"]:
+        cpu_probe(sys.argv[2], sys.argv[3], requests=int(sys.argv[4]), rounds=int(sys.argv[5]))
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("slug")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3, help="api/bare pairs, alternated")
+    parser.add_argument(
+        "--cpu-requests", type=int, default=2000, help="requests per round of the CPU probe"
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--port", type=int, default=8765)
+    parser.add_argument("--rate", default="100000000/min", help="COMMONFEED_APP_RATE to serve with")
     args = parser.parse_args()
 
     community = Community.objects.get(slug=args.slug)
@@ -78,6 +133,9 @@ def main() -> None:
         "DJANGO_SETTINGS_MODULE": "bench.bench_settings",
         "BENCH_BARE_BODY": str(body_file),
         "ALLOWED_HOSTS": "127.0.0.1",
+        # wrk sends thousands of requests a second from one credential: lift its rate so the
+        # run measures feeds, not 429s. Every request is still counted (the INCR stays).
+        "COMMONFEED_APP_RATE": args.rate,
     }
     # The bare view must return the very bytes the API returns: fetch them with a first server.
     for phase in ("fetch", "measure"):
@@ -111,24 +169,60 @@ def main() -> None:
                 continue
             bare = urllib.request.urlopen(f"{base}/bench/bare/").read()
             assert bare == body, "the bare view must serve the same bytes"
-            results = {}
-            for name, url, auth in (("api", api, token), ("bare", f"{base}/bench/bare/", None)):
-                results[name] = wrk(
-                    url, connections=args.connections, seconds=args.seconds, token=auth
+            # Alternate the two for several rounds: on a shared machine the load drifts, and a
+            # ratio of two runs taken minutes apart would measure the drift.
+            rounds: list[dict[str, dict[str, float]]] = []
+            for _ in range(args.rounds):
+                rounds.append(
+                    {
+                        name: wrk(
+                            url, connections=args.connections, seconds=args.seconds, token=auth
+                        )
+                        for name, url, auth in (
+                            ("api", api, token),
+                            ("bare", f"{base}/bench/bare/", None),
+                        )
+                    }
                 )
         finally:
             server.terminate()
             server.wait()
     print(
         f"{len(body)} bytes per response, {args.connections} connections, "
-        f"{args.workers} gunicorn sync workers, {args.seconds}s each"
+        f"{args.workers} gunicorn sync workers, {args.rounds} rounds of {args.seconds}s each"
     )
-    for name, r in results.items():
-        print(
-            f"{name:5} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms  p99 {r['p99_ms']:.2f} ms"
-            f"  non-2xx {r['non_2xx']:.0f}"
-        )
-    print(f"ratio api/bare: {results['api']['rps'] / results['bare']['rps']:.2f}")
+    for i, results in enumerate(rounds, start=1):
+        for name, r in results.items():
+            print(
+                f"round {i} {name:5} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms"
+                f"  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']:.0f}"
+            )
+        print(f"round {i} ratio api/bare: {results['api']['rps'] / results['bare']['rps']:.2f}")
+    ratios = sorted(r["api"]["rps"] / r["bare"]["rps"] for r in rounds)
+    print(f"median ratio api/bare: {ratios[len(ratios) // 2]:.2f}")
+    probe = subprocess.run(
+        [
+            sys.executable,
+            __file__,
+            "--cpu-probe",
+            api.removeprefix(base),
+            token,
+            str(args.cpu_requests),
+            str(args.rounds),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    cpu = json.loads(probe.stdout.strip().splitlines()[-1])
+    api_cpu, bare_cpu = sorted(cpu["api"])[args.rounds // 2], sorted(cpu["bare"])[args.rounds // 2]
+    print(
+        f"CPU per request in process (median of {args.rounds} rounds of {args.cpu_requests}): "
+        f"api {api_cpu:.0f} us, bare {bare_cpu:.0f} us, ratio bare/api {bare_cpu / api_cpu:.2f}"
+    )
+    print(f"load average (1, 5, 15 min) after the run: {os.getloadavg()}")
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from django.http import Http404
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
+from feeds import feedcache
 from feeds.models import AppCredential
 from governance.models import Community, Membership
 from governance.selectors import membership_of_user
@@ -78,6 +79,9 @@ class AppCredentialAuthentication(authentication.BaseAuthentication):
             credential.secret_sha256, token_digest(token)
         ):
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
+        # Lets the feed's fast path (feeds.fastpath) authenticate this token without the
+        # database until the record expires or the credential is revoked.
+        feedcache.credential_publish(credential)
         return AppPrincipal(credential), credential
 
     def authenticate_header(self, request: Request) -> str:

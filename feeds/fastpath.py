@@ -1,0 +1,190 @@
+"""The feed GET's fast path: a cached page served after one Redis round trip and no SQL.
+
+``MemberFeedApi`` (feeds.apis) stays the endpoint: its schema, its errors, and the database
+path that is the source of truth. ``wrap`` puts a plain function in front of it that answers
+only the common case, in which everything is already cached and valid:
+
+* the bearer token's credential record (``cf:cred:<sha256>``) names this community and the
+  ``feeds:read`` scope;
+* the community's pointer record names the generation it serves (and, with a cursor, the cursor
+  pins that same generation, which therefore cannot have been pruned);
+* the member's page record carries that generation's stamp;
+* the credential is within its rate.
+
+One round trip (``feeds.redis_wire``: MGET of the three records, then INCR and EXPIRE NX of
+the credential's rate counter, pipelined) is all the Redis it needs, and it needs no SQL.
+Anything else (a miss, a revocation marker, a stale stamp, an unusual header or parameter, over
+the rate, Redis down) falls through to the DRF view, which answers from the database exactly as
+before, fills the records, and produces every error body. The request is counted once either
+way: the DRF throttle reuses the fast path's count.
+
+Why not DRF on the hot path: its request wrapping, negotiation, authentication, permission and
+throttle classes cost more per request than everything this module does (see
+docs/benchmarks.md, "Feed GET"). Why not a separate URL: clients, the schema and the tests see
+one endpoint; drf-spectacular documents the wrapped view from its ``cls`` as before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable
+
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
+from django.views.decorators.csrf import csrf_exempt
+
+from feeds import feedcache, redis_wire, throttling
+from feeds.cursors import cursor_decode
+
+# Only canonical values take the fast path; DRF parses (or refuses) anything else.
+_LIMIT = re.compile(r"[1-9][0-9]{0,3}")
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{1,200}")
+_SCOPE = b"feeds:read"
+
+# MGET credential pointer page; INCR counter; EXPIRE counter period NX, in RESP, filled in with
+# one formatting operation (redis_wire.pack builds the same bytes, argument by argument).
+_COMMANDS = (
+    b"*4\r\n$4\r\nMGET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n"
+    b"*2\r\n$4\r\nINCR\r\n$%d\r\n%s\r\n"
+    b"*4\r\n$6\r\nEXPIRE\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n$2\r\nNX\r\n"
+)
+
+View = Callable[..., HttpResponseBase]
+
+
+def wrap(view: View) -> View:
+    """Put the fast path in front of ``view`` (an ``APIView.as_view()`` result)."""
+    # DRF's Allow header, as a request would see the view: Django's setup() adds HEAD to GET.
+    instance = view.cls(**view.initkwargs)  # type: ignore[attr-defined]
+    instance.setup(HttpRequest())
+    allow = ", ".join(instance.allowed_methods)
+
+    def member_feed(request: HttpRequest, slug: str, member_external_id: str) -> HttpResponseBase:
+        if request.method == "GET":
+            response = _serve(request, slug, member_external_id, allow)
+            if response is not None:
+                return response
+        return view(request, slug=slug, member_external_id=member_external_id)
+
+    # drf-spectacular and Django's tooling read the view class from these.
+    for attr in ("cls", "initkwargs", "view_class", "view_initkwargs", "__doc__", "__module__"):
+        if hasattr(view, attr):
+            setattr(member_feed, attr, getattr(view, attr))
+    return csrf_exempt(member_feed)
+
+
+def _params(request: HttpRequest) -> tuple[int | None, int, int | None] | None:
+    """``(pinned run, offset, limit)`` from canonical query parameters, else None."""
+    if not request.META.get("QUERY_STRING"):
+        return None, 0, None
+    query = request.GET
+    limit_raw, cursor = query.get("limit"), query.get("cursor")
+    limit = None
+    if limit_raw is not None:
+        if not _LIMIT.fullmatch(limit_raw) or int(limit_raw) > 1000:
+            return None
+        limit = int(limit_raw)
+    if cursor is None:
+        return None, 0, limit
+    if not _CURSOR.fullmatch(cursor):
+        return None
+    try:
+        run_id, offset = cursor_decode(cursor)
+    except ValueError:
+        return None
+    return run_id, offset, limit
+
+
+def _serve(
+    request: HttpRequest, slug: str, member_external_id: str, allow: str
+) -> HttpResponse | None:
+    store = feedcache.redis_store()
+    if store is None:
+        if not feedcache.available():
+            # Redis failed a moment ago: the DRF throttle should not try it again either.
+            setattr(request, throttling.COUNTED_ATTR, throttling.UNCOUNTED)
+        return None
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    if not header.startswith("Bearer cf_"):
+        return None
+    params = _params(request)
+    if params is None:
+        return None
+    pinned, offset, limit = params
+    token = header[7:]
+    digest = hashlib.sha256(token.encode("latin-1")).hexdigest()
+    client, backend = store
+    make_key = backend.make_key
+    rate, period = throttling.current_rate()
+    credential_key = make_key(feedcache.credential_key(digest)).encode()
+    pointer_key = make_key(feedcache.pointer_key(slug)).encode()
+    page_key = make_key(
+        feedcache.page_key(
+            slug=slug, member=member_external_id, pinned=pinned, offset=offset, limit=limit
+        )
+    ).encode()
+    throttle_key = make_key(throttling.throttle_key(digest)).encode()
+    period_bytes = b"%d" % period
+    commands = _COMMANDS % (
+        len(credential_key),
+        credential_key,
+        len(pointer_key),
+        pointer_key,
+        len(page_key),
+        page_key,
+        len(throttle_key),
+        throttle_key,
+        len(throttle_key),
+        throttle_key,
+        len(period_bytes),
+        period_bytes,
+    )
+    try:
+        (credential, pointer, page), count, _ = redis_wire.call(
+            client.connection_pool, commands, replies=3
+        )
+    except Exception as exc:  # any cache outage degrades to the database
+        feedcache.failed(exc)
+        setattr(request, throttling.COUNTED_ATTR, throttling.UNCOUNTED)
+        return None
+    setattr(request, throttling.COUNTED_ATTR, count)
+    if count > rate or credential is None or pointer is None or page is None:
+        return None
+    return _respond(request, slug, credential, pointer, page, pinned=pinned, allow=allow)
+
+
+def _respond(
+    request: HttpRequest,
+    slug: str,
+    credential: bytes,
+    pointer: bytes,
+    page: bytes,
+    *,
+    pinned: int | None,
+    allow: str,
+) -> HttpResponse | None:
+    identity, _, rest = credential.partition(b"|")
+    credential_slug, _, scopes = rest.partition(b"|")
+    if credential_slug != slug.encode() or _SCOPE not in scopes.split(b" "):
+        return None  # another community's app, a missing scope, a revocation marker
+    pointer_identity, _, generation = pointer.partition(b"|")
+    if pointer_identity != identity:
+        return None
+    if pinned is not None and generation.partition(b".")[0] != str(pinned).encode():
+        return None  # a cursor on an older generation: the database decides 200 or 410
+    head, _, body = page.partition(b"\n")
+    stamp, _, etag_bytes = head.partition(b"|")
+    if stamp != generation or not etag_bytes:
+        return None
+    etag = etag_bytes.decode()
+    if_none_match = request.META.get("HTTP_IF_NONE_MATCH")
+    if if_none_match and etag in [tag.strip() for tag in if_none_match.split(",")]:
+        # What DRF makes of Response(status=304): no body, no Content-Type.
+        response = HttpResponse(status=304, headers={"ETag": etag, "Allow": allow})
+        del response["Content-Type"]
+        return response
+    return HttpResponse(
+        body,
+        content_type="application/json",
+        headers={"ETag": etag, "Cache-Control": "private, no-cache", "Allow": allow},
+    )
