@@ -79,7 +79,8 @@ def ours(slug: str) -> tuple[float, dict[str, object]]:
     community = Community.objects.get(slug=slug)
     started = time.perf_counter()
     run = feed_run_request(community=community)
-    run = feed_run_execute(run_id=run.pk)
+    # Every shard scored here, in this one process (bench/recompute_sharded.py uses workers).
+    run = feed_run_execute(run_id=run.pk, shards_inline=True)
     elapsed = time.perf_counter() - started
     return elapsed, run.stats
 
@@ -112,7 +113,14 @@ def main() -> None:
         "  last run: "
         + ", ".join(
             f"{k} {stats[k]}"
-            for k in ("load_seconds", "compute_seconds", "write_seconds")
+            for k in (
+                "load_seconds",
+                "fit_seconds",
+                "prepare_seconds",
+                "artifact_save_seconds",
+                "score_seconds",
+                "write_seconds",
+            )
             if k in stats
         )
     )

@@ -23,4 +23,10 @@ app.conf.beat_schedule = {
         "task": "feeds.tasks.reconcile_feed_runs",
         "schedule": 60.0,
     },
+    # Recompute communities whose data changed (COMMONFEED_RECOMPUTE_INTERVAL_SECONDS) and
+    # measure finished runs (feeds.runs).
+    "feeds-schedule-feed-runs": {
+        "task": "feeds.tasks.schedule_feed_runs",
+        "schedule": 60.0,
+    },
 }

@@ -260,6 +260,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
     "COMPONENT_SPLIT_REQUEST": True,
+    # Several serializers have a "kind" field with different choices; name this set explicitly.
+    "ENUM_NAME_OVERRIDES": {"ProposalKindEnum": "governance.models.Proposal.Kind"},
 }
 
 # --- Security (production) ------------------------------------------------------------------------
@@ -283,9 +285,40 @@ COMMONFEED_RUN_LEASE_SECONDS = env_int("COMMONFEED_RUN_LEASE_SECONDS", 120, mini
 # A queued run whose message has not been picked up this long is sent again (brokers lose
 # messages: Redis restarts, a flushed queue).
 COMMONFEED_QUEUE_GRACE_SECONDS = env_int("COMMONFEED_QUEUE_GRACE_SECONDS", 300, minimum=1)
+# The beat schedule recomputes a community whose data changed (new interactions, member or
+# creator choices, data deletions) once this long has passed since its newest run was requested.
+COMMONFEED_RECOMPUTE_INTERVAL_SECONDS = env_int(
+    "COMMONFEED_RECOMPUTE_INTERVAL_SECONDS", 3600, minimum=60
+)
+# Feed runs are trained once, then scored in shards of this many members, one Celery task per
+# shard (acks_late), so several workers share a big community. A community with no more members
+# than this is scored by the worker that trained it, in the same task.
+COMMONFEED_SHARD_MEMBERS = env_int("COMMONFEED_SHARD_MEMBERS", 50_000, minimum=1)
+# Members ranked per vectorised batch (bounds a shard's memory). Shards are rounded up to whole
+# multiples of it, which makes a sharded run's feeds bit-identical to an unsharded one's.
+COMMONFEED_SCORE_CHUNK = env_int("COMMONFEED_SCORE_CHUNK", 10_000, minimum=1)
+# Trained models (feed run artifacts) live in the "feedmodels" storage (see STORAGES): local
+# disk under this folder by default; point STORAGES["feedmodels"] at a shared backend (e.g.
+# django-storages' S3Storage) when workers run on several machines.
+COMMONFEED_MODEL_DIR = Path(
+    env_str("COMMONFEED_MODEL_DIR", str(VAR_DIR / "feedmodels")) or str(VAR_DIR / "feedmodels")
+)
+STORAGES["feedmodels"] = {
+    "BACKEND": "django.core.files.storage.FileSystemStorage",
+    "OPTIONS": {"location": str(COMMONFEED_MODEL_DIR)},
+}
+# Fold-in ("fresh between runs"): a member's new events, choice changes and data deletion
+# re-rank that member's served feed within seconds, in a worker, against the served run's model
+# (no retraining). Off: feeds change only when a feed run swaps in.
+COMMONFEED_FOLD_IN = env_bool("COMMONFEED_FOLD_IN", True)
 # Requests one app credential may make to the app API, e.g. "6000/min" (per s, min, hour, day).
 # Counted per credential in the default cache; over it, 429 with Retry-After.
 COMMONFEED_APP_RATE = env_str("COMMONFEED_APP_RATE", "6000/min") or "6000/min"
+# A policy proposal's impact preview (feeds.impact): an offline evaluation of current vs proposed
+# policy on the community's data, reused until it is this old, on at most this many members (a
+# seeded sample beyond that keeps it to seconds).
+COMMONFEED_IMPACT_MAX_AGE_SECONDS = env_int("COMMONFEED_IMPACT_MAX_AGE_SECONDS", 3600, minimum=0)
+COMMONFEED_IMPACT_MAX_MEMBERS = env_int("COMMONFEED_IMPACT_MAX_MEMBERS", 20_000, minimum=100)
 if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", COMMONFEED_APP_RATE):
     raise ImproperlyConfigured(
         f"COMMONFEED_APP_RATE={COMMONFEED_APP_RATE!r} is not a rate like '6000/min'."

@@ -31,6 +31,11 @@ urlpatterns = [
         name="api-creator-choices",
     ),
     path(
+        "communities/<slug:slug>/feed-runs/",
+        apis.FeedRunsApi.as_view(),
+        name="api-feed-runs",
+    ),
+    path(
         "communities/<slug:slug>/apps/",
         apis.AppCredentialsApi.as_view(),
         name="api-app-credentials",

@@ -9,6 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpResponse
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import (
     OpenApiResponse,
     extend_schema,
@@ -24,7 +25,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from feeds import choices, feedcache, ingest
+from feeds import choices, fastpath, feedcache, ingest, ingest_schemas, runs
 from feeds.auth import AppPrincipal, community_for_credential_manager
 from feeds.cursors import cursor_decode, cursor_encode
 from feeds.fields import (
@@ -35,9 +36,17 @@ from feeds.fields import (
     StrictRegexField,
     StrictURLField,
 )
-from feeds.models import AppCredential, Creator, Interaction, Item
-from feeds.selectors import Feed, FeedNotReady, FeedRunGone, feed_run_for_read, member_feed_get
+from feeds.models import AppCredential, Creator, FeedRun, Interaction, Item
+from feeds.selectors import (
+    Feed,
+    FeedNotReady,
+    FeedRunGone,
+    feed_run_for_read,
+    member_feed_get,
+    member_feed_row,
+)
 from feeds.services import AppCredentialInvalid, app_credential_create, app_credential_revoke
+from governance.apis import QueryIntegerField
 from governance.models import Community, Membership
 
 
@@ -181,10 +190,16 @@ class FeedOutput(serializers.Serializer[Feed]):
 
 
 class MemberFeedApi(APIView):
+    """The database path of the feed GET; ``feeds.fastpath`` answers cache hits in front of it."""
+
     permission_classes = [scope_required("feeds:read")]
 
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        return fastpath.wrap(super().as_view(**initkwargs))
+
     class InputSerializer(serializers.Serializer[Any]):
-        limit = serializers.IntegerField(
+        limit = QueryIntegerField(
             min_value=1, max_value=1000, required=False, help_text="Entries per page."
         )
         cursor = serializers.CharField(
@@ -222,30 +237,46 @@ class MemberFeedApi(APIView):
         if member is None:
             raise exceptions.NotFound("No such member in this community.")
         run_id, offset = _cursor_decode(params.validated_data.get("cursor"))
+        # The page revision is read before the feed row: a page rendered from a row that a
+        # fold-in refresh replaces meanwhile is then never cached (feedcache.page_set).
+        guard = feedcache.page_guard(slug=slug, member=member_external_id)
         try:
-            run = feed_run_for_read(community=community, run_id=run_id)
+            run = feed_run_for_read(community=community, run_id=run_id, member=member)
         except FeedNotReady:
             raise Conflict("Feeds for this community have not been computed yet.") from None
         except FeedRunGone:
             raise Gone("This cursor's feed generation has been replaced; start again.") from None
+        if run_id is None:
+            feedcache.pointer_publish(community=community, run=run)
         limit = params.validated_data.get("limit")
-        # A run's stored feeds never change, so (run, member, page) identifies the response.
-        etag = f'"{run.pk}.{run.claim[:8]}.{member.pk}.{offset}.{limit or 0}"'
+
+        def etag_of(revision: int | None) -> str:
+            # A fold-in refresh replaces the member's row (a new id) within the run, so (run,
+            # row, page) identifies the response.
+            return f'"{run.pk}.{run.claim[:8]}.{member.pk}.{revision or 0}.{offset}.{limit or 0}"'
+
+        etag = etag_of(run.member_feed_id)  # type: ignore[attr-defined]  # feed_run_for_read
         if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
             return Response(status=304, headers={"ETag": etag})
-        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
-        key = feedcache.page_key(run=run, member_id=member.pk, offset=offset, limit=limit)
-        body = feedcache.page_get(key)
-        if body is None:
+        key = feedcache.page_key(
+            slug=slug, member=member_external_id, pinned=run_id, offset=offset, limit=limit
+        )
+        cached = feedcache.page_get(key, run=run)
+        if cached is not None and cached[0] == etag:
+            body = cached[1]
+        else:
+            row = member_feed_row(run=run, member=member)
+            etag = etag_of(row.pk if row is not None else None)  # the row this page shows
             feed = member_feed_get(
-                community=community, member=member, run=run, limit=limit, offset=offset
+                community=community, member=member, run=run, limit=limit, offset=offset, row=row
             )
             data = self.OutputSerializer(feed).data
             data["cursor"] = (
                 cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
             )
             body = JSONRenderer().render(data)
-            feedcache.page_set(key, body)
+            feedcache.page_set(key, run=run, etag=etag, body=body, guard=guard)
+        headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         return HttpResponse(body, content_type="application/json", headers=headers)
 
 
@@ -275,33 +306,12 @@ class ExternalIdField(StrictRegexField):
         )
 
 
-def _indexed(errors: Any) -> list[tuple[int, Any]]:
-    """Per-row errors of a ``many=True`` serializer: a list, or (DRF 3.18) a sparse dict."""
-    if isinstance(errors, dict):
-        return sorted((int(k), v) for k, v in errors.items())
-    return [(i, e) for i, e in enumerate(errors) if e]
-
-
-def _flatten(detail: Any, path: str = "") -> list[tuple[str, str]]:
-    """(dotted field path, message) pairs from a DRF error structure."""
-    if isinstance(detail, dict):
-        return [
-            pair
-            for key, value in detail.items()
-            for pair in _flatten(value, f"{path}.{key}" if path else str(key))
-        ]
-    if isinstance(detail, list):
-        if all(not isinstance(d, dict | list) for d in detail):
-            return [(path or "row", " ".join(str(d) for d in detail))]
-        return [pair for i, d in enumerate(detail) for pair in _flatten(d, f"{path}.{i}")]
-    return [(path or "row", str(detail))]
-
-
 class BatchApi(APIView):
     """POST a batch ``{"<key>": [row, ...]}`` of at most 1,000 rows: all written, or none."""
 
     key: str
-    row_serializer: type[serializers.Serializer[Any]]
+    # Checks every row of the batch at once (pydantic); raises ingest.BatchRejected.
+    validate_rows: Callable[[list[Any]], list[dict[str, Any]]]
 
     def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
         raise NotImplementedError
@@ -317,29 +327,38 @@ class BatchApi(APIView):
             )
         if not rows:
             raise exceptions.ValidationError({self.key: "The batch is empty."})
-        serializer = self.row_serializer(data=rows, many=True)
-        if not serializer.is_valid():
-            raise ingest.BatchRejected(
-                [
-                    ingest.RowError(int(index), field, message)
-                    for index, row_errors in _indexed(serializer.errors)
-                    for field, message in _flatten(row_errors)
-                ]
-            )
-        return Response(self.service(community=community, rows=serializer.validated_data))
+        return Response(self.service(community=community, rows=self.validate_rows(rows)))
 
 
-class MemberRow(serializers.Serializer[Any]):
+# A batch row as the OpenAPI schema documents it. Only the schema: ``feeds.ingest_schemas``
+# validates the rows, by the same rules (tests/feeds/test_ingest_schemas.py compares the two).
+class RowSerializer(serializers.Serializer[Any]):
+    pass
+
+
+class ClosedRowSchema(OpenApiSerializerExtension):  # type: ignore[misc]
+    """Rows accept no fields beyond those listed (``extra="forbid"`` in ingest_schemas)."""
+
+    target_class = RowSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> dict[str, Any]:
+        schema: dict[str, Any] = auto_schema._map_basic_serializer(self.target, direction)
+        schema["additionalProperties"] = False
+        return schema
+
+
+class MemberRow(RowSerializer):
     id = ExternalIdField(help_text="The app's id for the member.")
     display_name = StrictCharField(max_length=200, required=False, allow_blank=True)
 
 
-class CreatorRow(serializers.Serializer[Any]):
+class CreatorRow(RowSerializer):
     id = ExternalIdField(help_text="The app's id for the creator.")
     name = StrictCharField(max_length=200)
 
 
-class ItemRow(serializers.Serializer[Any]):
+class ItemRow(RowSerializer):
     id = ExternalIdField(help_text="The app's id for the item.")
     title = StrictCharField(max_length=500)
     url = StrictURLField(max_length=2000, required=False, allow_blank=True)
@@ -361,7 +380,7 @@ class ItemRow(serializers.Serializer[Any]):
     )
 
 
-class EventRow(serializers.Serializer[Any]):
+class EventRow(RowSerializer):
     id = ExternalIdField(help_text="The app's unique id for this event (idempotency key).")
     member = ExternalIdField()
     item = ExternalIdField()
@@ -374,11 +393,6 @@ class EventRow(serializers.Serializer[Any]):
         help_text="Defaults by kind: view 1, like 3, save 4, share 5, skip 0; required for rating.",
     )
     occurred_at = StrictDateTimeField(required=False, allow_null=True)
-
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        if attrs["kind"] == "rating" and attrs.get("weight") is None:
-            raise serializers.ValidationError({"weight": "A rating needs a weight."})
-        return attrs
 
 
 class UpsertOutput(serializers.Serializer[Any]):
@@ -437,13 +451,15 @@ def _batch_api(
     row: type[serializers.Serializer[Any]],
     output: type[serializers.Serializer[Any]],
     scope: str,
+    validate: Callable[[list[Any]], list[dict[str, Any]]],
     write: Callable[..., Any],
 ) -> type[BatchApi]:
-    """A batch endpoint: ``write(community=..., rows=...)`` returns a result dataclass."""
+    """A batch endpoint: ``validate(rows)`` checks the rows (``row`` documents them), then
+    ``write(community=..., rows=...)`` returns a result dataclass."""
 
     class Api(BatchApi):
         permission_classes = [scope_required(scope)]
-        row_serializer = row
+        validate_rows = staticmethod(validate)
 
         def service(self, *, community: Community, rows: list[dict[str, Any]]) -> dict[str, Any]:
             return asdict(write(community=community, rows=rows))
@@ -453,12 +469,28 @@ def _batch_api(
     return _batch_schema(key, row, output, scope)(Api)  # type: ignore[no-any-return]
 
 
-MembersApi = _batch_api("members", MemberRow, UpsertOutput, "events:write", ingest.members_upsert)
-CreatorsApi = _batch_api(
-    "creators", CreatorRow, UpsertOutput, "catalogue:write", ingest.creators_upsert
+MembersApi = _batch_api(
+    "members",
+    MemberRow,
+    UpsertOutput,
+    "events:write",
+    ingest_schemas.members,
+    ingest.members_upsert,
 )
-ItemsApi = _batch_api("items", ItemRow, UpsertOutput, "catalogue:write", ingest.items_upsert)
-EventsApi = _batch_api("events", EventRow, EventsOutput, "events:write", ingest.events_ingest)
+CreatorsApi = _batch_api(
+    "creators",
+    CreatorRow,
+    UpsertOutput,
+    "catalogue:write",
+    ingest_schemas.creators,
+    ingest.creators_upsert,
+)
+ItemsApi = _batch_api(
+    "items", ItemRow, UpsertOutput, "catalogue:write", ingest_schemas.items, ingest.items_upsert
+)
+EventsApi = _batch_api(
+    "events", EventRow, EventsOutput, "events:write", ingest_schemas.events, ingest.events_ingest
+)
 
 
 # --- Member and creator choices ------------------------------------------------------------------
@@ -503,7 +535,10 @@ class MemberChoicesApi(APIView):
         request=MemberChoicesIO,
         responses={200: MemberChoicesIO, **ERROR_RESPONSES},
         summary="Change member choices",
-        description="Fields left out stay as they are. Takes effect at the next feed run.",
+        description=(
+            "Fields left out stay as they are. The member's served feed follows within seconds "
+            "(fold-in, unless COMMONFEED_FOLD_IN is off); every feed run applies them too."
+        ),
     )
     def put(self, request: Request, slug: str, member_external_id: str) -> Response:
         member = _member_for_app(request, slug, member_external_id)
@@ -645,3 +680,76 @@ class AppCredentialRevokeApi(SessionApi):
         app_credential_revoke(credential=credential, actor=request.user)
         credential.refresh_from_db()
         return Response(AppCredentialOutput(credential).data)
+
+
+class FeedRunOutput(serializers.Serializer[Any]):
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=FeedRun.Status.choices)
+    policy_version = serializers.IntegerField(source="policy_version.number")
+    policy_sha256 = serializers.CharField()
+    requested_at = serializers.DateTimeField()
+    started_at = serializers.DateTimeField(allow_null=True)
+    finished_at = serializers.DateTimeField(allow_null=True)
+    attempts = serializers.IntegerField()
+    shards_done = serializers.IntegerField()
+    shards_total = serializers.IntegerField()
+    members = serializers.IntegerField(
+        source="stats.members", allow_null=True, default=None, help_text="Feeds computed."
+    )
+    watermark = serializers.IntegerField(
+        allow_null=True, help_text="Highest interaction id the model was trained on."
+    )
+    stats = serializers.DictField(help_text="Timings (seconds) and sizes of the run's steps.")
+    error = serializers.CharField(help_text="Why the run failed; empty otherwise.")
+    metrics = serializers.DictField(
+        allow_null=True,
+        help_text=(
+            "Two-sided metrics of a finished run's feeds, null until measured: status (done, "
+            "unavailable or failed); when done, consumers (diversity_tags, novelty_bits, "
+            "avg_popularity, miscalibration_kl) and producers (item_gini, creator_gini, "
+            "item_coverage, creator_coverage, long_tail_creator_share, new_creator_share, "
+            "ai_generated_share); values null where undefined. See docs/pipeline.md."
+        ),
+    )
+
+
+class FeedRunRequestedOutput(serializers.Serializer[Any]):
+    created = serializers.BooleanField(
+        help_text="False: a run was already queued or in progress; that run is returned."
+    )
+    run = FeedRunOutput()
+
+
+class FeedRunsApi(SessionApi):
+    @extend_schema(
+        responses={200: FeedRunOutput(many=True), **SESSION_ERROR_RESPONSES},
+        summary="List a community's recent feed runs",
+        description=(
+            "The 20 newest runs, newest first, with their two-sided metrics. For the "
+            "community's moderators and admins, signed in (session cookie)."
+        ),
+    )
+    def get(self, request: Request, slug: str) -> Response:
+        community = runs.community_for_run_manager(slug=slug, user=request.user)
+        return Response(FeedRunOutput(runs.feed_runs_recent(community=community), many=True).data)
+
+    @extend_schema(
+        request=None,
+        responses={
+            201: FeedRunRequestedOutput,
+            200: OpenApiResponse(
+                FeedRunRequestedOutput, description="A run was already queued or in progress."
+            ),
+            **SESSION_ERROR_RESPONSES,
+        },
+        summary="Recompute the community's feeds now",
+        description=(
+            "Queues a run under the current policy (audited as feed_run.requested) unless one "
+            "is queued or in progress, which is returned instead. Moderators and admins."
+        ),
+    )
+    def post(self, request: Request, slug: str) -> Response:
+        community = runs.community_for_run_manager(slug=slug, user=request.user)
+        requested = runs.feed_run_request_on_demand(community=community, actor=request.user)
+        body = {"created": requested.created, "run": FeedRunOutput(requested.run).data}
+        return Response(body, status=201 if requested.created else 200)

@@ -47,6 +47,17 @@ def member_choices_as_dict(choices: MemberChoices) -> dict[str, Any]:
     }
 
 
+def _refresh_after_commit(member: Membership) -> None:
+    # The member's served feed follows their choices and deletions within seconds (fold-in),
+    # not only from the next feed run.
+    from feeds.services import member_feeds_refresh_request
+
+    community_id, member_id = member.community_id, member.pk
+    transaction.on_commit(
+        lambda: member_feeds_refresh_request(community_id=community_id, member_ids=[member_id])
+    )
+
+
 @transaction.atomic
 def member_choices_set(
     *,
@@ -77,6 +88,7 @@ def member_choices_set(
         if missing:
             raise UnknownCreators(missing)
         choices.muted_creators.set(found.values())
+    _refresh_after_commit(member)
     audit_append(
         community=member.community,
         actor=actor,
@@ -94,6 +106,7 @@ def member_data_delete(*, member: Membership, actor: AbstractBaseUser | None) ->
     Returns how many were deleted. The audit entry records the request and the count only.
     """
     deleted, _ = Interaction.objects.filter(member=member).delete()
+    _refresh_after_commit(member)
     audit_append(
         community=member.community,
         actor=actor,
@@ -131,13 +144,20 @@ class RankingChoices:
 
 
 def ranking_choices_load(
-    *, community: Community, item_tags: dict[int, list[str]]
+    *,
+    community: Community,
+    item_tags: dict[int, list[str]],
+    members: Sequence[int] | None = None,
 ) -> RankingChoices:
     """Read all members' and creators' choices of the community in a few bulk queries.
 
     ``item_tags`` maps each active item id to its tags (already loaded by the caller).
+    ``members``: only these members' choices (a fold-in refresh); creators' opt-outs are
+    always the whole community's.
     """
     choices = MemberChoices.objects.filter(member__community=community)
+    if members is not None:
+        choices = choices.filter(member_id__in=members)
     no_personalisation = list(choices.filter(personalise=False).values_list("member_id", flat=True))
     no_training = list(choices.filter(train_on_my_data=False).values_list("member_id", flat=True))
     opted_out_items = (
@@ -152,11 +172,13 @@ def ranking_choices_load(
     muted = MemberChoices.muted_creators.through.objects.filter(
         memberchoices__member__community=community
     ).values_list("memberchoices_id", "creator_id")
+    credits = ItemCreator.objects.filter(creator__community=community)
+    if members is not None:
+        muted = muted.filter(memberchoices_id__in=members)
+        credits = credits.filter(creator_id__in=muted.values("creator_id"))
     items_by_creator: dict[int, list[int]] = {}
     if muted.exists():
-        for item_id, creator_id in ItemCreator.objects.filter(
-            creator__community=community
-        ).values_list("item_id", "creator_id"):
+        for item_id, creator_id in credits.values_list("item_id", "creator_id"):
             items_by_creator.setdefault(creator_id, []).append(item_id)
     for member_id, creator_id in muted:
         items = items_by_creator.get(creator_id, [])

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.core.validators import RegexValidator
 from django.db import models
-from django.db.models import Q
+from django.db.models import F, Q
 
 from governance.models import Community, Membership, PolicyVersion, external_id_validator
 
@@ -148,6 +148,8 @@ class FeedRun(models.Model):
     class Status(models.TextChoices):
         QUEUED = "queued", "Queued"
         RUNNING = "running", "Running"
+        # Trained; its shards are being scored (FeedRunShard). No worker holds the run itself.
+        SCORING = "scoring", "Scoring"
         FINISHED = "finished", "Finished"
         FAILED = "failed", "Failed"
 
@@ -174,19 +176,80 @@ class FeedRun(models.Model):
     # who are not members or have no feed of their own: item primary keys and scores.
     fallback_item_ids = models.JSONField(default=list, blank=True)
     fallback_scores = models.JSONField(default=list, blank=True)
+    # The trained model and everything scoring needs (feeds.artifacts), in the "feedmodels"
+    # storage; written once per run by the worker that trained it.
+    artifact = models.CharField(max_length=500, blank=True)
+    # Shard completion, counted here (not in the broker): the transaction that takes
+    # shards_done to shards_total swaps the run in.
+    shards_total = models.PositiveIntegerField(default=0)
+    shards_done = models.PositiveIntegerField(default=0)
+    # What the finished run's feeds do for members and creators (feeds.runs), computed by a
+    # worker after the swap; null until then. ``metrics_claimed_at`` is that worker's claim.
+    metrics = models.JSONField(null=True, blank=True)
+    metrics_claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
 
     class Meta:
         ordering = ["-id"]
         constraints = [
             models.CheckConstraint(
-                condition=Q(status__in=["queued", "running", "finished", "failed"]),
+                condition=Q(status__in=["queued", "running", "scoring", "finished", "failed"]),
                 name="feedrun_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(shards_done__lte=F("shards_total")), name="feedrun_shards_done_le_total"
             ),
         ]
         indexes = [models.Index(fields=["community", "status"], name="feedrun_community_status")]
 
     def __str__(self) -> str:
         return f"run {self.pk} of {self.community_id} ({self.status})"
+
+
+class FeedRunShard(models.Model):
+    """A slice of a run's members, scored by one task from the run's artifact.
+
+    ``start``/``stop`` are positions in the artifact's member list (members in ascending id);
+    ``member_lo``/``member_hi`` are the first and last member id of the slice, so a shard's feed
+    rows are one id range. Claimed, leased and heartbeaten like a run.
+    """
+
+    class Status(models.TextChoices):
+        QUEUED = "queued", "Queued"
+        RUNNING = "running", "Running"
+        FINISHED = "finished", "Finished"
+        FAILED = "failed", "Failed"
+
+    run = models.ForeignKey(FeedRun, on_delete=models.CASCADE, related_name="shards")
+    index = models.PositiveIntegerField()
+    start = models.PositiveIntegerField()
+    stop = models.PositiveIntegerField()
+    member_lo = models.BigIntegerField()
+    member_hi = models.BigIntegerField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED)
+    claim = models.CharField(max_length=32, blank=True, editable=False)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    queued_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    stats = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["run", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["run", "index"], name="feedrunshard_unique_index"),
+            models.CheckConstraint(
+                condition=Q(status__in=["queued", "running", "finished", "failed"]),
+                name="feedrunshard_status_valid",
+            ),
+            models.CheckConstraint(
+                condition=Q(start__lt=F("stop")) & Q(member_lo__lte=F("member_hi")),
+                name="feedrunshard_bounds",
+            ),
+        ]
+        indexes = [models.Index(fields=["status", "heartbeat_at"], name="feedrunshard_status_beat")]
+
+    def __str__(self) -> str:
+        return f"shard {self.index} of run {self.run_id} ({self.status})"
 
 
 class MemberFeed(models.Model):
@@ -303,3 +366,57 @@ class MemberChoices(models.Model):
 
     def __str__(self) -> str:
         return f"choices of {self.member_id}"
+
+
+class PolicyImpact(models.Model):
+    """What adopting policy B instead of A would do on the community's own data (both sides).
+
+    An offline evaluation (``ranking.evaluation.compare``), computed by a worker for a proposal
+    page before the vote and kept so every visitor sees the same figures. Keyed by the two
+    policies' hashes: the same comparison is reused until it is older than
+    ``COMMONFEED_IMPACT_MAX_AGE_SECONDS`` (the data moves on).
+    """
+
+    class Status(models.TextChoices):
+        COMPUTING = "computing", "Computing"
+        DONE = "done", "Done"
+        FAILED = "failed", "Failed"
+
+    community = models.ForeignKey(Community, on_delete=models.CASCADE, related_name="impacts")
+    policy_a_sha256 = models.CharField(max_length=64)
+    policy_b_sha256 = models.CharField(max_length=64)
+    policy_a = models.JSONField(help_text="The baseline policy document (the current version).")
+    policy_b = models.JSONField(help_text="The proposed policy document.")
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.COMPUTING)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    watermark = models.BigIntegerField(
+        null=True, blank=True, help_text="Highest interaction id the evaluation read."
+    )
+    report = models.JSONField(default=dict, blank=True)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-id"]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["computing", "done", "failed"]),
+                name="policyimpact_status_valid",
+            ),
+            # At most one computation in flight per comparison: a page viewed by many at once
+            # starts one worker task, not one per visitor.
+            models.UniqueConstraint(
+                fields=["community", "policy_a_sha256", "policy_b_sha256"],
+                condition=Q(status="computing"),
+                name="policyimpact_one_computing",
+            ),
+        ]
+        indexes = [
+            models.Index(
+                fields=["community", "policy_a_sha256", "policy_b_sha256", "-id"],
+                name="policyimpact_lookup",
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"impact {self.pk} ({self.status})"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from django.db.models import Prefetch
+from django.db.models import OuterRef, Prefetch, Subquery
 
 from feeds.models import FeedPointer, FeedRun, Item, ItemCreator, MemberFeed
 from governance.models import Community, Membership
@@ -65,31 +65,39 @@ _RUN_READ_FIELDS = (
 )
 
 
-def feed_run_for_read(*, community: Community, run_id: int | None = None) -> FeedRun:
+def feed_run_for_read(
+    *, community: Community, run_id: int | None = None, member: Membership | None = None
+) -> FeedRun:
     """The run to read feeds from: the one the community serves now, or a pinned one.
 
     A pinned run (from a pagination cursor) keeps being served after a swap, so a client paging
     through a feed never sees a mix of two generations, until its feeds are pruned.
+
+    With ``member``, the run carries ``member_feed_id`` too, read in the same query: the id of
+    the member's feed row in it (None without one), i.e. the feed's revision (member_feed_row).
     """
-    if run_id is None:
-        run = (
-            FeedRun.objects.filter(pointed_by__community=community)
-            .select_related("policy_version")
-            .only(*_RUN_READ_FIELDS)
-            .first()
+    runs = FeedRun.objects.select_related("policy_version").only(*_RUN_READ_FIELDS)
+    if member is not None:
+        runs = runs.annotate(
+            member_feed_id=Subquery(
+                MemberFeed.objects.filter(run=OuterRef("pk"), member=member).values("pk")[:1]
+            )
         )
+    if run_id is None:
+        run = runs.filter(pointed_by__community=community).first()
         if run is None:
             raise FeedNotReady(community.slug)
         return run
-    run = (
-        FeedRun.objects.filter(pk=run_id, community=community, status=FeedRun.Status.FINISHED)
-        .select_related("policy_version")
-        .only(*_RUN_READ_FIELDS)
-        .first()
-    )
+    run = runs.filter(pk=run_id, community=community, status=FeedRun.Status.FINISHED).first()
     if run is None or not MemberFeed.objects.filter(run=run).exists():
         raise FeedRunGone(run_id)
     return run
+
+
+def member_feed_row(*, run: FeedRun, member: Membership) -> MemberFeed | None:
+    """The member's stored feed row in ``run``. A fold-in refresh replaces the row, so its id
+    is also the feed's revision within the run (ETags name it)."""
+    return MemberFeed.objects.filter(run=run, member=member).first()
 
 
 def member_feed_get(
@@ -99,12 +107,15 @@ def member_feed_get(
     run: FeedRun,
     limit: int | None = None,
     offset: int = 0,
+    row: MemberFeed | None = None,
 ) -> Feed:
     """The member's feed in ``run``, entries ``offset`` to ``offset + limit``.
 
-    Three queries whatever the feed length: the feed row, its items, their credits.
+    Three queries whatever the feed length: the feed row (unless ``row`` is given, from
+    :func:`member_feed_row`), its items, their credits.
     """
-    row = MemberFeed.objects.filter(run=run, member=member).first()
+    if row is None:
+        row = member_feed_row(run=run, member=member)
     if row is None:
         # A member who joined after the run: an empty feed until the next run.
         return Feed(community=community, member=member, run=run)

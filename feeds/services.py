@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import logging
 import secrets
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import timedelta
 
 import numpy as np
@@ -16,22 +19,26 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
+from feeds import feedcache
+from feeds.artifacts import artifact_load, artifact_save, artifacts_prune
 from feeds.auth import token_digest, token_generate
 from feeds.choices import RankingChoices, ranking_choices_load
 from feeds.models import (
     AppCredential,
     FeedPointer,
     FeedRun,
+    FeedRunShard,
     Interaction,
     Item,
     ItemCreator,
+    MemberChoices,
     MemberFeed,
 )
-from governance.models import Community, Membership, PolicyVersion
+from governance.models import AuditEntry, Community, Membership, PolicyVersion
 from governance.selectors import policy_of, policy_version_current
 from governance.services import audit_append
 from ranking.effects import ItemAttributes
-from ranking.feeds import FeedBatch, compute_feeds
+from ranking.feeds import FeedBatch, PreparedFeeds, prepare_feeds, refresh_feeds, score_feeds
 from ranking.policy import PROVENANCE_CLASSES, Exclude, Policy
 
 logger = logging.getLogger(__name__)
@@ -57,7 +64,9 @@ def feed_run_request(*, community: Community, queue: str | None = None) -> FeedR
         run = FeedRun.objects.create(
             community=community, policy_version=version, policy_sha256=version.sha256
         )
-        transaction.on_commit(lambda: recompute_community_feeds.apply_async((run.pk,), queue=queue))
+        transaction.on_commit(
+            lambda: recompute_community_feeds.apply_async((run.pk, queue), queue=queue)
+        )
     return run
 
 
@@ -91,27 +100,30 @@ def _claim(run_id: int) -> str | None:
 
 
 class _Heartbeat:
-    """Renew the run's claim from a background thread while the worker computes.
+    """Renew a run's or a shard's claim from a background thread while the worker computes.
 
     The thread has its own database connection (closed when it stops). If the claim is gone
     (another worker took over), ``lost`` is set and the run must not be swapped in.
     """
 
-    def __init__(self, run_id: int, token: str) -> None:
-        self.run_id, self.token = run_id, token
+    def __init__(self, model: type[FeedRun] | type[FeedRunShard], pk: int, token: str) -> None:
+        self.model, self.pk, self.token = model, pk, token
         self.lost = False
         # Inside an enclosing transaction (a test, an eager call) the run's rows are invisible
         # to another connection; nothing else can take the run over then, so no beat is needed.
         self.enabled = not connection.in_atomic_block
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{run_id}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._beat, name=f"heartbeat-{model.__name__}-{pk}", daemon=True
+        )
 
     def _beat(self) -> None:
         interval = settings.COMMONFEED_RUN_LEASE_SECONDS / 4
         try:
             while not self._stop.wait(interval):
-                renewed = FeedRun.objects.filter(
-                    pk=self.run_id, claim=self.token, status=FeedRun.Status.RUNNING
+                # Both models spell their running state "running".
+                renewed = self.model._default_manager.filter(
+                    pk=self.pk, claim=self.token, status=FeedRun.Status.RUNNING
                 ).update(heartbeat_at=timezone.now())
                 if not renewed:
                     self.lost = True
@@ -143,12 +155,18 @@ class _TrainingData:
 def _load_training_data(community: Community) -> _TrainingData:
     """Read the community's interactions, members and active items as arrays, in bulk."""
     watermark = Interaction.objects.filter(community=community).aggregate(m=Max("id"))["m"] or 0
-    rows = Interaction.objects.filter(community=community, id__lte=watermark).values_list(
-        "member_id", "item_id", "weight"
-    )
-    data = np.array(list(rows.iterator(chunk_size=50_000)), dtype=np.float64).reshape(-1, 3)
+    if connection.vendor == "postgresql":
+        member_ids, item_ids, weights = _interactions_copy(community.pk, watermark)
+    else:
+        rows = Interaction.objects.filter(community=community, id__lte=watermark).values_list(
+            "member_id", "item_id", "weight"
+        )
+        data = np.array(list(rows.iterator(chunk_size=50_000)), dtype=np.float64).reshape(-1, 3)
+        member_ids, item_ids = data[:, 0].astype(np.int64), data[:, 1].astype(np.int64)
+        weights = data[:, 2].astype(np.float32)
     feed_members = np.fromiter(
-        Membership.objects.filter(community=community).values_list("id", flat=True),
+        # Ascending ids: each shard's members are then one id range (FeedRunShard).
+        Membership.objects.filter(community=community).order_by("id").values_list("id", flat=True),
         dtype=np.int64,
     )
     candidate_items = np.fromiter(
@@ -156,12 +174,56 @@ def _load_training_data(community: Community) -> _TrainingData:
         dtype=np.int64,
     )
     return _TrainingData(
-        member_ids=data[:, 0].astype(np.int64),
-        item_ids=data[:, 1].astype(np.int64),
-        weights=data[:, 2].astype(np.float32),
+        member_ids=member_ids,
+        item_ids=item_ids,
+        weights=weights,
         feed_members=feed_members,
         candidate_items=candidate_items,
         watermark=watermark,
+    )
+
+
+# One row of PostgreSQL's binary COPY of (bigint, bigint, float8): a field count, then each
+# field's length and big-endian value.
+_COPY_ROW = np.dtype(
+    [
+        ("fields", ">i2"),
+        ("member_length", ">i4"),
+        ("member", ">i8"),
+        ("item_length", ">i4"),
+        ("item", ">i8"),
+        ("weight_length", ">i4"),
+        ("weight", ">f8"),
+    ]
+)
+_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
+
+
+def _interactions_copy(
+    community_id: int, watermark: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PostgreSQL: the interactions as arrays through one binary COPY (no row objects)."""
+    table = Interaction._meta.db_table
+    query = (
+        f"COPY (SELECT member_id::bigint, item_id::bigint, weight::float8 FROM {table} "
+        f"WHERE community_id = {int(community_id)} AND id <= {int(watermark)}) "
+        "TO STDOUT (FORMAT binary)"
+    )
+    buffer = bytearray()
+    connection.ensure_connection()
+    with connection.connection.cursor() as cursor, cursor.copy(query) as copy:
+        for block in copy:
+            buffer += block
+    # Header: signature, flags (int32), extension length (int32, 0 here); trailer: int16 -1.
+    if bytes(buffer[:11]) != _COPY_SIGNATURE or bytes(buffer[15:19]) != b"\x00\x00\x00\x00":
+        raise RuntimeError("unexpected header in PostgreSQL's binary COPY output")
+    rows = np.frombuffer(memoryview(buffer)[19 : len(buffer) - 2], dtype=_COPY_ROW)
+    if rows.size and not (rows["fields"] == 3).all():
+        raise RuntimeError("unexpected row in PostgreSQL's binary COPY output")
+    return (
+        rows["member"].astype(np.int64),
+        rows["item"].astype(np.int64),
+        rows["weight"].astype(np.float32),
     )
 
 
@@ -212,11 +274,17 @@ def _audit_run(run: FeedRun, action: str, payload: dict[str, object]) -> None:
     )
 
 
-def feed_run_execute(*, run_id: int) -> FeedRun:
-    """Compute every member's feed for the run and swap the community over to it.
+def feed_run_execute(
+    *, run_id: int, queue: str | None = None, shards_inline: bool = False
+) -> FeedRun:
+    """Train the run's model, then have its shards scored; the last shard swaps the run in.
 
-    Safe to call twice or after a crash: the claim lets one caller in; feed rows are keyed by
-    (run, member) so a re-run after a partial write replaces them; the swap only moves forward.
+    Safe to call twice or after a crash: the claim lets one caller in (a run whose worker died
+    is taken over once its lease expires). After training, the run is ``scoring`` and nobody
+    holds it: each :class:`FeedRunShard` is claimed on its own. A run with a single shard (at
+    most ``COMMONFEED_SHARD_MEMBERS`` members), or any run with ``shards_inline``, is scored
+    right here, shard by shard, through the same code as the shard tasks; otherwise one
+    ``score_feed_shard`` task per shard is sent to ``queue`` once the shards are committed.
     """
     token = _claim(run_id)
     if token is None:
@@ -226,33 +294,37 @@ def feed_run_execute(*, run_id: int) -> FeedRun:
     with transaction.atomic():
         _audit_run(run, "feed_run.started", {"attempt": run.attempts})
     try:
-        with _Heartbeat(run_id, token) as heartbeat:
-            _compute_and_swap(run, token, heartbeat)
+        with _Heartbeat(FeedRun, run_id, token) as heartbeat:
+            prepared, shards = _train(run, token, heartbeat)
+        inline = shards_inline or len(shards) == 1
+        if not inline:
+            from feeds.tasks import score_feed_shard
+
+            for shard_id in shards:
+                score_feed_shard.apply_async((shard_id,), queue=queue)
     except LostClaim:
         logger.warning("feed run %s: lost the claim to another worker; stopping", run_id)
         return FeedRun.objects.get(pk=run_id)
     except Exception as exc:
         logger.exception("feed run %s failed", run_id)
-        with transaction.atomic():
-            failed = FeedRun.objects.filter(pk=run_id, claim=token).update(
-                status=FeedRun.Status.FAILED, finished_at=timezone.now(), error=repr(exc)[:2000]
-            )
-            if failed:
-                _audit_run(run, "feed_run.finished", {"status": "failed", "error": repr(exc)[:500]})
+        _fail_run(run, repr(exc), claim=token)
         raise
-    feed_runs_prune(community=run.community)
+    if inline:
+        for shard_id in shards:
+            feed_run_shard_execute(shard_id=shard_id, prepared=prepared)
     run.refresh_from_db()
     return run
 
 
-def _compute_and_swap(run: FeedRun, token: str, heartbeat: _Heartbeat) -> None:
+def _train(run: FeedRun, token: str, heartbeat: _Heartbeat) -> tuple[PreparedFeeds, list[int]]:
+    """Load, fit, store the artifact, and hand the run over to its shards (one transaction)."""
     started = time.perf_counter()
     data = _load_training_data(run.community)
     policy = policy_of(run.policy_version)
     attributes, item_tags = _load_item_attributes(run.community)
     choices = ranking_choices_load(community=run.community, item_tags=item_tags)
     loaded = time.perf_counter()
-    batch = compute_feeds(
+    prepared = prepare_feeds(
         member_ids=data.member_ids,
         item_ids=data.item_ids,
         weights=data.weights,
@@ -266,8 +338,6 @@ def _compute_and_swap(run: FeedRun, token: str, heartbeat: _Heartbeat) -> None:
         no_personalisation_members=choices.no_personalisation_members,
         no_training_members=choices.no_training_members,
     )
-    computed = time.perf_counter()
-    _write_member_feeds(run, batch)
     fallback_ids, fallback_scores = _community_popular(
         data,
         settings.COMMONFEED_FEED_LENGTH,
@@ -275,44 +345,272 @@ def _compute_and_swap(run: FeedRun, token: str, heartbeat: _Heartbeat) -> None:
         attributes=attributes,
         choices=choices,
     )
-    written = time.perf_counter()
-    stats = {
-        **batch.metadata,
-        "load_seconds": round(loaded - started, 3),
-        "compute_seconds": round(computed - loaded, 3),
-        "write_seconds": round(written - computed, 3),
-        "members": len(batch.member_ids),
-    }
+    trained = time.perf_counter()
     if heartbeat.lost:
         raise LostClaim(run.pk)
-    _finish_and_swap(
-        run,
-        token=token,
-        watermark=data.watermark,
-        stats=stats,
-        fallback=(fallback_ids, fallback_scores),
+    artifact = artifact_save(
+        community_id=run.community_id, run_id=run.pk, token=token, prepared=prepared
     )
+    saved = time.perf_counter()
+    bounds = _shard_bounds(len(prepared))
+    stats = {
+        **prepared.metadata,
+        "load_seconds": round(loaded - started, 3),
+        "prepare_seconds": round(trained - loaded, 3),
+        "artifact_save_seconds": round(saved - trained, 3),
+        "members": len(prepared),
+        "shards": len(bounds),
+    }
+    with transaction.atomic():
+        # Only the claim holder may hand the run over: a worker presumed dead finds 0 rows.
+        moved = FeedRun.objects.filter(
+            pk=run.pk, claim=token, status=FeedRun.Status.RUNNING
+        ).update(
+            status=FeedRun.Status.SCORING,
+            artifact=artifact,
+            shards_total=len(bounds),
+            shards_done=0,
+            watermark=data.watermark,
+            stats=stats,
+            fallback_item_ids=fallback_ids,
+            fallback_scores=fallback_scores,
+        )
+        if not moved:
+            raise LostClaim(run.pk)
+        targets = prepared.targets
+        shards = FeedRunShard.objects.bulk_create(
+            FeedRunShard(
+                run_id=run.pk,
+                index=index,
+                start=start,
+                stop=stop,
+                member_lo=int(targets[start]),
+                member_hi=int(targets[stop - 1]),
+            )
+            for index, (start, stop) in enumerate(bounds)
+        )
+        if not shards:  # a community without members: nothing to score
+            _finish_and_swap(run)
+    if not shards:
+        _after_finish(run)
+    return prepared, [shard.pk for shard in shards]
 
 
-def _write_member_feeds(run: FeedRun, batch: FeedBatch) -> None:
-    # A redelivered run may have written some rows before dying: start from a clean slate.
-    MemberFeed.objects.filter(run=run).delete()
+def _shard_bounds(members: int) -> list[tuple[int, int]]:
+    """``[start, stop)`` of each shard: whole multiples of the scoring chunk (bit-identical
+    feeds whatever the sharding, see ranking.feeds.score_feeds)."""
+    chunk = settings.COMMONFEED_SCORE_CHUNK
+    size = -(-settings.COMMONFEED_SHARD_MEMBERS // chunk) * chunk
+    return [(start, min(start + size, members)) for start in range(0, members, size)]
+
+
+def _shard_claim(shard_id: int) -> str | None:
+    """Compare-and-set the shard to RUNNING under a fresh token; None if it is not ours."""
+    now = timezone.now()
+    token = secrets.token_hex(16)
+    fields = {
+        "status": FeedRunShard.Status.RUNNING,
+        "claim": token,
+        "heartbeat_at": now,
+        "attempts": F("attempts") + 1,
+    }
+    claimed = FeedRunShard.objects.filter(pk=shard_id, status=FeedRunShard.Status.QUEUED).update(
+        **fields
+    )
+    if not claimed:
+        claimed = FeedRunShard.objects.filter(
+            pk=shard_id, status=FeedRunShard.Status.RUNNING, heartbeat_at__lt=now - _lease()
+        ).update(**fields)
+        if claimed:
+            logger.warning("feed run shard %s: took over from a dead worker", shard_id)
+    return token if claimed else None
+
+
+def feed_run_shard_execute(
+    *, shard_id: int, prepared: PreparedFeeds | None = None
+) -> FeedRunShard | None:
+    """Score one shard of a run and commit its feed rows; the last shard swaps the run in.
+
+    Safe under redelivery and after a crash: the shard's claim lets one caller in, its rows and
+    its completion are committed in one transaction under that claim, and completion is
+    counted on the run row in the database, so exactly one shard's transaction finishes the
+    run. Returns None if the shard does not exist (its run was deleted).
+    """
+    token = _shard_claim(shard_id)
+    shard = FeedRunShard.objects.select_related("run").filter(pk=shard_id).first()
+    if shard is None or token is None:
+        if shard is not None:
+            logger.info("feed run shard %s is not claimable; skipping", shard_id)
+        return shard
+    run = shard.run
+    try:
+        with _Heartbeat(FeedRunShard, shard_id, token) as heartbeat:
+            started = time.perf_counter()
+            if prepared is None:
+                prepared = artifact_load(run.artifact)
+            loaded = time.perf_counter()
+            batch = score_feeds(
+                prepared,
+                start=shard.start,
+                stop=shard.stop,
+                chunk_size=settings.COMMONFEED_SCORE_CHUNK,
+            )
+            scored = time.perf_counter()
+            if heartbeat.lost:
+                raise LostClaim(run.pk)
+            finished = _commit_shard(
+                shard,
+                token=token,
+                batch=batch,
+                timings={
+                    "artifact_load_seconds": round(loaded - started, 3),
+                    "score_seconds": round(scored - loaded, 3),
+                },
+            )
+    except LostClaim:
+        logger.warning("feed run shard %s: lost its claim; stopping", shard_id)
+        return FeedRunShard.objects.get(pk=shard_id)
+    except Exception as exc:
+        logger.exception("feed run shard %s failed", shard_id)
+        _fail_run(run, f"shard {shard.index}: {exc!r}")
+        raise
+    if finished:
+        _after_finish(run)
+    shard.refresh_from_db()
+    return shard
+
+
+def _commit_shard(
+    shard: FeedRunShard, *, token: str, batch: FeedBatch, timings: dict[str, float]
+) -> bool:
+    """In one transaction: the shard's rows, its completion, the run's count (and maybe swap).
+
+    Returns whether this shard finished the run.
+    """
+    run = shard.run
+    started = time.perf_counter()
+    with transaction.atomic():
+        done = FeedRunShard.objects.filter(
+            pk=shard.pk, claim=token, status=FeedRunShard.Status.RUNNING
+        ).update(status=FeedRunShard.Status.FINISHED, finished_at=timezone.now())
+        if not done:
+            raise LostClaim(run.pk)
+        # A run that failed meanwhile (another shard broke) takes no more rows.
+        if not FeedRun.objects.filter(pk=run.pk, status=FeedRun.Status.SCORING).exists():
+            raise LostClaim(run.pk)
+        _write_shard_rows(run, shard, batch)
+        written = time.perf_counter()
+        FeedRunShard.objects.filter(pk=shard.pk).update(
+            stats={**timings, "write_seconds": round(written - started, 3)}
+        )
+        # Counted last, so the run row's lock is held only for the rest of this transaction;
+        # concurrent shards serialise on it and exactly one of them sees the total.
+        FeedRun.objects.filter(pk=run.pk).update(shards_done=F("shards_done") + 1)
+        count, total = FeedRun.objects.filter(pk=run.pk).values_list("shards_done", "shards_total")[
+            0
+        ]
+        if count < total:
+            return False
+        _finish_and_swap(run)
+    return True
+
+
+def _write_shard_rows(run: FeedRun, shard: FeedRunShard, batch: FeedBatch) -> None:
+    # A shard's members are one id range of this run: whatever an earlier attempt left there
+    # (none if it died before committing) is replaced.
+    MemberFeed.objects.filter(
+        run=run, member_id__gte=shard.member_lo, member_id__lte=shard.member_hi
+    ).delete()
+    rows = _feed_rows(batch)
+    if connection.vendor == "postgresql":
+        _copy_rows(run.pk, rows)
+        return
+    while chunk := list(itertools.islice(rows, WRITE_BATCH)):
+        MemberFeed.objects.bulk_create(
+            [
+                MemberFeed(
+                    run_id=run.pk,
+                    member_id=member,
+                    item_ids=items,
+                    scores=row_scores,
+                    base_scores=row_base,
+                    reasons=reasons,
+                )
+                for member, items, row_scores, row_base, reasons in chunk
+            ],
+            batch_size=WRITE_BATCH,
+        )
+
+
+def _feed_rows(
+    batch: FeedBatch,
+) -> Iterator[tuple[int, list[int], list[float], list[float], list[int]]]:
+    """``(member, item ids, scores, base scores, reasons)`` per member, padding dropped."""
     valid = batch.item_ids >= 0
     scores = np.round(batch.scores.astype(np.float64), 6)
     base_scores = np.round(batch.base_scores.astype(np.float64), 6)
-    for start in range(0, len(batch.member_ids), WRITE_BATCH):
-        rows = [
-            MemberFeed(
-                run_id=run.pk,
-                member_id=int(batch.member_ids[r]),
-                item_ids=batch.item_ids[r][valid[r]].tolist(),
-                scores=scores[r][valid[r]].tolist(),
-                base_scores=base_scores[r][valid[r]].tolist(),
-                reasons=batch.reasons[r][valid[r]].tolist(),
+    return (
+        (
+            int(batch.member_ids[r]),
+            batch.item_ids[r][valid[r]].tolist(),
+            scores[r][valid[r]].tolist(),
+            base_scores[r][valid[r]].tolist(),
+            batch.reasons[r][valid[r]].tolist(),
+        )
+        for r in range(len(batch.member_ids))
+    )
+
+
+def _copy_rows(
+    run_id: int, rows: Iterable[tuple[int, list[int], list[float], list[float], list[int]]]
+) -> None:
+    """PostgreSQL: stream the rows with COPY (several times faster than INSERTs)."""
+    table = MemberFeed._meta.db_table
+    columns = "run_id, member_id, item_ids, scores, base_scores, reasons"
+    dumps = json.dumps
+    connection.ensure_connection()
+    with (
+        connection.connection.cursor() as cursor,
+        cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
+    ):
+        for member, items, row_scores, row_base, reasons in rows:
+            # JSON of numbers holds no tab, newline or backslash: safe in COPY's text format.
+            copy.write(
+                f"{run_id}\t{member}\t{dumps(items)}\t{dumps(row_scores)}\t"
+                f"{dumps(row_base)}\t{dumps(reasons)}\n"
             )
-            for r in range(start, min(start + WRITE_BATCH, len(batch.member_ids)))
-        ]
-        MemberFeed.objects.bulk_create(rows, batch_size=WRITE_BATCH)
+
+
+def _fail_run(run: FeedRun, error: str, *, claim: str | None = None) -> None:
+    """Mark the run failed (once, audited) unless it finished or failed already."""
+    with transaction.atomic():
+        active = FeedRun.objects.filter(pk=run.pk)
+        active = (
+            active.filter(claim=claim, status=FeedRun.Status.RUNNING)
+            if claim is not None
+            else active.filter(status=FeedRun.Status.SCORING)
+        )
+        failed = active.update(
+            status=FeedRun.Status.FAILED, finished_at=timezone.now(), error=error[:2000]
+        )
+        if failed:
+            FeedRunShard.objects.filter(run=run).exclude(
+                status=FeedRunShard.Status.FINISHED
+            ).update(status=FeedRunShard.Status.FAILED)
+            _audit_run(run, "feed_run.finished", {"status": "failed", "error": error[:500]})
+
+
+def _after_finish(run: FeedRun) -> None:
+    """Once a run is swapped in: fold in what it missed; drop feeds and artifacts of runs
+    nobody reads any more."""
+    try:
+        _refresh_after_swap(run)
+    except Exception:  # the members' feeds are those of the run; their next event refreshes
+        logger.exception("fold-in after the swap of run %s failed", run.pk)
+    try:
+        feed_runs_prune(community=run.community)
+    except Exception:  # housekeeping only; the next finished run prunes again
+        logger.exception("pruning the feeds of %s failed", run.community_id)
 
 
 def _community_popular(
@@ -349,31 +647,25 @@ def _community_popular(
     return items[order].tolist(), np.round(counts[order] / top, 6).tolist()
 
 
-@transaction.atomic
-def _finish_and_swap(
-    run: FeedRun,
-    *,
-    token: str,
-    watermark: int,
-    stats: dict[str, object],
-    fallback: tuple[list[int], list[float]],
-) -> None:
-    # Only the claim holder may finish: a worker presumed dead that wakes up finds 0 rows here.
-    finished = FeedRun.objects.filter(pk=run.pk, claim=token, status=FeedRun.Status.RUNNING).update(
-        status=FeedRun.Status.FINISHED,
-        finished_at=timezone.now(),
-        watermark=watermark,
-        stats=stats,
-        fallback_item_ids=fallback[0],
-        fallback_scores=fallback[1],
-    )
+def _finish_and_swap(run: FeedRun) -> None:
+    """Finish a run whose shards are all committed and move the community's pointer to it.
+
+    Called inside the transaction of the shard that completed the run (or by the reconciler).
+    """
+    # Compare-and-set on the status: of two callers (a shard and the reconciler) one finishes.
+    stats = _shard_stats(run)
+    finished = FeedRun.objects.filter(
+        pk=run.pk, status=FeedRun.Status.SCORING, shards_done=F("shards_total")
+    ).update(status=FeedRun.Status.FINISHED, finished_at=timezone.now(), stats=stats)
     if not finished:
         raise LostClaim(run.pk)
+    watermark = FeedRun.objects.filter(pk=run.pk).values_list("watermark", flat=True)[0]
     _audit_run(
         run,
         "feed_run.finished",
         {"status": "finished", "watermark": watermark, "members": stats.get("members")},
     )
+    feedcache.pointer_changed(community=run.community)  # the fast path's pointer (feedcache)
     # Compare-and-set: only move the pointer forward, so a stale or duplicate run that finishes
     # late never replaces feeds from a newer one.
     moved = FeedPointer.objects.filter(community_id=run.community_id, run_id__lt=run.pk).update(
@@ -391,10 +683,239 @@ def _finish_and_swap(
         )
 
 
+def _shard_stats(run: FeedRun) -> dict[str, object]:
+    """The trainer's stats plus the shards' timings (summed: work, not wall time)."""
+    stats: dict[str, object] = dict(
+        FeedRun.objects.filter(pk=run.pk).values_list("stats", flat=True)[0] or {}
+    )
+    shard_stats = list(FeedRunShard.objects.filter(run=run).values_list("stats", flat=True))
+    for key in ("artifact_load_seconds", "score_seconds", "write_seconds"):
+        stats[key] = round(sum(float(s.get(key, 0.0)) for s in shard_stats), 3)
+    stats["compute_seconds"] = round(
+        float(str(stats.get("prepare_seconds", 0.0))) + float(str(stats["score_seconds"])), 3
+    )
+    return stats
+
+
+# --- Fold-in: fresh feeds between runs ------------------------------------------------------------
+
+# Members re-ranked per refresh transaction when a drain task empties a community's queue.
+FOLD_IN_BATCH = 500
+
+
+@dataclass(frozen=True)
+class FeedsRefreshed:
+    """What :func:`member_feeds_refresh` did."""
+
+    run_id: int | None
+    members: int
+    written: int
+    skipped: str = ""
+    """Why nothing was written: ``no_run`` (no served run yet), ``no_artifact`` (the served
+    run's model is missing from the storage), ``pointer_moved`` (a newer run was swapped in
+    meanwhile; it or a later refresh has the members' events), or ``""``."""
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> FeedsRefreshed:
+    """Re-rank these members' feeds in the served run from their current data (fold-in).
+
+    Loads the served run's artifact (the model, catalogue and policy it was scored with), then
+    in one transaction: locks the community's pointer row and checks it still names that run
+    (a swap waits for the lock; if the pointer moved, nothing is written), reads the members'
+    interactions and choices as they are now, ranks them (:func:`ranking.feeds.refresh_feeds`)
+    and replaces their rows of that run. Their cached pages are dropped after the commit.
+
+    Safe to run twice and concurrently: refreshes of a community serialise on the pointer row
+    and each reads the data after taking it, so the last writer has the newest data.
+    """
+    started = time.perf_counter()
+    wanted = sorted({int(m) for m in member_ids})
+    run = FeedRun.objects.filter(pointed_by__community=community).only("id", "artifact").first()
+    if not wanted:
+        return FeedsRefreshed(run_id=None, members=0, written=0)
+    if run is None or not run.artifact:
+        return FeedsRefreshed(run_id=None, members=0, written=0, skipped="no_run")
+    try:
+        prepared = artifact_load(run.artifact)
+    except FileNotFoundError:
+        # The served run's model is gone from the storage (lost, or a wrongly shared folder):
+        # nothing to rank against; the members' data is committed and the next run has it.
+        logger.error("fold-in: the artifact %s of run %s is missing", run.artifact, run.pk)
+        return FeedsRefreshed(run_id=run.pk, members=0, written=0, skipped="no_artifact")
+    loaded = time.perf_counter()
+    with transaction.atomic():
+        held = list(
+            FeedPointer.objects.select_for_update()
+            .filter(community=community, run_id=run.pk)
+            .values_list("run_id", flat=True)
+        )
+        if not held:
+            return FeedsRefreshed(run_id=run.pk, members=0, written=0, skipped="pointer_moved")
+        members = dict(
+            Membership.objects.filter(community=community, pk__in=wanted).values_list(
+                "pk", "external_id"
+            )
+        )
+        ids = sorted(members)
+        batch = refresh_feeds(prepared, **_refresh_inputs(community, ids))
+        ranked = time.perf_counter()
+        MemberFeed.objects.filter(run_id=run.pk, member_id__in=ids).delete()
+        MemberFeed.objects.bulk_create(
+            MemberFeed(
+                run_id=run.pk,
+                member_id=member,
+                item_ids=items,
+                scores=row_scores,
+                base_scores=row_base,
+                reasons=reasons,
+            )
+            for member, items, row_scores, row_base, reasons in _feed_rows(batch)
+        )
+        slug, external_ids = community.slug, [members[m] for m in ids]
+        transaction.on_commit(
+            lambda: feedcache.member_pages_invalidate(slug=slug, members=external_ids)
+        )
+    written = time.perf_counter()
+    seconds = {
+        "artifact_load": round(loaded - started, 4),
+        "read_and_rank": round(ranked - loaded, 4),
+        "write": round(written - ranked, 4),
+    }
+    logger.info(
+        "fold-in: %s members of %s refreshed in run %s (%s)", len(ids), slug, run.pk, seconds
+    )
+    return FeedsRefreshed(run_id=run.pk, members=len(ids), written=len(ids), seconds=seconds)
+
+
+def _refresh_inputs(community: Community, member_ids: list[int]) -> dict[str, object]:
+    """The members' current interactions and choices, as refresh_feeds takes them.
+
+    Read by the same rules as a run (interaction weights, mutes resolved to items, refusals);
+    besides, items deactivated since the run are refused.
+    """
+    rows = np.array(
+        list(
+            Interaction.objects.filter(community=community, member_id__in=member_ids).values_list(
+                "member_id", "item_id", "weight"
+            )
+        ),
+        dtype=np.float64,
+    ).reshape(-1, 3)
+    item_tags: dict[int, list[str]] = {}
+    if MemberChoices.objects.filter(member_id__in=member_ids).exclude(muted_tags=[]).exists():
+        item_tags = {
+            pk: tags or []
+            for pk, tags in Item.objects.filter(community=community, active=True).values_list(
+                "id", "tags"
+            )
+        }
+    choices = ranking_choices_load(community=community, item_tags=item_tags, members=member_ids)
+    inactive = np.fromiter(
+        Item.objects.filter(community=community, active=False).values_list("id", flat=True),
+        dtype=np.int64,
+    )
+    return {
+        "feed_members": np.asarray(member_ids, dtype=np.int64),
+        "member_ids": rows[:, 0].astype(np.int64),
+        "item_ids": rows[:, 1].astype(np.int64),
+        "weights": rows[:, 2].astype(np.float32),
+        "member_blocks": choices.member_blocks,
+        "no_personalisation_members": choices.no_personalisation_members,
+        "refused_items": np.concatenate([choices.refused_items, inactive]),
+    }
+
+
+def member_feeds_refresh_request(*, community_id: int, member_ids: Sequence[int]) -> None:
+    """Have these members' served feeds refreshed soon (call after the change commits).
+
+    With Redis the members join the community's queue and at most one drain task per community
+    is sent, however many batches arrive; without Redis (embedded mode) one task carries the
+    ids. Never raises: the change is committed whatever happens here, and the next feed run
+    includes it anyway.
+    """
+    if not settings.COMMONFEED_FOLD_IN or not member_ids:
+        return
+    from feeds.tasks import refresh_member_feeds
+
+    try:
+        queued = feedcache.foldin_mark(community_id=community_id, member_ids=list(member_ids))
+        if queued is None:
+            refresh_member_feeds.delay(community_id, list(member_ids))
+        elif queued:
+            refresh_member_feeds.delay(community_id)
+    except Exception:
+        logger.exception("could not request a fold-in refresh for community %s", community_id)
+
+
+def member_feeds_refresh_drain(*, community_id: int, member_ids: list[int] | None = None) -> int:
+    """Refresh the given members and every member queued for the community; returns how many
+    refreshes ran. Members are forgotten only after their refresh committed, and only if they
+    were not queued again meanwhile, so a killed worker or a concurrent event loses nothing."""
+    community = Community.objects.filter(pk=community_id).first()
+    done = 0
+    if community is not None and member_ids:
+        done += member_feeds_refresh(community=community, member_ids=member_ids).members
+    while True:
+        taken = feedcache.foldin_take(community_id=community_id, limit=FOLD_IN_BATCH) or []
+        if taken and community is not None:
+            done += member_feeds_refresh(
+                community=community, member_ids=[member for member, _ in taken]
+            ).members
+        if not feedcache.foldin_done(community_id=community_id, taken=taken):
+            return done
+
+
+def member_feeds_refresh_reconcile() -> list[int]:
+    """Re-send drain tasks for communities whose queued refreshes lost their task."""
+    from feeds.tasks import refresh_member_feeds
+
+    stranded = feedcache.foldin_stranded()
+    for community_id in stranded:
+        refresh_member_feeds.delay(community_id)
+    return stranded
+
+
+def _refresh_after_swap(run: FeedRun) -> None:
+    """Fold into a freshly swapped-in run what happened while it trained.
+
+    The run read interactions up to its watermark and choices when it started: members with
+    later interactions, choice changes or data deletions get refreshed against it.
+    """
+    if not settings.COMMONFEED_FOLD_IN:
+        return
+    watermark, started_at = FeedRun.objects.filter(pk=run.pk).values_list(
+        "watermark", "started_at"
+    )[0]
+    members = set(
+        Interaction.objects.filter(community_id=run.community_id, id__gt=watermark or 0)
+        .values_list("member_id", flat=True)
+        .distinct()
+    )
+    if started_at is not None:
+        members |= set(
+            MemberChoices.objects.filter(
+                member__community_id=run.community_id, updated_at__gte=started_at
+            ).values_list("member_id", flat=True)
+        )
+        members |= {
+            int(pk)
+            for pk in AuditEntry.objects.filter(
+                community_id=run.community_id,
+                action="member.data_deleted",
+                created_at__gte=started_at,
+            ).values_list("object_id", flat=True)
+        }
+    if members:
+        member_feeds_refresh_request(community_id=run.community_id, member_ids=sorted(members))
+
+
 @dataclass(frozen=True)
 class Reconciled:
     resent: list[int]
     requested: list[int]
+    shards_resent: list[int] = field(default_factory=list)
+    finished: list[int] = field(default_factory=list)
 
 
 def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
@@ -402,11 +923,13 @@ def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
 
     The broker is not the source of truth: a message can be lost (Redis restarted or flushed, a
     worker killed before acknowledging). The database is. This re-sends runs that sat queued
-    past the grace period or whose worker stopped beating, and requests a run for any community
-    whose current policy version has none (after a ratification whose announcement was lost).
-    Safe to run any time, from beat or by hand: claims make duplicate messages harmless.
+    past the grace period or whose trainer stopped beating; re-sends shards that sat queued
+    past the grace period or whose worker stopped beating; finishes runs whose shards are all
+    done but which were not swapped in; and requests a run for any community whose current
+    policy version has none (after a ratification whose announcement was lost). Safe to run any
+    time, from beat or by hand: claims make duplicate messages harmless.
     """
-    from feeds.tasks import recompute_community_feeds
+    from feeds.tasks import recompute_community_feeds, score_feed_shard
 
     now = timezone.now()
     grace = timedelta(seconds=settings.COMMONFEED_QUEUE_GRACE_SECONDS)
@@ -416,7 +939,36 @@ def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
     ).values_list("pk", flat=True)
     resent = list(stale)
     for run_id in resent:
-        recompute_community_feeds.apply_async((run_id,), queue=queue)
+        recompute_community_feeds.apply_async((run_id, queue), queue=queue)
+
+    shards_resent = list(
+        FeedRunShard.objects.filter(run__status=FeedRun.Status.SCORING)
+        .filter(
+            Q(status=FeedRunShard.Status.QUEUED, queued_at__lt=now - grace)
+            | Q(status=FeedRunShard.Status.RUNNING, heartbeat_at__lt=now - _lease())
+        )
+        .order_by("run_id", "index")
+        .values_list("pk", flat=True)
+    )
+    # Start the grace period again, so a shard waiting behind a long queue is not re-sent on
+    # every pass.
+    FeedRunShard.objects.filter(pk__in=shards_resent, status=FeedRunShard.Status.QUEUED).update(
+        queued_at=now
+    )
+    for shard_id in shards_resent:
+        score_feed_shard.apply_async((shard_id,), queue=queue)
+
+    finished = []
+    for run in FeedRun.objects.filter(
+        status=FeedRun.Status.SCORING, shards_done=F("shards_total")
+    ).select_related("community", "policy_version"):
+        try:
+            with transaction.atomic():
+                _finish_and_swap(run)
+        except LostClaim:
+            continue
+        _after_finish(run)
+        finished.append(run.pk)
 
     requested = []
     for version in PolicyVersion.objects.filter(is_current=True).select_related("community"):
@@ -432,13 +984,22 @@ def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
             )
             continue
         requested.append(feed_run_request(community=version.community, queue=queue).pk)
-    if resent or requested:
-        logger.info("reconciler: re-sent runs %s, requested runs %s", resent, requested)
-    return Reconciled(resent=resent, requested=requested)
+    if resent or requested or shards_resent or finished:
+        logger.info(
+            "reconciler: re-sent runs %s and shards %s, finished runs %s, requested runs %s",
+            resent,
+            shards_resent,
+            finished,
+            requested,
+        )
+    return Reconciled(
+        resent=resent, requested=requested, shards_resent=shards_resent, finished=finished
+    )
 
 
 def feed_runs_prune(*, community: Community, keep: int = RUNS_KEPT) -> int:
-    """Delete stored feeds of all but the ``keep`` newest finished runs. Returns rows deleted."""
+    """Delete stored feeds and artifacts of all but the ``keep`` newest finished runs (and the
+    one the pointer names). Runs still in progress are left alone. Returns rows deleted."""
     pointer = FeedPointer.objects.filter(community=community).first()
     kept = list(
         FeedRun.objects.filter(community=community, status=FeedRun.Status.FINISHED)
@@ -447,9 +1008,19 @@ def feed_runs_prune(*, community: Community, keep: int = RUNS_KEPT) -> int:
     )
     if pointer is not None:
         kept.append(pointer.run_id)
-    deleted, _ = (
-        MemberFeed.objects.filter(run__community=community).exclude(run_id__in=kept).delete()
+    done = (
+        FeedRun.objects.filter(
+            community=community, status__in=[FeedRun.Status.FINISHED, FeedRun.Status.FAILED]
+        )
+        .exclude(id__in=kept)
+        .exclude(artifact="", member_feeds__isnull=True)
     )
+    pruned = list(done.values_list("id", flat=True).distinct())
+    if not pruned:
+        return 0
+    deleted, _ = MemberFeed.objects.filter(run_id__in=pruned).delete()
+    artifacts_prune(community_id=community.pk, run_ids=pruned)
+    FeedRun.objects.filter(id__in=pruned).update(artifact="")
     return deleted
 
 
@@ -514,6 +1085,7 @@ def app_credential_revoke(
 ) -> bool:
     """Revoke the credential from its next request on. Returns False if it was revoked already."""
     with transaction.atomic():
+        feedcache.credential_invalidate(credential)  # before the commit: see feeds/feedcache.py
         # Conditional update: of two concurrent revokes exactly one writes (and audits).
         revoked = AppCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
             revoked_at=timezone.now()

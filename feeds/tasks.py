@@ -1,19 +1,65 @@
-"""Celery tasks: thin, idempotent, take ids and call one service."""
+"""Celery tasks: thin, idempotent, take ids and call one service.
+
+Every task here is safe to deliver twice and to redeliver after a killed worker (``acks_late``
+with ``reject_on_worker_lost``): the services claim their run or shard in the database first.
+"""
 
 from __future__ import annotations
 
 from celery import shared_task
 
-from feeds import services
+from feeds import impact, services
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)
-def recompute_community_feeds(run_id: int) -> None:
-    # Failures are recorded on the FeedRun (status "failed", error); the worker's log has the
-    # traceback. Not retried automatically: a failing run usually fails the same way again.
-    services.feed_run_execute(run_id=run_id)
+def recompute_community_feeds(run_id: int, queue: str | None = None) -> None:
+    # Trains once and sends one score_feed_shard task per shard to ``queue`` (None: the default
+    # queue). Failures are recorded on the FeedRun (status "failed", error); the worker's log
+    # has the traceback. Not retried automatically: a failing run usually fails the same way.
+    services.feed_run_execute(run_id=run_id, queue=queue)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def score_feed_shard(shard_id: int) -> None:
+    # The shard's rows and its completion commit together; the last shard swaps the run in.
+    services.feed_run_shard_execute(shard_id=shard_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def refresh_member_feeds(community_id: int, member_ids: list[int] | None = None) -> None:
+    # Fold-in: re-ranks the given members (embedded mode) and drains the community's queue of
+    # owed refreshes (Redis) against the served run. Idempotent: a refresh recomputes from the
+    # data as it is, and members leave the queue only once their refresh committed.
+    services.member_feeds_refresh_drain(community_id=community_id, member_ids=member_ids)
 
 
 @shared_task
 def reconcile_feed_runs() -> None:
     services.feed_runs_reconcile()
+    services.member_feeds_refresh_reconcile()
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def compute_policy_impact(impact_id: int) -> None:
+    # A proposal's before-the-vote comparison; a redelivered message finds it done and stops.
+    impact.policy_impact_compute(impact_id=impact_id)
+
+
+@shared_task
+def schedule_feed_runs() -> None:
+    # Beat, every minute: recompute communities whose data changed once the interval passed,
+    # then hand finished runs without metrics to workers. Safe twice (feeds.runs re-checks
+    # under the community's lock; metrics are claimed).
+    from feeds import runs
+
+    runs.feed_runs_schedule()
+    for run_id in runs.feed_run_metrics_pending():
+        compute_feed_run_metrics.delay(run_id)
+
+
+@shared_task(acks_late=True, reject_on_worker_lost=True)
+def compute_feed_run_metrics(run_id: int) -> None:
+    # A finished run's two-sided metrics; a redelivered message finds them claimed or done.
+    from feeds import runs
+
+    runs.feed_run_metrics_compute(run_id=run_id)

@@ -12,7 +12,14 @@ urlpatterns = [
     path("xrpc/app.bsky.feed.getFeedSkeleton", xrpc.get_feed_skeleton, name="bsky-skeleton"),
     path(".well-known/did.json", xrpc.did_document, name="did-document"),
     path("c/<slug:slug>/settings/", views.member_settings, name="member-settings"),
+    path(
+        "c/<slug:slug>/creators/<str:creator_external_id>/",
+        views.creator_dashboard,
+        name="creator-dashboard",
+    ),
+    path("c/<slug:slug>/proposals/<int:pk>/impact/", views.proposal_impact, name="proposal-impact"),
     path("c/<slug:slug>/apps/", views.app_credentials, name="app-credentials"),
+    path("c/<slug:slug>/feed-runs/", views.feed_runs, name="feed-runs"),
     path(
         "c/<slug:slug>/apps/<str:prefix>/revoke/",
         views.app_credential_revoke_view,

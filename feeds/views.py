@@ -4,20 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F, Q
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from feeds import choices
+from feeds import choices, creators, impact, runs
 from feeds.auth import community_for_credential_manager
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.models import Creator, FeedRun
 from feeds.selectors import FeedNotReady, current_run, feed_run_for_read, member_feed_get
 from feeds.services import AppCredentialInvalid, app_credential_create, app_credential_revoke
-from governance.models import Community, Membership
+from governance.models import Community, Membership, Proposal
+from governance.selectors import policy_of, policy_version_current
+from ranking.policy import policy_validate
+
+# What the member is told after a change: with fold-in on, their served feed is refreshed within
+# seconds (feeds.services.member_feeds_refresh_request); the model learns it at the next run.
+_WHEN_SAVED = {
+    True: "Your feed is refreshed with these choices within seconds.",
+    False: "Your feed follows these choices from the next feed run.",
+}
+_WHEN_DELETED = {
+    True: "Your feed is refreshed without them within seconds and no training run will see them.",
+    False: "The next feed run will not see them.",
+}
+
+
+def _fold_in() -> bool:
+    return bool(settings.COMMONFEED_FOLD_IN)
 
 
 def home(request: HttpRequest) -> HttpResponse:
@@ -83,7 +102,7 @@ def member_settings(request: HttpRequest, slug: str) -> HttpResponse:
         if deletion.is_valid():
             deleted = choices.member_data_delete(member=member, actor=request.user)
             messages.success(
-                request, f"Deleted {deleted} interactions. The next feed run will not see them."
+                request, f"Deleted {deleted} interactions. {_WHEN_DELETED[_fold_in()]}"
             )
             return redirect("member-settings", slug=slug)
         form = MemberChoicesForm(initial=_initial(current, current_muted), creators=creators)
@@ -100,7 +119,7 @@ def member_settings(request: HttpRequest, slug: str) -> HttpResponse:
                 muted_creators=[c.external_id for c in data["muted_creators"]],
                 muted_tags=data["muted_tags"],
             )
-            messages.success(request, "Saved. Your feed follows these choices from the next run.")
+            messages.success(request, f"Saved. {_WHEN_SAVED[_fold_in()]}")
             return redirect("member-settings", slug=slug)
     else:
         form = MemberChoicesForm(initial=_initial(current, current_muted), creators=creators)
@@ -108,7 +127,14 @@ def member_settings(request: HttpRequest, slug: str) -> HttpResponse:
     return render(
         request,
         "feeds/member_settings.html",
-        {"community": community, "member": member, "form": form, "deletion": deletion},
+        {
+            "community": community,
+            "member": member,
+            "form": form,
+            "deletion": deletion,
+            "creator_profiles": member.creator_profiles.order_by("name"),
+            "fold_in": _fold_in(),
+        },
     )
 
 
@@ -168,3 +194,165 @@ def app_credential_revoke_view(request: HttpRequest, slug: str, prefix: str) -> 
     if app_credential_revoke(credential=credential, actor=request.user):
         messages.success(request, f"Revoked {credential.name}: its token is refused from now on.")
     return redirect("app-credentials", slug=slug)
+
+
+# Labels and what a rise means, for the impact preview's rows (metric keys of
+# ranking.evaluation.metrics_report). Unknown keys are shown by their key.
+IMPACT_LABELS: dict[str, tuple[str, str]] = {
+    "precision@10": ("Precision@10", "share of the 10 recommended items the member went on to use"),
+    "recall@10": ("Recall@10", "share of the member's held-out items that were recommended"),
+    "ndcg@10": ("nDCG@10", "accuracy weighted by position"),
+    "diversity_tags": (
+        "Diversity (tags)",
+        "how different the items in one feed are from each other",
+    ),
+    "novelty_bits": (
+        "Novelty (bits)",
+        "how unpopular, hence surprising, the recommended items are",
+    ),
+    "miscalibration_kl": (
+        "Miscalibration",
+        "distance from the member's own mix of tags (lower: closer)",
+    ),
+    "item_coverage": ("Item coverage", "share of the catalogue recommended to someone"),
+    "creator_coverage": ("Creator coverage", "share of creators recommended to someone"),
+    "item_gini": ("Item exposure Gini", "concentration of exposure on few items (lower: fairer)"),
+    "creator_gini": ("Creator exposure Gini", "concentration on few creators (lower: fairer)"),
+    "long_tail_creator_share": (
+        "Long-tail creators' share",
+        "exposure going to creators outside the top 20 %",
+    ),
+    "new_creator_share": ("New creators' share", "exposure going to creators who started recently"),
+    "ai_generated_share": ("AI-generated share", "exposure going to AI-generated items"),
+    "avg_popularity": ("Average popularity", "members who used a recommended item, on average"),
+}
+
+
+def _impact_rows(report: dict[str, Any], section: str) -> list[dict[str, Any]]:
+    rows = []
+    for key, value_a in report["a"][section].items():
+        label, meaning = IMPACT_LABELS.get(key, (key, ""))
+        rows.append(
+            {
+                "key": key,
+                "label": label,
+                "meaning": meaning,
+                "a": value_a,
+                "b": report["b"][section].get(key),
+                "delta": report["deltas"][section].get(key),
+            }
+        )
+    return rows
+
+
+def proposal_impact(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
+    """What a policy proposal would do to members' feeds and creators' exposure, measured on
+    this community's data before the vote. Public, like the proposal page. While it is being
+    computed, htmx polls this page; without JavaScript, reloading it shows the result."""
+    community = get_object_or_404(Community, slug=slug)
+    proposal = get_object_or_404(Proposal, community=community, pk=pk)
+    context: dict[str, Any] = {
+        "community": community,
+        "proposal": proposal,
+        "fragment": request.headers.get("HX-Request") == "true",
+    }
+    if not proposal.is_charter:
+        current = policy_of(policy_version_current(community=community))
+        proposed = policy_validate(proposal.document)
+        if proposal.state in (Proposal.State.DRAFT, Proposal.State.OPEN):
+            found = impact.policy_impact_request(community=community, a=current, b=proposed)
+        else:
+            # Decided: what was shown while it was open (the current policy may be it by now).
+            found = impact.policy_impact_of_proposed(community=community, b=proposed)
+        context["impact"] = found
+        if found is not None and found.status == found.Status.DONE:
+            context["consumers"] = _impact_rows(found.report, "consumers")
+            context["producers"] = _impact_rows(found.report, "producers")
+            context["same_policy"] = current.sha256() == proposed.sha256()
+    template = "feeds/_impact.html" if context["fragment"] else "feeds/impact.html"
+    return render(request, template, context)
+
+
+@login_required
+def creator_dashboard(request: HttpRequest, slug: str, creator_external_id: str) -> HttpResponse:
+    """What a creator gets from the served feeds and why. For the creator (the member linked
+    to the creator record), the community's moderators and admins."""
+    community = get_object_or_404(Community, slug=slug)
+    creator = get_object_or_404(Creator, community=community, external_id=creator_external_id)
+    viewer = Membership.objects.filter(community=community, user=request.user).first()
+    is_creator = viewer is not None and creator.member_id == viewer.pk
+    if not is_creator and (viewer is None or viewer.role == Membership.Role.MEMBER):
+        raise PermissionDenied("Only the creator and the community's moderators see this page.")
+    report = creators.creator_report(community=community, creator=creator)
+    return render(
+        request,
+        "feeds/creator_dashboard.html",
+        {"community": community, "creator": creator, "report": report, "is_creator": is_creator},
+    )
+
+
+# Labels of the run metrics (keys of feeds.runs.run_metrics), in the order shown.
+RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
+    "consumers": {
+        "diversity_tags": "Diversity (tags)",
+        "novelty_bits": "Novelty (bits)",
+        "avg_popularity": "Average popularity",
+        "miscalibration_kl": "Miscalibration (KL)",
+    },
+    "producers": {
+        "item_gini": "Item exposure Gini",
+        "creator_gini": "Creator exposure Gini",
+        "item_coverage": "Item coverage",
+        "creator_coverage": "Creator coverage",
+        "long_tail_creator_share": "Long-tail creators' share",
+        "new_creator_share": "New creators' share",
+        "ai_generated_share": "AI-generated share",
+    },
+}
+
+
+def _seconds(start: Any, end: Any) -> float | None:
+    return round((end - start).total_seconds(), 1) if start and end else None
+
+
+@login_required
+def feed_runs(request: HttpRequest, slug: str) -> HttpResponse:
+    """Moderators and admins: the community's recent feed runs, and "Recompute now"."""
+    community = runs.community_for_run_manager(slug=slug, user=request.user)
+    if request.method == "POST":
+        requested = runs.feed_run_request_on_demand(community=community, actor=request.user)
+        if requested.created:
+            messages.success(request, f"Queued run {requested.run.pk}; this page shows its status.")
+        else:
+            messages.info(
+                request,
+                f"Run {requested.run.pk} is already {requested.run.status}; no new run was queued.",
+            )
+        return redirect("feed-runs", slug=slug)
+    rows = []
+    for run in runs.feed_runs_recent(community=community):
+        metrics = run.metrics or {}
+        rows.append(
+            {
+                "run": run,
+                "waited": _seconds(run.requested_at, run.started_at),
+                "took": _seconds(run.started_at, run.finished_at),
+                "metrics": [
+                    (
+                        "Members" if section == "consumers" else "Creators and items",
+                        [
+                            (label, (metrics.get(section) or {}).get(key))
+                            for key, label in labels.items()
+                        ],
+                    )
+                    for section, labels in RUN_METRIC_LABELS.items()
+                ]
+                if metrics.get("status") == "done"
+                else [],
+            }
+        )
+    return render(
+        request,
+        "feeds/feed_runs.html",
+        {"community": community, "rows": rows, "in_progress": runs.run_in_progress(community)},
+    )

@@ -53,8 +53,9 @@ def test_quickstart_seeds_computes_feeds_in_a_worker_and_prints_the_login(tmp_pa
     assert "Worker stopped." in out
     # Sign-in accounts to run a proposal through the browser, with a one-hour vote.
     assert "/c/demo/governance/" in out
-    for name in ("moderator", "alice", "bob"):
+    for name in ("moderator", "alice", "bob", "carol"):
         assert f"          {name} / " in out
+    assert "(admin, member " in out  # carol manages the members page
     # The run was done by the worker process, whose log shows the task.
     log = (tmp_path / "worker.log").read_text()
     assert "feeds.tasks.recompute_community_feeds[" in log

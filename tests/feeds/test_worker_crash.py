@@ -16,7 +16,7 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
-from feeds.models import FeedRun, Item, MemberFeed
+from feeds.models import FeedRun, FeedRunShard, Item, MemberFeed
 from feeds.services import (
     app_credential_create,
     feed_run_execute,
@@ -32,10 +32,15 @@ pytestmark = [pytest.mark.integration]
 LEASE = 3
 
 
+# 8,000 members: two shards of 4,000, scored in chunks of 1,000.
+SHARDED = {"COMMONFEED_SHARD_MEMBERS": "4000", "COMMONFEED_SCORE_CHUNK": "1000"}
+
+
 def _worker(queue: str, log: Path) -> Popen[bytes]:
     env = {
         "DATABASE_URL": _database_url_for_worker(connection.settings_dict),
         "COMMONFEED_RUN_LEASE_SECONDS": str(LEASE),
+        **SHARDED,
     }
     return worker_start(env=env, log_path=log, queue=queue)
 
@@ -94,46 +99,69 @@ def crash_community(transactional_db: None, settings: Any) -> dict[str, Any]:
     return {"community": community, "token": token}
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_readers_never_see_a_torn_feed(
+def _shards(run_id: int) -> list[tuple[int, str, int]]:
+    return list(FeedRunShard.objects.filter(run_id=run_id).values_list("pk", "status", "attempts"))
+
+
+def test_a_worker_killed_mid_shard_is_replaced_and_readers_never_see_a_torn_feed(
     crash_community: dict[str, Any], tmp_path: Path
 ) -> None:
     community = crash_community["community"]
     queue = f"crash-{uuid.uuid4().hex[:8]}"
-    first = feed_run_execute(run_id=feed_run_request(community=community, queue=queue).pk)
+    first = feed_run_execute(
+        run_id=feed_run_request(community=community, queue=queue).pk, shards_inline=True
+    )
     reader = Reader("crash", "m0", crash_community["token"])
     reader.start()
 
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
     worker_a = _worker(queue, log_a)
     run = feed_run_request(community=community, queue=queue)
-    _wait(lambda: _status(run.pk) == FeedRun.Status.RUNNING, 120, "worker A to start", log_a)
+    _wait(
+        lambda: any(status == "running" for _, status, _ in _shards(run.pk)),
+        120,
+        "worker A to train and start a shard",
+        log_a,
+    )
     worker_a.kill()  # SIGKILL: no warm shutdown, no acknowledgement
     worker_a.wait()
-    assert _status(run.pk) == FeedRun.Status.RUNNING, "the run finished before the kill"
+    killed = [pk for pk, status, _ in _shards(run.pk) if status == "running"]
+    assert killed, "the shard finished before the kill"
+    assert _status(run.pk) == FeedRun.Status.SCORING
 
-    # Until the lease runs out, nobody else may take the run.
-    assert feed_runs_reconcile(queue=queue).resent == []
+    # Until the lease runs out, nobody else may take the shard.
+    assert feed_runs_reconcile(queue=queue).shards_resent == []
     time.sleep(LEASE + 1)
-    assert run.pk in feed_runs_reconcile(queue=queue).resent
+    assert feed_runs_reconcile(queue=queue).shards_resent == killed
 
     worker_b = _worker(queue, log_b)
     try:
         _wait(lambda: _status(run.pk) == FeedRun.Status.FINISHED, 180, "worker B", log_b)
         finished = FeedRun.objects.get(pk=run.pk)
-        assert finished.attempts == 2
+        shards = _shards(run.pk)
+        assert finished.attempts == 1 and finished.shards_done == len(shards) == 2
+        assert {pk: attempts for pk, _, attempts in shards if pk in killed} == {
+            pk: 2 for pk in killed
+        }
+        assert MemberFeed.objects.filter(run=run).count() == 8000
 
-        # Duplicate delivery of the same task changes nothing.
-        from feeds.tasks import recompute_community_feeds
+        # Duplicate delivery of every task, the run's and each shard's, changes nothing.
+        from feeds.tasks import recompute_community_feeds, score_feed_shard
 
         for _ in range(2):
-            recompute_community_feeds.apply_async((run.pk,), queue=queue)
+            recompute_community_feeds.apply_async((run.pk, queue), queue=queue)
+            for pk, _, _ in shards:
+                score_feed_shard.apply_async((pk,), queue=queue)
         time.sleep(3)
         again = FeedRun.objects.get(pk=run.pk)
-        assert (again.status, again.finished_at, again.attempts) == (
+        assert (again.status, again.finished_at, again.attempts, again.shards_done) == (
             FeedRun.Status.FINISHED,
             finished.finished_at,
+            1,
             2,
         )
+        assert _shards(run.pk) == shards
+        assert MemberFeed.objects.filter(run=run).count() == 8000
         _wait(lambda: any(seen[1] == run.pk for seen in reader.seen), 10, "the reader to swap")
     finally:
         reader.stop.set()
@@ -168,6 +196,32 @@ def test_a_lost_queue_is_recovered_by_the_reconciler(
         _wait(lambda: _status(run.pk) == FeedRun.Status.FINISHED, 180, "the worker", log)
     finally:
         worker_stop(worker)
+
+
+def test_shard_messages_lost_mid_run_are_sent_again_by_the_reconciler(
+    crash_community: dict[str, Any], tmp_path: Path, settings: Any
+) -> None:
+    community = crash_community["community"]
+    queue = f"lost-shards-{uuid.uuid4().hex[:8]}"
+    for name, value in SHARDED.items():
+        setattr(settings, name, int(value))
+    # Trained here, as a worker would; its two shard messages then vanish with the broker's data.
+    run = feed_run_execute(
+        run_id=feed_run_request(community=community, queue=queue).pk, queue=queue
+    )
+    assert run.status == FeedRun.Status.SCORING
+    _lose_every_message()
+    FeedRunShard.objects.filter(run=run).update(
+        queued_at=timezone.now() - timezone.timedelta(hours=1)
+    )
+    assert len(feed_runs_reconcile(queue=queue).shards_resent) == 2
+    log = tmp_path / "worker.log"
+    worker = _worker(queue, log)
+    try:
+        _wait(lambda: _status(run.pk) == FeedRun.Status.FINISHED, 180, "the worker", log)
+    finally:
+        worker_stop(worker)
+    assert MemberFeed.objects.filter(run=run).count() == 8000
 
 
 def _stored_feed(run_id: int, member: str) -> tuple[str, ...]:

@@ -17,16 +17,18 @@ from governance.services import community_create, membership_set_role
 
 
 def _demo_logins(community: Community) -> list[tuple[str, str, str]]:
-    """Sign-in accounts for three demo members (a moderator and two voters), new passwords."""
+    """Sign-in accounts for four demo members (a moderator, two voters and a community admin
+    who manages the members page), new passwords."""
     people = []
     user_model = get_user_model()
-    members = list(community.memberships.order_by("id")[:3])
+    members = list(community.memberships.order_by("id")[:4])
     for member, (name, role) in zip(
         members,
         [
             ("moderator", Membership.Role.MODERATOR),
             ("alice", Membership.Role.MEMBER),
             ("bob", Membership.Role.MEMBER),
+            ("carol", Membership.Role.ADMIN),
         ],
         strict=False,
     ):

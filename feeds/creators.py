@@ -1,0 +1,253 @@
+"""What a creator gets from the community's feeds, and why: the creator dashboard's numbers.
+
+For the run the community serves now: how often the creator's items are shown (impressions),
+their share of all impressions against an equal share, to how many members, at which ranks,
+for which reasons (the reason codes stored with each feed entry), and whether the audience is
+people who already engaged with the creator or new to them. Then what keeps items out: the
+creator's own opt-out, the community's refusal rules that match their items (with the rule's
+reason), members' mutes, and the policy's treatment of their items' provenance.
+
+Counting reads every stored feed of the run once (``jsonb_array_elements`` on PostgreSQL), so
+the result is cached per run and creator for ``CREATOR_REPORT_TTL`` seconds. Fold-in refreshes
+between runs (docs/pipeline.md) are counted from the next computation on.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from django.core.cache import cache
+from django.db import connection
+from django.utils import timezone
+
+from feeds.models import Creator, FeedRun, Interaction, Item, ItemCreator, MemberChoices, MemberFeed
+from feeds.selectors import current_run
+from governance.models import Community
+from governance.selectors import policy_of
+from ranking.effects import ItemAttributes
+from ranking.reasons import SENTENCES, Reason
+
+CREATOR_REPORT_TTL = 300
+TOP_RANKS = 10
+
+
+@dataclass
+class ItemExposure:
+    item_id: int
+    external_id: str
+    title: str
+    provenance: str
+    impressions: int = 0
+    members: int = 0
+    top: int = 0
+    """Impressions within the first :data:`TOP_RANKS` places."""
+    rank_sum: int = 0
+    refused_because: list[str] = field(default_factory=list)
+
+    @property
+    def mean_rank(self) -> float | None:
+        return self.rank_sum / self.impressions if self.impressions else None
+
+
+@dataclass
+class CreatorReport:
+    creator_id: int
+    run_id: int
+    policy_version: int
+    computed_at: str
+    total_impressions: int
+    creators_with_items: int
+    impressions: int
+    members_reached: int
+    members_total: int
+    top: int
+    reached_fans: int
+    """Members reached who had engaged with the creator's items before."""
+    fans: int
+    """Members who engaged with the creator's items (positive interactions)."""
+    muted_by: int
+    opted_out: bool
+    reasons: list[tuple[str, int]]
+    refusals: list[tuple[str, int]]
+    """(the rule's reason, how many of the creator's items it refuses)."""
+    provenance_treatment: list[tuple[str, str, int]]
+    """(provenance class, the policy's action, how many of the creator's items have it)."""
+    items: list[ItemExposure]
+
+    @property
+    def share(self) -> float:
+        return self.impressions / self.total_impressions if self.total_impressions else 0.0
+
+    @property
+    def new_audience(self) -> int:
+        """Members reached who had not engaged with the creator's items before."""
+        return self.members_reached - self.reached_fans
+
+    @property
+    def equal_share(self) -> float:
+        return 1 / self.creators_with_items if self.creators_with_items else 0.0
+
+
+def _entries(run: FeedRun, item_ids: list[int]) -> list[tuple[int, int, int, int]]:
+    """``(member, item, rank from 1, reason bits)`` of every entry of the run that shows one of
+    ``item_ids``."""
+    if not item_ids:
+        return []
+    if connection.vendor == "postgresql":
+        table = MemberFeed._meta.db_table
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"""
+                SELECT f.member_id, e.item::bigint, e.rank::int,
+                       COALESCE((f.reasons ->> (e.rank::int - 1))::int, 0)
+                FROM {table} f
+                CROSS JOIN LATERAL jsonb_array_elements_text(f.item_ids)
+                    WITH ORDINALITY AS e(item, rank)
+                WHERE f.run_id = %s AND e.item::bigint = ANY(%s)
+                """,
+                [run.pk, item_ids],
+            )
+            return [tuple(row) for row in cursor.fetchall()]
+    wanted = set(item_ids)
+    found = []
+    rows = MemberFeed.objects.filter(run=run).values_list("member_id", "item_ids", "reasons")
+    for member, items, reasons in rows.iterator(chunk_size=5_000):
+        for rank, item in enumerate(items, start=1):
+            if item in wanted:
+                bits = reasons[rank - 1] if rank - 1 < len(reasons) else 0
+                found.append((member, item, rank, int(bits)))
+    return found
+
+
+def _total_impressions(run: FeedRun) -> int:
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"SELECT COALESCE(SUM(jsonb_array_length(item_ids)), 0) "
+                f"FROM {MemberFeed._meta.db_table} WHERE run_id = %s",
+                [run.pk],
+            )
+            return int(cursor.fetchone()[0])
+    return sum(
+        len(items)
+        for items in MemberFeed.objects.filter(run=run).values_list("item_ids", flat=True)
+    )
+
+
+def creator_report(*, community: Community, creator: Creator) -> CreatorReport | None:
+    """The creator's exposure in the served run and what limits it; None before any run."""
+    run = current_run(community=community)
+    if run is None:
+        return None
+    key = f"cf:creator-report:{run.pk}:{creator.pk}"
+    cached = cache.get(key)
+    if cached is not None:
+        return _from_plain(cached)
+    report = _compute(community=community, creator=creator, run=run)
+    cache.set(key, _to_plain(report), CREATOR_REPORT_TTL)
+    return report
+
+
+def _compute(*, community: Community, creator: Creator, run: FeedRun) -> CreatorReport:
+    policy = policy_of(run.policy_version)
+    items = list(
+        Item.objects.filter(community=community, credits__creator=creator, credits__position=0)
+        .order_by("id")
+        .values_list("id", "external_id", "title", "provenance", "published_at", "tags")
+    )
+    exposure = {
+        row[0]: ItemExposure(item_id=row[0], external_id=row[1], title=row[2], provenance=row[3])
+        for row in items
+    }
+    entries = _entries(run, list(exposure))
+    members_by_item: dict[int, set[int]] = {pk: set() for pk in exposure}
+    reasons: Counter[int] = Counter()
+    for member, item, rank, bits in entries:
+        row = exposure[item]
+        row.impressions += 1
+        row.rank_sum += rank
+        row.top += rank <= TOP_RANKS
+        members_by_item[item].add(member)
+        for bit in Reason:
+            if bits & bit:
+                reasons[int(bit)] += 1
+    reached = {member for member, *_ in entries}
+    for pk, members in members_by_item.items():
+        exposure[pk].members = len(members)
+
+    fans = set(
+        Interaction.objects.filter(
+            community=community, item_id__in=list(exposure), weight__gt=0
+        ).values_list("member_id", flat=True)
+    )
+
+    now = timezone.now()
+    attributes = ItemAttributes.from_records(
+        [row[0] for row in items],
+        creator_ids=[creator.pk] * len(items),
+        creator_keys=[creator.external_id] * len(items),
+        item_keys=[row[1] for row in items],
+        provenance=[row[3] for row in items],
+        age_days=[
+            (now - row[4]).total_seconds() / 86_400 if row[4] is not None else float("nan")
+            for row in items
+        ],
+        tags=[row[5] or [] for row in items],
+    )
+    refusals = []
+    for rule in policy.refusals:
+        hit = attributes.refused_by([rule]) if items else np.zeros(0, dtype=bool)
+        if hit.any():
+            refusals.append((rule.reason, int(hit.sum())))
+            for position in np.flatnonzero(hit).tolist():
+                exposure[items[position][0]].refused_because.append(rule.reason)
+    provenance_counts = Counter(row[3] for row in items)
+    treatments: dict[str, Any] = dict(policy.ranking.provenance)
+    treatment = [
+        (name, treatments[name].action if name in treatments else "allow", count)
+        for name, count in sorted(provenance_counts.items())
+    ]
+
+    creators_with_items = (
+        ItemCreator.objects.filter(
+            item__community=community, position=0, creator__placeholder=False
+        )
+        .values("creator_id")
+        .distinct()
+        .count()
+    )
+    return CreatorReport(
+        creator_id=creator.pk,
+        run_id=run.pk,
+        policy_version=run.policy_version.number,
+        computed_at=now.isoformat(),
+        total_impressions=_total_impressions(run),
+        creators_with_items=creators_with_items,
+        impressions=len(entries),
+        members_reached=len(reached),
+        members_total=community.memberships.count(),
+        top=sum(row.top for row in exposure.values()),
+        reached_fans=len(reached & fans),
+        fans=len(fans),
+        muted_by=MemberChoices.objects.filter(muted_creators=creator).count(),
+        opted_out=creator.opted_out,
+        reasons=[
+            (SENTENCES[Reason(bit)], count)
+            for bit, count in sorted(reasons.items(), key=lambda pair: -pair[1])
+        ],
+        refusals=refusals,
+        provenance_treatment=treatment,
+        items=sorted(exposure.values(), key=lambda row: (-row.impressions, row.item_id)),
+    )
+
+
+def _to_plain(report: CreatorReport) -> dict[str, Any]:
+    return asdict(report)
+
+
+def _from_plain(data: dict[str, Any]) -> CreatorReport:
+    items = [ItemExposure(**row) for row in data["items"]]
+    return CreatorReport(**{**data, "items": items})

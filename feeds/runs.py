@@ -1,0 +1,487 @@
+"""When feed runs happen, and what a finished run did for members and creators.
+
+Three triggers request runs: a ratification (``feeds.receivers``), a moderator's "Recompute now"
+(:func:`feed_run_request_on_demand`) and the beat schedule (:func:`feed_runs_schedule`), which
+recomputes a community whose data changed since its last run once the configured interval has
+passed. After a run finishes, a worker measures its stored feeds on both sides
+(:func:`feed_run_metrics_compute`) and keeps the figures on the run.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import scipy.sparse
+from django.conf import settings
+from django.core.exceptions import PermissionDenied
+from django.db import transaction
+from django.db.models import Count, Q, QuerySet
+from django.http import Http404
+from django.utils import timezone
+
+from feeds.auth import CREDENTIAL_MANAGER_ROLES
+from feeds.models import FeedRun, Interaction, Item, ItemCreator, MemberFeed
+from feeds.services import feed_run_request
+from governance.models import AuditEntry, Community
+from governance.selectors import membership_of_user
+from governance.services import audit_append
+from ranking import metrics
+from ranking.datasets import AI_GENERATED, PROVENANCES
+
+logger = logging.getLogger(__name__)
+
+IN_PROGRESS = (FeedRun.Status.QUEUED, FeedRun.Status.RUNNING, FeedRun.Status.SCORING)
+# Audited changes that alter what a run computes, besides new interactions.
+DATA_CHANGE_ACTIONS = ("member.choices_changed", "member.data_deleted", "creator.choices_changed")
+
+# Members whose stored feeds are read and measured at a time; the consumer metrics hold one
+# (members x tags) dense matrix per batch, so the batch shrinks when there are many tags.
+METRICS_BATCH = 2_000
+METRICS_BATCH_CELLS = 4_000_000
+# A metrics computation whose worker has not written a result this long after claiming the run
+# is presumed dead; the next beat tick hands the run to another worker.
+METRICS_LEASE = timedelta(minutes=30)
+# As in ranking.evaluation.metrics_report: the "head" is the top 20 % of creators by the
+# members they reached, and a creator is new if their first item is at most two years old.
+HEAD_FRACTION = 0.2
+NEW_CREATOR_DAYS = 730.0
+METRICS_VERSION = 1
+
+
+# --- Who may see and trigger runs ---------------------------------------------------------------
+
+
+def community_for_run_manager(*, slug: str, user: Any) -> Community:
+    """The community ``slug`` if ``user`` moderates or administers it (404 unknown, 403 else)."""
+    community = Community.objects.filter(slug=slug).first()
+    if community is None:
+        raise Http404("No such community.")
+    membership = membership_of_user(community=community, user=user)
+    if membership is None or membership.role not in CREDENTIAL_MANAGER_ROLES:
+        raise PermissionDenied("Only the community's moderators and admins see and start runs.")
+    return community
+
+
+def feed_runs_recent(*, community: Community, limit: int = 20) -> QuerySet[FeedRun]:
+    """The community's newest runs, newest first, with their policy version."""
+    return (
+        FeedRun.objects.filter(community=community)
+        .select_related("policy_version")
+        .defer("fallback_item_ids", "fallback_scores")
+        .order_by("-id")[:limit]
+    )
+
+
+# --- On demand ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunRequested:
+    run: FeedRun
+    created: bool
+    """False: a run was already queued or in progress, and that one is returned."""
+
+
+def run_in_progress(community: Community) -> FeedRun | None:
+    return (
+        FeedRun.objects.filter(community=community, status__in=IN_PROGRESS).order_by("-id").first()
+    )
+
+
+def _lock_community(community: Community) -> None:
+    # FOR NO KEY UPDATE: serialises the run triggers of this community without blocking the
+    # inserts that reference the community row (those take FOR KEY SHARE). SQLite's BEGIN
+    # IMMEDIATE already holds the database's write lock.
+    Community.objects.select_for_update(no_key=True).filter(pk=community.pk).first()
+
+
+def feed_run_request_on_demand(*, community: Community, actor: Any) -> RunRequested:
+    """A moderator's "Recompute now": queue a run unless one is queued or in progress.
+
+    The caller has checked the actor's role (:func:`community_for_run_manager`). Two clicks at
+    once queue one run: both take the community's row lock and the second finds the first's run.
+    """
+    with transaction.atomic():
+        _lock_community(community)
+        running = run_in_progress(community)
+        if running is not None:
+            return RunRequested(run=running, created=False)
+        run = feed_run_request(community=community)
+        run = FeedRun.objects.select_related("policy_version").get(pk=run.pk)
+        audit_append(
+            community=community,
+            actor=actor,
+            action="feed_run.requested",
+            obj=run,
+            payload={
+                "run": run.pk,
+                "policy_version": run.policy_version.number,
+                "policy_sha256": run.policy_sha256,
+                "trigger": "moderator",
+            },
+        )
+    return RunRequested(run=run, created=True)
+
+
+# --- On a schedule ------------------------------------------------------------------------------
+
+
+def _data_changed_since(community: Community, run: FeedRun) -> bool:
+    """New interactions past the run's watermark, or audited choices or deletions since it was
+    requested (a run reads choices when it starts, so this errs towards one run too many)."""
+    if Interaction.objects.filter(community=community, id__gt=run.watermark or 0).exists():
+        return True
+    return AuditEntry.objects.filter(
+        community=community, action__in=DATA_CHANGE_ACTIONS, created_at__gt=run.requested_at
+    ).exists()
+
+
+def _due(community: Community, now: datetime) -> bool:
+    runs = FeedRun.objects.filter(community=community)
+    if runs.filter(status__in=IN_PROGRESS).exists():
+        return False
+    interval = timedelta(seconds=settings.COMMONFEED_RECOMPUTE_INTERVAL_SECONDS)
+    # The interval counts from the newest run of any outcome, so a run that keeps failing is
+    # retried once an interval, not on every tick.
+    newest = runs.order_by("-id").first()
+    if newest is None or newest.requested_at > now - interval:
+        return False
+    last_good = runs.filter(status=FeedRun.Status.FINISHED).order_by("-id").first()
+    # No finished run yet: the reconciler owns that case (a current version without a run).
+    return last_good is not None and _data_changed_since(community, last_good)
+
+
+def feed_runs_schedule(*, now: datetime | None = None) -> list[int]:
+    """Request a run for every community whose data changed since its last finished run, once
+    ``COMMONFEED_RECOMPUTE_INTERVAL_SECONDS`` passed since its newest run was requested.
+
+    Never while a run is in progress. Safe to call twice at once (beat delivering a tick twice):
+    each community is re-checked under its row lock before a run is requested.
+    Returns the ids of the runs requested.
+    """
+    now = now or timezone.now()
+    requested = []
+    for community in Community.objects.order_by("id"):
+        if not _due(community, now):  # cheap first pass without the lock
+            continue
+        with transaction.atomic():
+            _lock_community(community)
+            if not _due(community, now):
+                continue
+            run = feed_run_request(community=community)
+        requested.append(run.pk)
+    if requested:
+        logger.info("schedule: requested runs %s", requested)
+    return requested
+
+
+# --- Two-sided metrics of a finished run ----------------------------------------------------
+
+
+def feed_run_metrics_pending(*, now: datetime | None = None) -> list[int]:
+    """Finished runs without metrics that no live worker is computing, newest first."""
+    now = now or timezone.now()
+    return list(
+        FeedRun.objects.filter(status=FeedRun.Status.FINISHED, metrics__isnull=True)
+        .filter(Q(metrics_claimed_at__isnull=True) | Q(metrics_claimed_at__lt=now - METRICS_LEASE))
+        .order_by("-id")
+        .values_list("pk", flat=True)[:20]
+    )
+
+
+def feed_run_metrics_compute(*, run_id: int) -> dict[str, Any] | None:
+    """Measure a finished run's stored feeds on both sides and store the figures on the run.
+
+    Claimed with a compare-and-set, so a duplicate message does nothing; a run that has its
+    metrics is left alone (returns ``None``). The figures are those of the feeds as stored when
+    this runs (fold-in may have re-ranked some members since the swap); a run whose feeds were
+    pruned before it was measured records ``{"status": "unavailable"}``.
+    """
+    now = timezone.now()
+    claimed = (
+        FeedRun.objects.filter(pk=run_id, status=FeedRun.Status.FINISHED, metrics__isnull=True)
+        .filter(Q(metrics_claimed_at__isnull=True) | Q(metrics_claimed_at__lt=now - METRICS_LEASE))
+        .update(metrics_claimed_at=now)
+    )
+    if not claimed:
+        return None
+    run = FeedRun.objects.select_related("community").get(pk=run_id)
+    try:
+        result = run_metrics(run)
+    except Exception as exc:  # recorded on the run, so the page says why there are no figures
+        logger.exception("metrics of feed run %s failed", run_id)
+        result = {"status": "failed", "error": repr(exc)[:500]}
+    FeedRun.objects.filter(pk=run_id, metrics__isnull=True, metrics_claimed_at=now).update(
+        metrics=result
+    )
+    return result
+
+
+@dataclass(frozen=True)
+class _Catalogue:
+    item_ids: npt.NDArray[np.int64]  # sorted: an item's index is its position here
+    active: npt.NDArray[np.bool_]
+    item_creator: npt.NDArray[np.int64]  # creator index, -1: none or the placeholder
+    n_creators: int
+    provenance: npt.NDArray[np.int64]
+    tags: scipy.sparse.csr_matrix
+    creator_first_published: npt.NDArray[np.float64]
+    popularity: npt.NDArray[np.float64]
+    n_members: int
+
+    def index(self, item_ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+        """Indices of ``item_ids``; -1 for items no longer in the catalogue."""
+        if self.item_ids.size == 0:
+            return np.full(item_ids.size, -1, dtype=np.int64)
+        position = np.minimum(np.searchsorted(self.item_ids, item_ids), self.item_ids.size - 1)
+        return np.where(self.item_ids[position] == item_ids, position, -1).astype(np.int64)
+
+
+def _catalogue(run: FeedRun) -> _Catalogue:
+    """The community's items as arrays: creator, provenance, tags, publication, popularity."""
+    community_id = run.community_id
+    rows = list(
+        Item.objects.filter(community_id=community_id)
+        .order_by("id")
+        .values_list("id", "active", "provenance", "published_at", "tags")
+    )
+    item_ids = np.array([r[0] for r in rows], dtype=np.int64)
+    provenance_codes = {name: code for code, name in enumerate(PROVENANCES)}
+    published = np.array(
+        [r[3].timestamp() if r[3] is not None else math.nan for r in rows], dtype=np.float64
+    )
+    tag_names = sorted({tag for r in rows for tag in (r[4] or [])})
+    tag_index = {tag: n for n, tag in enumerate(tag_names)}
+    tag_rows = [[tag_index[t] for t in set(r[4] or [])] for r in rows]
+    tags = scipy.sparse.csr_matrix(
+        (
+            np.ones(sum(len(t) for t in tag_rows), dtype=np.float64),
+            np.fromiter(itertools.chain.from_iterable(tag_rows), dtype=np.int64),
+            np.concatenate([[0], np.cumsum([len(t) for t in tag_rows])]).astype(np.int64),
+        ),
+        shape=(len(rows), len(tag_names)),
+    )
+    # The primary creator of each item; placeholders stand for "unknown" and are left out of
+    # every creator metric (as in ranking.metrics).
+    credits = list(
+        ItemCreator.objects.filter(
+            item__community_id=community_id, position=0, creator__placeholder=False
+        ).values_list("item_id", "creator_id")
+    )
+    creator_ids = np.unique(np.array([c for _, c in credits], dtype=np.int64))
+    item_creator = np.full(item_ids.size, -1, dtype=np.int64)
+    if credits:
+        credited = np.array(credits, dtype=np.int64)
+        item_creator[np.searchsorted(item_ids, credited[:, 0])] = np.searchsorted(
+            creator_ids, credited[:, 1]
+        )
+    first = np.full(creator_ids.size, np.inf)
+    owned = (item_creator >= 0) & ~np.isnan(published)
+    np.minimum.at(first, item_creator[owned], published[owned])
+    first[np.isinf(first)] = np.nan
+    # Popularity: distinct members with a positive interaction, in the data the run trained on.
+    positive = Interaction.objects.filter(
+        community_id=community_id, id__lte=run.watermark or 0, weight__gt=0
+    )
+    counts = np.array(
+        list(
+            positive.values("item_id")
+            .annotate(n=Count("member_id", distinct=True))
+            .values_list("item_id", "n")
+        ),
+        dtype=np.int64,
+    ).reshape(-1, 2)
+    catalogue = _Catalogue(
+        item_ids=item_ids,
+        active=np.array([r[1] for r in rows], dtype=bool),
+        item_creator=item_creator,
+        n_creators=int(creator_ids.size),
+        provenance=np.array([provenance_codes[r[2]] for r in rows], dtype=np.int64),
+        tags=tags,
+        creator_first_published=first,
+        popularity=np.zeros(item_ids.size, dtype=np.float64),
+        n_members=positive.values("member_id").distinct().count(),
+    )
+    position = catalogue.index(counts[:, 0])
+    catalogue.popularity[position[position >= 0]] = counts[position >= 0, 1]
+    return catalogue
+
+
+def _feed_batches(run: FeedRun, size: int) -> Iterator[list[tuple[int, list[int]]]]:
+    """The run's stored feeds, ``size`` members at a time in member id order (keyset paging)."""
+    last = 0
+    while True:
+        rows = list(
+            MemberFeed.objects.filter(run_id=run.pk, member_id__gt=last)
+            .order_by("member_id")
+            .values_list("member_id", "item_ids")[:size]
+        )
+        if not rows:
+            return
+        last = rows[-1][0]
+        yield rows
+
+
+def _recs(rows: list[tuple[int, list[int]]], catalogue: _Catalogue) -> npt.NDArray[np.int64]:
+    """``(members, k)`` item indices, -1 padded (items gone from the catalogue dropped)."""
+    lengths = np.fromiter((len(items) for _, items in rows), dtype=np.int64, count=len(rows))
+    k = int(lengths.max(initial=0))
+    recs = np.full((len(rows), k), -1, dtype=np.int64)
+    if k == 0:
+        return recs
+    flat = np.fromiter(
+        itertools.chain.from_iterable(items for _, items in rows),
+        dtype=np.int64,
+        count=int(lengths.sum()),
+    )
+    row = np.repeat(np.arange(len(rows)), lengths)
+    column = np.arange(flat.size) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    recs[row, column] = catalogue.index(flat)
+    return recs
+
+
+def _history(run: FeedRun, members: list[int], catalogue: _Catalogue) -> scipy.sparse.csr_matrix:
+    """The members' positive interactions up to the run's watermark, as a member x item matrix."""
+    pairs = np.array(
+        list(
+            # The batch is one member id range (keyset order): a range scan of the
+            # (member, item) index, several times faster than a long IN list.
+            Interaction.objects.filter(
+                community_id=run.community_id,
+                member_id__gte=members[0],
+                member_id__lte=members[-1],
+                id__lte=run.watermark or 0,
+                weight__gt=0,
+            ).values_list("member_id", "item_id")
+        ),
+        dtype=np.int64,
+    ).reshape(-1, 2)
+    batch = np.asarray(members, dtype=np.int64)
+    rows = np.minimum(np.searchsorted(batch, pairs[:, 0]), batch.size - 1)
+    columns = catalogue.index(pairs[:, 1])
+    # Members in the range without a feed row (none in practice) are not in the batch.
+    keep = (columns >= 0) & (batch[rows] == pairs[:, 0])
+    history = scipy.sparse.csr_matrix(
+        (np.ones(int(keep.sum())), (rows[keep], columns[keep])),
+        shape=(len(members), catalogue.item_ids.size),
+    )
+    history.data[:] = 1.0  # repeated interactions count once
+    return history
+
+
+class _Mean:
+    """Running mean of per-member values over the members for whom they are defined."""
+
+    def __init__(self) -> None:
+        self.total = 0.0
+        self.n = 0
+
+    def add(self, values: npt.NDArray[np.float64]) -> None:
+        defined = np.isfinite(values)
+        self.total += float(values[defined].sum())
+        self.n += int(defined.sum())
+
+    def value(self) -> float | None:
+        return round(self.total / self.n, 6) if self.n else None
+
+
+def _share(part: float, total: float) -> float | None:
+    return round(part / total, 6) if total > 0 else None
+
+
+def _number(value: float) -> float | None:
+    return None if math.isnan(value) else round(float(value), 6)
+
+
+def run_metrics(run: FeedRun) -> dict[str, Any]:
+    """Consumer and producer metrics of the run's stored feeds, as a JSON-ready dict.
+
+    Reads the feeds in member batches (a community may have a million members): exposure is
+    summed per item and the consumer metrics are averaged over members as it goes, so memory
+    stays one batch plus the catalogue. Consumers: intra-list diversity over tags, novelty
+    (bits), average popularity and miscalibration (KL) against each member's own history.
+    Producers: item and creator exposure Gini and coverage over the catalogue (active items and
+    any item shown), long-tail creators', new creators' and AI-generated items' exposure shares.
+    """
+    started = timezone.now()
+    catalogue = _catalogue(run)
+    n_items = catalogue.item_ids.size
+    batch = min(METRICS_BATCH, max(100, METRICS_BATCH_CELLS // max(catalogue.tags.shape[1], 1)))
+    exposure = np.zeros(n_items, dtype=np.float64)
+    diversity, novelty, popularity, calibration = _Mean(), _Mean(), _Mean(), _Mean()
+    members = empty = 0
+    for rows in _feed_batches(run, batch):
+        recs = _recs(rows, catalogue)
+        members += len(rows)
+        empty += int(((recs >= 0).sum(axis=1) == 0).sum())
+        if recs.shape[1] == 0:
+            continue
+        exposure += metrics.exposure(recs, n_items)
+        diversity.add(metrics.intra_list_diversity(recs, catalogue.tags))
+        novelty.add(metrics.novelty(recs, catalogue.popularity, max(catalogue.n_members, 1)))
+        popularity.add(metrics.average_popularity(recs, catalogue.popularity))
+        history = _history(run, [member for member, _ in rows], catalogue)
+        calibration.add(metrics.calibration(recs, history, catalogue.tags))
+    expected = int((run.stats or {}).get("members") or 0)
+    if members == 0 and expected > 0:
+        return {
+            "status": "unavailable",
+            "reason": "The run's stored feeds were pruned before they were measured.",
+        }
+
+    # Producers: over the catalogue the run could show (active items) plus anything it showed.
+    in_catalogue = catalogue.active | (exposure > 0)
+    owner = catalogue.item_creator
+    owned = owner >= 0
+    creator_exposure = np.bincount(
+        owner[owned], weights=exposure[owned], minlength=catalogue.n_creators
+    )
+    creator_listed = np.zeros(catalogue.n_creators, dtype=bool)
+    creator_listed[owner[owned & in_catalogue]] = True
+    reach = np.bincount(
+        owner[owned], weights=catalogue.popularity[owned], minlength=catalogue.n_creators
+    )
+    head = np.zeros(catalogue.n_creators, dtype=bool)
+    head[creator_listed] = metrics.head_creators(reach[creator_listed], head_fraction=HEAD_FRACTION)
+    since = (run.requested_at - timedelta(days=NEW_CREATOR_DAYS)).timestamp()
+    with np.errstate(invalid="ignore"):
+        new = catalogue.creator_first_published >= since
+    attributed = float(creator_exposure.sum())
+    total = float(exposure.sum())
+    listed_items = int(in_catalogue.sum())
+    listed_creators = int(creator_listed.sum())
+    return {
+        "status": "done",
+        "version": METRICS_VERSION,
+        "computed_at": started.isoformat(),
+        "members": {"measured": members, "empty_feeds": empty},
+        "catalogue": {"items": listed_items, "creators": listed_creators},
+        "consumers": {
+            "diversity_tags": diversity.value(),
+            "novelty_bits": novelty.value(),
+            "avg_popularity": popularity.value(),
+            "miscalibration_kl": calibration.value(),
+        },
+        "producers": {
+            "item_coverage": _share(float((exposure[in_catalogue] > 0).sum()), listed_items),
+            "creator_coverage": _share(
+                float((creator_exposure[creator_listed] > 0).sum()), listed_creators
+            ),
+            "item_gini": _number(metrics.gini(exposure[in_catalogue])),
+            "creator_gini": _number(metrics.gini(creator_exposure[creator_listed])),
+            "long_tail_creator_share": _share(float(creator_exposure[~head].sum()), attributed),
+            "new_creator_share": _share(float(creator_exposure[new].sum()), attributed),
+            "ai_generated_share": _share(
+                float(exposure[catalogue.provenance == AI_GENERATED].sum()), total
+            ),
+        },
+        "seconds": round((timezone.now() - started).total_seconds(), 3),
+    }

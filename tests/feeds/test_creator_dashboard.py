@@ -1,0 +1,134 @@
+"""The creator dashboard: what a creator gets from the served feeds (counted from the stored
+feeds themselves), what keeps their items out, and who may see it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+from django.core.cache import cache
+from django.test import Client
+from django.urls import reverse
+
+from feeds.creators import creator_report
+from feeds.models import MemberChoices, MemberFeed
+from feeds.services import feed_run_execute, feed_run_request
+from governance.models import Membership
+from governance.selectors import policy_of, policy_version_current
+from governance.services import policy_version_create
+from ranking.policy import policy_validate
+from tests.factories import make_community, small_catalogue
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def studio(django_user_model) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """A community whose policy refuses the tag ``banned``, which one of the creator's items
+    carries; the creator is member 0 (user cre); member 1 is a moderator (user mod), member 2
+    a plain member (user mem) who muted the creator."""
+    cache.clear()
+    community = make_community("studio")
+    data = small_catalogue(community, members=16, items=40)
+    creator = data["creators"][0]
+    own_items = [item for item in data["items"] if item.credits.first().creator_id == creator.pk]
+    own_items[0].tags = ["banned"]
+    own_items[0].save(update_fields=["tags"])
+    current = policy_version_current(community=community)
+    document = policy_of(current).model_dump(mode="json")
+    document["refusals"] = [{"kind": "tag", "tag": "banned", "reason": "Off-topic here."}]
+    document["model"]["factors"] = 8
+    policy_version_create(
+        community=community,
+        policy=policy_validate(document),
+        parent=current,
+        actor=None,
+        make_current=True,
+    )
+    users = {}
+    for index, (username, role) in enumerate((("cre", "member"), ("mod", "moderator"))):
+        member = data["members"][index]
+        users[username] = django_user_model.objects.create_user(username=username)
+        Membership.objects.filter(pk=member.pk).update(user=users[username], role=role)
+    users["mem"] = django_user_model.objects.create_user(username="mem")
+    Membership.objects.filter(pk=data["members"][2].pk).update(user=users["mem"])
+    creator.member = data["members"][0]
+    creator.save(update_fields=["member"])
+    choices = MemberChoices.objects.create(member=data["members"][3])
+    choices.muted_creators.add(creator)
+    run = feed_run_execute(run_id=feed_run_request(community=community).pk)
+    return {**data, "community": community, "creator": creator, "own": own_items, "run": run}
+
+
+def _client(user: Any) -> Client:
+    client = Client()
+    client.force_login(user)
+    return client
+
+
+def test_the_counts_are_those_of_the_stored_feeds(studio) -> None:  # type: ignore[no-untyped-def]
+    community, creator, run = studio["community"], studio["creator"], studio["run"]
+    own = {item.pk for item in studio["own"]}
+    places, members, top = 0, set(), 0
+    total = 0
+    for feed in MemberFeed.objects.filter(run=run):
+        total += len(feed.item_ids)
+        for rank, item in enumerate(feed.item_ids, start=1):
+            if item in own:
+                places += 1
+                members.add(feed.member_id)
+                top += rank <= 10
+    report = creator_report(community=community, creator=creator)
+    assert report is not None and report.run_id == run.pk
+    assert (report.impressions, report.members_reached, report.top) == (places, len(members), top)
+    assert report.total_impressions == total and places > 0
+    assert report.share == pytest.approx(places / total)
+    assert sum(row.impressions for row in report.items) == places
+    assert report.reasons and all(count > 0 for _, count in report.reasons)
+
+
+def test_it_names_what_keeps_items_out(studio) -> None:  # type: ignore[no-untyped-def]
+    report = creator_report(community=studio["community"], creator=studio["creator"])
+    assert report is not None
+    assert report.refusals == [("Off-topic here.", 1)]
+    refused = next(row for row in report.items if row.item_id == studio["own"][0].pk)
+    assert refused.impressions == 0 and refused.refused_because == ["Off-topic here."]
+    assert report.muted_by == 1
+    assert report.provenance_treatment == [("human", "allow", len(studio["own"]))]
+
+
+def test_fans_and_new_audience_add_up(studio) -> None:  # type: ignore[no-untyped-def]
+    report = creator_report(community=studio["community"], creator=studio["creator"])
+    assert report is not None
+    assert 0 <= report.reached_fans <= min(report.fans, report.members_reached)
+    assert report.new_audience == report.members_reached - report.reached_fans
+    # Nobody is recommended an item they engaged with, so fans reached saw *other* items.
+    assert report.fans > 0
+
+
+def test_the_creator_and_moderators_see_the_page_others_do_not(studio) -> None:  # type: ignore[no-untyped-def]
+    url = reverse("creator-dashboard", args=["studio", studio["creator"].external_id])
+    users = get_user_model().objects
+    page = _client(users.get(username="cre")).get(url)
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Off-topic here." in html and "Why members see these items" in html
+    assert _client(users.get(username="mod")).get(url).status_code == 200
+    assert _client(users.get(username="mem")).get(url).status_code == 403
+    assert Client().get(url).status_code == 302  # to the login page
+    missing = reverse("creator-dashboard", args=["studio", "nobody"])
+    assert _client(users.get(username="mod")).get(missing).status_code == 404
+    settings_page = _client(users.get(username="cre")).get(
+        reverse("member-settings", args=["studio"])
+    )
+    assert url in settings_page.content.decode()
+
+
+def test_before_any_run_it_says_so(django_user_model) -> None:  # type: ignore[no-untyped-def]
+    community = make_community("fresh")
+    data = small_catalogue(community, members=3, items=6)
+    user = django_user_model.objects.create_user(username="boss")
+    Membership.objects.filter(pk=data["members"][0].pk).update(user=user, role="admin")
+    url = reverse("creator-dashboard", args=["fresh", data["creators"][0].external_id])
+    assert b"has not computed any feeds yet" in _client(user).get(url).content
