@@ -3,6 +3,10 @@
 Usage (needs `wrk` from Debian and gunicorn; the community must have computed feeds)::
 
     DEBUG=true DATABASE_URL=... REDIS_URL=... python bench/feed_get.py SLUG [--connections 32]
+        [--members N]   # N members' feeds in turn instead of one member's over and over
+
+The server inherits the environment: ``COMMONFEED_FEED_NEAR_CACHE_SECONDS=0`` measures every
+request with its Redis round trip (no near cache), as for an app that pulls many feeds once.
 
 Starts gunicorn (config.wsgi through bench.bench_settings) on 127.0.0.1, warms the feed once,
 then runs wrk for the same duration, alternating for ``--rounds`` rounds, against (1)
@@ -41,10 +45,14 @@ from governance.models import Community  # noqa: E402
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 
 
-def wrk(url: str, *, connections: int, seconds: int, token: str | None) -> dict[str, float]:
+def wrk(
+    url: str, *, connections: int, seconds: int, token: str | None, script: Path | None = None
+) -> dict[str, float]:
     command = ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", url]
     if token:
         command[1:1] = ["-H", f"Authorization: Bearer {token}"]
+    if script is not None:
+        command[1:1] = ["-s", str(script)]
     out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
@@ -116,11 +124,19 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--rate", default="100000000/min", help="COMMONFEED_APP_RATE to serve with")
+    parser.add_argument(
+        "--members",
+        type=int,
+        default=1,
+        help="pull the feeds of this many members in turn (each warmed once first) instead of "
+        "one member's over and over; the bare view still serves the first member's bytes",
+    )
     args = parser.parse_args()
 
     community = Community.objects.get(slug=args.slug)
-    member = community.memberships.order_by("id").first()
-    assert member is not None
+    members = list(community.memberships.order_by("id")[: args.members])
+    assert members, "the community has no members"
+    member = members[0]
     _, token = app_credential_create(
         community=community, name=f"bench-{time.time_ns()}", scopes=["feeds:read"]
     )
@@ -169,6 +185,24 @@ def main() -> None:
                 continue
             bare = urllib.request.urlopen(f"{base}/bench/bare/").read()
             assert bare == body, "the bare view must serve the same bytes"
+            script = None
+            if len(members) > 1:
+                paths = [f"/api/v1/communities/{args.slug}/feeds/{m.external_id}/" for m in members]
+                for path in paths:  # each page through the database path once: Redis has them
+                    urllib.request.urlopen(
+                        urllib.request.Request(
+                            base + path, headers={"Authorization": f"Bearer {token}"}
+                        )
+                    ).read()
+                script = Path(tempfile.mkstemp(suffix=".lua")[1])
+                script.write_text(
+                    "local paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\n"
+                    "local i = 0\n"
+                    "request = function()\n"
+                    "  i = i + 1\n"
+                    "  return wrk.format(nil, paths[(i % #paths) + 1])\n"
+                    "end\n"
+                )
             # Alternate the two for several rounds: on a shared machine the load drifts, and a
             # ratio of two runs taken minutes apart would measure the drift.
             rounds: list[dict[str, dict[str, float]]] = []
@@ -176,11 +210,15 @@ def main() -> None:
                 rounds.append(
                     {
                         name: wrk(
-                            url, connections=args.connections, seconds=args.seconds, token=auth
+                            url,
+                            connections=args.connections,
+                            seconds=args.seconds,
+                            token=auth,
+                            script=lua,
                         )
-                        for name, url, auth in (
-                            ("api", api, token),
-                            ("bare", f"{base}/bench/bare/", None),
+                        for name, url, auth, lua in (
+                            ("api", api, token, script),
+                            ("bare", f"{base}/bench/bare/", None, None),
                         )
                     }
                 )
@@ -188,6 +226,7 @@ def main() -> None:
             server.terminate()
             server.wait()
     print(
+        f"{len(members)} member feed(s) in turn, "
         f"{len(body)} bytes per response, {args.connections} connections, "
         f"{args.workers} gunicorn sync workers, {args.rounds} rounds of {args.seconds}s each"
     )

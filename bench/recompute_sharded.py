@@ -41,49 +41,14 @@ import django
 
 django.setup()
 
-import numpy as np  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
-from implicit.cpu.als import AlternatingLeastSquares  # noqa: E402
-from scipy.sparse import csr_matrix  # noqa: E402
-from threadpoolctl import threadpool_limits  # noqa: E402
 
+from bench.recompute import bare_implicit  # noqa: E402  (the same baseline, one definition)
 from feeds.models import FeedRun, FeedRunShard  # noqa: E402
-from feeds.services import _load_training_data, feed_run_request  # noqa: E402
+from feeds.services import feed_run_request  # noqa: E402
 from feeds.worker import worker_start, worker_stop  # noqa: E402
 from governance.models import Community  # noqa: E402
-from governance.selectors import policy_of, policy_version_current  # noqa: E402
-
-
-def bare_implicit(slug: str) -> float:
-    community = Community.objects.get(slug=slug)
-    data = _load_training_data(community)
-    params = policy_of(policy_version_current(community=community)).model
-    users, user_index = np.unique(data.member_ids, return_inverse=True)
-    items, item_index = np.unique(data.item_ids, return_inverse=True)
-    matrix = csr_matrix(
-        (np.ones(len(user_index), dtype=np.float32), (user_index, item_index)),
-        shape=(len(users), len(items)),
-    )
-    matrix.data[:] = 1.0  # binary, as the default policy
-    del data
-    started = time.perf_counter()
-    with threadpool_limits(1, "blas"):
-        model = AlternatingLeastSquares(
-            factors=params.factors,
-            regularization=params.regularization,
-            alpha=params.alpha,
-            iterations=params.iterations,
-            random_state=params.seed,
-        )
-        model.fit(matrix, show_progress=False)
-        model.recommend(
-            np.arange(len(users)),
-            matrix,
-            N=settings.COMMONFEED_FEED_LENGTH,
-            filter_already_liked_items=True,
-        )
-    return time.perf_counter() - started
 
 
 def ours(slug: str, queue: str, timeout: float) -> tuple[float, FeedRun]:

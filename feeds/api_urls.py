@@ -6,11 +6,7 @@ from feeds import apis
 urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
-    path(
-        "communities/<slug:slug>/feeds/<str:member_external_id>/",
-        apis.MemberFeedApi.as_view(),
-        name="api-member-feed",
-    ),
+    # The member feed GET is declared in config/urls.py, at the top level (the hot path).
     path("communities/<slug:slug>/members/", apis.MembersApi.as_view(), name="api-members"),
     path("communities/<slug:slug>/creators/", apis.CreatorsApi.as_view(), name="api-creators"),
     path("communities/<slug:slug>/items/", apis.ItemsApi.as_view(), name="api-items"),

@@ -149,6 +149,17 @@ def page_key(*, slug: str, member: str, pinned: int | None, offset: int, limit: 
     return f"cf:page:{slug}:{pinned or 0}:{offset}:{limit or 0}:{member}"
 
 
+def _fence(client: Redis) -> None:
+    """Call after a write that makes a record stale, before telling anyone it is done.
+
+    Web threads keep records in a near cache (feeds.fastpath) that Redis invalidates with a
+    push on their connection. Redis writes those pushes out when it has run the write, at the
+    latest before it reads the next command; once the reply to one more command is back, every
+    tracking connection has its push, and the next request anywhere forgets the stale record.
+    """
+    client.ping()
+
+
 def _write(fn: str, key: str, value: bytes | None, ttl: int, *, nx: bool) -> None:
     store = redis_store()
     if store is None:
@@ -159,6 +170,8 @@ def _write(fn: str, key: str, value: bytes | None, ttl: int, *, nx: bool) -> Non
             client.set(backend.make_key(key), value, ex=ttl, nx=nx)  # type: ignore[arg-type]
         else:
             client.delete(backend.make_key(key))
+        if not nx:  # an overwrite or a deletion: readers must not keep the old record
+            _fence(client)
     except Exception as exc:  # any cache outage degrades to the database
         failed(exc)
 
@@ -364,6 +377,7 @@ def member_pages_invalidate(*, slug: str, members: list[str]) -> None:
         ]
     try:
         client.eval(_PAGES_INVALIDATE, len(keys), *keys, REVISION_TTL)
+        _fence(client)
     except Exception as exc:
         failed(exc)
 

@@ -9,11 +9,22 @@ module then owns that socket, one per thread and process, and never hands it bac
 
 Any error (a timeout, a reset, an error reply, a reply it does not expect) closes the socket
 and raises ``WireError``; the next call connects again.
+
+With ``tracking=True`` the connection is switched to RESP3 with ``CLIENT TRACKING ON OPTIN``
+(Redis's server-assisted client-side caching): Redis remembers the keys this connection read
+right after a ``CLIENT CACHING YES`` and pushes
+an ``invalidate`` message on it when one of them changes, expires or is evicted, or when the
+database is flushed. :func:`poll` collects the pushes that have arrived without waiting (one
+non-blocking read), :func:`invalidations` hands them over, and :func:`epoch` names the
+connection they belong to: a new connection (after an error, a fork, or a switch) has a new
+epoch, and whatever was cached under the old one must be forgotten, since pushes sent to a
+closed connection are lost. ``feeds.fastpath`` keeps its near cache this way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import socket
 import threading
@@ -35,14 +46,26 @@ class _Incomplete(Exception):
     pass
 
 
+class _Push(list[Any]):
+    """A RESP3 push frame (``>``): out-of-band, never the reply to a command."""
+
+
 class _Local(threading.local):
     pool: Any = None
     pid: int = 0
     connection: Any = None  # redis-py's Connection, kept so its socket stays open
     sock: socket.socket | None = None
+    tracking = False
+    epoch = 0  # of the open connection; 0 when none is open
+    buffer = b""  # bytes read after the last complete frame (a push cut in two)
+    invalidated: list[bytes | None]  # keys pushed as changed; None: everything (a flush)
+
+    def __init__(self) -> None:
+        self.invalidated = []
 
 
 _local = _Local()
+_epochs = itertools.count(1)
 
 
 def pack(*args: bytes) -> bytes:
@@ -73,9 +96,10 @@ def _parse(data: bytes, pos: int) -> tuple[Any, int]:
         return line, pos
     if kind in (b"_", b"#"):  # RESP3 null, RESP3 boolean (a Lua false: a missing key)
         return None, pos
-    if kind == b"*":
-        items = []
-        for _ in range(max(int(line), 0)):
+    if kind in (b"*", b"~", b">", b"%"):  # array, RESP3 set, push, map (as a flat list)
+        count = max(int(line), 0) * (2 if kind == b"%" else 1)
+        items: list[Any] = _Push() if kind == b">" else []
+        for _ in range(count):
             item, pos = _parse(data, pos)
             items.append(item)
         return items, pos
@@ -84,16 +108,27 @@ def _parse(data: bytes, pos: int) -> tuple[Any, int]:
     raise WireError(f"unexpected reply type {kind!r}")
 
 
-def _socket(pool: Any) -> socket.socket:
+def _socket(pool: Any, tracking: bool) -> socket.socket:
     local = _local
-    if local.sock is not None and local.pool is pool and local.pid == os.getpid():
+    if (
+        local.sock is not None
+        and local.pool is pool
+        and local.pid == os.getpid()
+        and local.tracking == tracking
+    ):
         return local.sock
     _drop()
     connection = pool.make_connection()
     connection.connect()
     sock = connection._sock
-    sock.settimeout(TIMEOUT_SECONDS)
+    sock.settimeout(TIMEOUT_SECONDS)  # also makes the descriptor non-blocking, for poll()
     local.pool, local.pid, local.connection, local.sock = pool, os.getpid(), connection, sock
+    if tracking:
+        # RESP3, so that invalidation pushes share this connection, then tracking on.
+        # OPTIN: only keys read right after CLIENT CACHING YES are tracked.
+        sock.sendall(pack(b"HELLO", b"3") + pack(b"CLIENT", b"TRACKING", b"ON", b"OPTIN"))
+        _read(sock, 2)
+    local.tracking, local.epoch = tracking, next(_epochs)
     return sock
 
 
@@ -103,28 +138,69 @@ def _drop() -> None:
         with contextlib.suppress(Exception):  # already broken: dropping it is all that is left
             local.connection.disconnect()
     local.pool, local.connection, local.sock = None, None, None
+    local.tracking, local.epoch, local.buffer = False, 0, b""
+    local.invalidated = []
 
 
-def call(pool: Any, commands: bytes, replies: int = 1) -> list[Any]:
-    """Send packed ``commands`` on this thread's connection to ``pool``'s server in one write;
-    their ``replies`` replies, in order."""
-    data = b""
+def _take_frames(data: bytes, replies: int) -> tuple[list[Any], bytes] | None:
+    """``replies`` replies from ``data``, pushes set aside, and the bytes after the last
+    complete frame; None if the replies are not all there yet."""
+    values: list[Any] = []
+    pushes: list[_Push] = []
+    end = 0
     try:
-        sock = _socket(pool)
-        sock.sendall(commands)
-        data = sock.recv(_RECV)
         while True:
-            if not data:
-                raise WireError("connection closed by the server")
-            try:
-                values, end = [], 0
-                for _ in range(replies):
-                    value, end = _parse(data, end)
-                    values.append(value)
+            if len(values) == replies and end == len(data):
                 break
-            except _Incomplete:
-                data += sock.recv(_RECV)
-        if end != len(data):
+            frame, end_after = _parse(data, end)
+            end = end_after
+            if isinstance(frame, _Push):
+                pushes.append(frame)
+            elif len(values) < replies:
+                values.append(frame)
+            else:
+                raise WireError("more replies than commands")
+    except _Incomplete:
+        if len(values) < replies:
+            return None
+    for push in pushes:
+        _note(push)
+    return values, data[end:]
+
+
+def _note(push: _Push) -> None:
+    if len(push) == 2 and push[0] == b"invalidate":
+        keys = push[1]
+        if keys is None:
+            _local.invalidated.append(None)
+        else:
+            _local.invalidated.extend(keys)
+
+
+def _read(sock: socket.socket, replies: int) -> list[Any]:
+    data = _local.buffer
+    _local.buffer = b""
+    while True:
+        taken = _take_frames(data, replies) if data else None
+        if taken is not None:
+            values, _local.buffer = taken
+            return values
+        chunk = sock.recv(_RECV)
+        if not chunk:
+            raise WireError("connection closed by the server")
+        data += chunk
+
+
+def call(pool: Any, commands: bytes, replies: int = 1, *, tracking: bool = False) -> list[Any]:
+    """Send packed ``commands`` on this thread's connection to ``pool``'s server in one write;
+    their ``replies`` replies, in order. ``tracking``: on a RESP3 connection with client
+    tracking on (see the module docstring); pushes read meanwhile are kept for
+    :func:`invalidations`."""
+    try:
+        sock = _socket(pool, tracking)
+        sock.sendall(commands)
+        values = _read(sock, replies)
+        if _local.buffer and not tracking:
             raise WireError("more bytes than the replies")
         return values
     except Exception as exc:
@@ -133,3 +209,47 @@ def call(pool: Any, commands: bytes, replies: int = 1) -> list[Any]:
         if isinstance(exc, WireError):
             raise
         raise WireError(repr(exc)) from exc
+
+
+def poll(pool: Any) -> int:
+    """Read whatever pushes have arrived on this thread's tracking connection to ``pool``,
+    without waiting; the connection's epoch, or 0 if there is no open tracking connection (then
+    nothing cached under an earlier epoch may be trusted)."""
+    local = _local
+    if (
+        local.sock is None
+        or not local.tracking
+        or local.pool is not pool
+        or local.pid != os.getpid()
+    ):
+        return 0
+    try:
+        data = local.buffer
+        while True:
+            try:
+                chunk = os.read(local.sock.fileno(), _RECV)
+            except BlockingIOError:
+                break
+            if not chunk:
+                raise WireError("connection closed by the server")
+            data += chunk
+            if len(chunk) < _RECV:
+                break
+        if data:
+            taken = _take_frames(data, 0)
+            local.buffer = data if taken is None else taken[1]
+    except Exception:
+        _drop()
+        return 0
+    return local.epoch
+
+
+def epoch() -> int:
+    """The epoch of this thread's open connection; 0 if none is open."""
+    return _local.epoch if _local.pid == os.getpid() else 0
+
+
+def invalidations() -> list[bytes | None]:
+    """The keys pushed as changed since the last call (None: all of them), and forget them."""
+    taken, _local.invalidated = _local.invalidated, []
+    return taken

@@ -526,25 +526,31 @@ def _write_shard_rows(run: FeedRun, shard: FeedRunShard, batch: FeedBatch) -> No
         _copy_rows(run.pk, rows)
         return
     while chunk := list(itertools.islice(rows, WRITE_BATCH)):
-        MemberFeed.objects.bulk_create(
-            [
-                MemberFeed(
-                    run_id=run.pk,
-                    member_id=member,
-                    item_ids=items,
-                    scores=row_scores,
-                    base_scores=row_base,
-                    reasons=reasons,
-                )
-                for member, items, row_scores, row_base, reasons in chunk
-            ],
-            batch_size=WRITE_BATCH,
-        )
+        _bulk_create_rows(run.pk, chunk)
 
 
-def _feed_rows(
-    batch: FeedBatch,
-) -> Iterator[tuple[int, list[int], list[float], list[float], list[int]]]:
+def _bulk_create_rows(run_id: int, rows: Iterable[FeedRow]) -> None:
+    MemberFeed.objects.bulk_create(
+        [
+            MemberFeed(
+                run_id=run_id,
+                member_id=member,
+                item_ids=items,
+                scores=row_scores,
+                base_scores=row_base,
+                reasons=reasons,
+            )
+            for member, items, row_scores, row_base, reasons in rows
+        ],
+        batch_size=WRITE_BATCH,
+    )
+
+
+# (member, item ids, scores, base scores, reasons): one MemberFeed row.
+FeedRow = tuple[int, list[int], list[float], list[float], list[int]]
+
+
+def _feed_rows(batch: FeedBatch) -> Iterator[FeedRow]:
     """``(member, item ids, scores, base scores, reasons)`` per member, padding dropped."""
     valid = batch.item_ids >= 0
     scores = np.round(batch.scores.astype(np.float64), 6)
@@ -761,17 +767,7 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
         batch = refresh_feeds(prepared, **_refresh_inputs(community, ids))
         ranked = time.perf_counter()
         MemberFeed.objects.filter(run_id=run.pk, member_id__in=ids).delete()
-        MemberFeed.objects.bulk_create(
-            MemberFeed(
-                run_id=run.pk,
-                member_id=member,
-                item_ids=items,
-                scores=row_scores,
-                base_scores=row_base,
-                reasons=reasons,
-            )
-            for member, items, row_scores, row_base, reasons in _feed_rows(batch)
-        )
+        _bulk_create_rows(run.pk, _feed_rows(batch))
         slug, external_ids = community.slug, [members[m] for m in ids]
         transaction.on_commit(
             lambda: feedcache.member_pages_invalidate(slug=slug, members=external_ids)

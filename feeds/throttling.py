@@ -9,8 +9,9 @@ which a forger cannot share with the real app.
 
 The limit is ``COMMONFEED_APP_RATE`` requests per window; a window opens with a credential's
 first request and lasts the rate's period. In Redis that is one counter per credential (INCR,
-then EXPIRE NX: atomic across every web process, a few microseconds, and the same commands the
-feed's fast path sends in its one round trip; EXPIRE NX needs Redis 7.0 or later). Other
+then EXPIRE NX: atomic across every web process, a few microseconds; EXPIRE NX needs Redis 7.0
+or later). The feed's fast path counts into the same counter in its one round trip, reserving a
+small block of tokens per web thread at high rates (see feeds.fastpath). Other
 caches (local memory in development) get the same rule through Django's cache API.
 
 If the cache is down, requests are let through unthrottled rather than refused: the limit

@@ -16,7 +16,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from feeds import feedcache
+from feeds import fastpath, feedcache, redis_wire
 from feeds.models import FeedRun
 from feeds.services import (
     app_credential_create,
@@ -34,6 +34,33 @@ def redis_cache() -> None:
     if not isinstance(caches["default"], RedisCache):
         pytest.skip("the fast path needs the Redis cache (REDIS_URL)")
     feedcache._down_until = 0.0
+
+
+@pytest.fixture(autouse=True, params=["near", "no-near"])
+def near_cache(request: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Every test runs with the near cache on, leasing the most throttle tokens whatever the
+    rate (so that nearly every request after the first two is a near-cache hit), and off."""
+    near = request.param == "near"
+    settings.COMMONFEED_FEED_NEAR_CACHE_SECONDS = 10 if near else 0
+    if near:
+        monkeypatch.setattr(fastpath, "_lease", lambda rate: fastpath._LEASE_MAX)
+    fastpath._near.clear(0)
+    fastpath._near.keys.clear()
+    return near
+
+
+class _Spy:
+    """Counts the Redis round trips of the fast path."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = redis_wire.call
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(redis_wire, "call", call)
 
 
 def _computed(slug: str = "alpha") -> tuple[Any, dict[str, Any]]:
@@ -232,21 +259,24 @@ def test_unusual_parameters_get_the_database_paths_answer(client: Client, query:
     assert (second.status_code, second.content) == (first.status_code, first.content)
 
 
-def test_the_packed_commands_are_the_resp_of_mget_incr_expire() -> None:
-    from feeds import fastpath, redis_wire
-
-    a, b, c, d, period = b"cred", b"ptr", b"page:x:\xc3\xa9", b"thr", b"60"
-    filled = fastpath._COMMANDS % (len(a), a, len(b), b, len(c), c, len(d), d, len(d), d, 2, period)
+def test_the_packed_commands_are_the_resp_of_mget_incrby_expire_pttl() -> None:
+    a, b, c, d, lease, period = b"cred", b"ptr", b"page:x:\xc3\xa9", b"thr", b"7", b"60"
+    filled = fastpath._COMMANDS % (
+        *(len(a), a, len(b), b, len(c), c),
+        *(len(d), d, len(lease), lease),
+        *(len(d), d, 2, period),
+        *(len(d), d),
+    )
     assert filled == (
         redis_wire.pack(b"MGET", a, b, c)
-        + redis_wire.pack(b"INCR", d)
+        + redis_wire.pack(b"INCRBY", d, lease)
         + redis_wire.pack(b"EXPIRE", d, period, b"NX")
+        + redis_wire.pack(b"PTTL", d)
     )
+    assert redis_wire.pack(b"CLIENT", b"CACHING", b"YES") == fastpath._CACHING
 
 
 def test_the_wire_reads_pipelined_replies_and_drops_a_connection_after_an_error() -> None:
-    from feeds import redis_wire
-
     client, backend = feedcache.redis_store()  # type: ignore[misc]
     key = backend.make_key("cf:test:wire").encode()
     client.delete(key)
@@ -267,3 +297,135 @@ def test_the_wire_reads_pipelined_replies_and_drops_a_connection_after_an_error(
         redis_wire.call(pool, redis_wire.pack(b"NOSUCHCOMMAND"))
     assert redis_wire._local.sock is None  # dropped, and the next call connects again
     assert redis_wire.call(pool, redis_wire.pack(b"PING")) == [b"PONG"]
+
+
+# --- The near cache ------------------------------------------------------------------------------
+
+
+def _near_only(near_cache: bool) -> None:
+    if not near_cache:
+        pytest.skip("about the near cache")
+
+
+def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
+    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    cold = _get(client, url, token)  # the database path fills Redis
+    _get(client, url, token)  # the fast path reads Redis
+    spy = _Spy(monkeypatch)
+
+    warm = [_counted(client, url, token) for _ in range(10)]
+
+    assert all(response.content == cold.content for response, _ in warm)
+    assert all(_headers(response) == _headers(cold) for response, _ in warm)
+    assert all(queries == 0 for _, queries in warm)
+    # Near cache: no round trip at all; without it, one per request.
+    assert spy.calls == (0 if near_cache else 10)
+
+
+def test_a_revocation_reaches_a_thread_that_serves_from_its_near_cache(
+    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _near_only(near_cache)
+    community, data = _computed()
+    credential, token = app_credential_create(
+        community=community, name="app", scopes=["feeds:read"]
+    )
+    url = _url(community.slug, data["members"][0].external_id)
+    _get(client, url, token)
+    _get(client, url, token)
+    spy = _Spy(monkeypatch)
+    assert _get(client, url, token).status_code == 200 and spy.calls == 0  # near-cache hit
+
+    app_credential_revoke(credential=credential)
+
+    assert _get(client, url, token).status_code == 401
+
+
+def test_a_swap_and_a_fold_in_refresh_reach_the_near_cache(
+    client: Client, near_cache: bool, django_capture_on_commit_callbacks: Any
+) -> None:
+    _near_only(near_cache)
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    member = data["members"][0].external_id
+    url = _url(community.slug, member)
+    first = _get(client, url, token)
+    assert _get(client, url, token).content == first.content
+
+    with django_capture_on_commit_callbacks(execute=True):
+        newer = feed_run_execute(run_id=feed_run_request(community=community).pk)
+    assert _get(client, url, token).json()["run"] == newer.pk
+
+    # A fold-in refresh rewrites the member's feed inside the generation and drops their pages.
+    fresh = _get(client, url, token)
+    feedcache.member_pages_invalidate(slug=community.slug, members=[member])
+    response, queries = _counted(client, url, token)
+    assert queries > 0  # not the near cache's copy: the database path answered
+    assert response.content == fresh.content
+
+
+def test_a_lost_connection_empties_the_near_cache(
+    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _near_only(near_cache)
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    _get(client, url, token)
+    _get(client, url, token)
+    redis_wire._drop()  # as after an error: pushes sent meanwhile would be lost
+    spy = _Spy(monkeypatch)
+
+    assert _get(client, url, token).status_code == 200
+    assert spy.calls == 1
+
+
+def test_leased_throttle_tokens_never_let_a_credential_past_its_rate(
+    client: Client, settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.COMMONFEED_APP_RATE = "12/min"
+    monkeypatch.setattr(fastpath, "_lease", lambda rate: 5)
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+
+    statuses = [_get(client, url, token).status_code for _ in range(16)]
+
+    assert statuses == [200] * 12 + [429] * 4
+
+
+def test_the_wire_hands_over_tracking_pushes_and_keeps_a_push_cut_in_two() -> None:
+    client, backend = feedcache.redis_store()  # type: ignore[misc]
+    key = backend.make_key("cf:test:tracked").encode()
+    client.set(key, b"v1")
+    pool = client.connection_pool
+    redis_wire.invalidations()
+
+    read = redis_wire.call(
+        pool,
+        fastpath._CACHING + redis_wire.pack(b"MGET", key),
+        replies=2,
+        tracking=True,
+    )
+    assert read == [b"OK", [b"v1"]]
+    epoch = redis_wire.epoch()
+    assert redis_wire.poll(pool) == epoch and redis_wire.invalidations() == []
+
+    client.set(key, b"v2")
+    client.ping()  # the writer's fence (feeds.feedcache._fence)
+    assert redis_wire.poll(pool) == epoch
+    assert redis_wire.invalidations() == [key]
+    client.delete(key)
+
+    # A flush is a push with a null key list; a push cut between two reads waits for its end.
+    push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nabc\r\n"
+    flush = b">2\r\n$10\r\ninvalidate\r\n_\r\n"
+    assert redis_wire._take_frames(push[:20], 0) == ([], push[:20])
+    assert redis_wire._take_frames(push + flush + b":7\r\n", 1) == ([7], b"")
+    assert redis_wire.invalidations() == [b"abc", None]
+    redis_wire._drop()
+    assert redis_wire.poll(pool) == 0 and redis_wire.epoch() == 0
