@@ -66,6 +66,20 @@ def wrk(
     }
 
 
+def _rotating_paths_script(paths: list[str]) -> Path:
+    """A wrk script that requests ``paths`` in turn."""
+    script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    script.write_text(
+        "local paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\n"
+        "local i = 0\n"
+        "request = function()\n"
+        "  i = i + 1\n"
+        "  return wrk.format(nil, paths[(i % #paths) + 1])\n"
+        "end\n"
+    )
+    return script
+
+
 def cpu_probe(api_path: str, token: str, *, requests: int, rounds: int) -> None:
     """CPU seconds per request of the API and the bare view, in this process (run with the
     server's environment): the WSGI handler called directly, no network, no wrk. CPU time is
@@ -185,7 +199,7 @@ def main() -> None:
                 continue
             bare = urllib.request.urlopen(f"{base}/bench/bare/").read()
             assert bare == body, "the bare view must serve the same bytes"
-            script = None
+            script = bare_script = None
             if len(members) > 1:
                 paths = [f"/api/v1/communities/{args.slug}/feeds/{m.external_id}/" for m in members]
                 for path in paths:  # each page through the database path once: Redis has them
@@ -194,14 +208,11 @@ def main() -> None:
                             base + path, headers={"Authorization": f"Bearer {token}"}
                         )
                     ).read()
-                script = Path(tempfile.mkstemp(suffix=".lua")[1])
-                script.write_text(
-                    "local paths = {" + ", ".join(json.dumps(p) for p in paths) + "}\n"
-                    "local i = 0\n"
-                    "request = function()\n"
-                    "  i = i + 1\n"
-                    "  return wrk.format(nil, paths[(i % #paths) + 1])\n"
-                    "end\n"
+                # wrk runs the same Lua per request on both sides (it costs wrk CPU on the
+                # same cores); the bare view ignores the query string.
+                script = _rotating_paths_script(paths)
+                bare_script = _rotating_paths_script(
+                    [f"/bench/bare/?member={m.external_id}" for m in members]
                 )
             # Alternate the two for several rounds: on a shared machine the load drifts, and a
             # ratio of two runs taken minutes apart would measure the drift.
@@ -218,7 +229,7 @@ def main() -> None:
                         )
                         for name, url, auth, lua in (
                             ("api", api, token, script),
-                            ("bare", f"{base}/bench/bare/", None, None),
+                            ("bare", f"{base}/bench/bare/", None, bare_script),
                         )
                     }
                 )
