@@ -302,9 +302,8 @@ def test_the_wire_reads_pipelined_replies_and_drops_a_connection_after_an_error(
 # --- The near cache ------------------------------------------------------------------------------
 
 
-def _near_only(near_cache: bool) -> None:
-    if not near_cache:
-        pytest.skip("about the near cache")
+# Tests about the near cache itself run with it on only.
+near_only = pytest.mark.parametrize("near_cache", ["near"], indirect=True)
 
 
 def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
@@ -326,10 +325,10 @@ def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
     assert spy.calls == (0 if near_cache else 10)
 
 
+@near_only
 def test_a_revocation_reaches_a_thread_that_serves_from_its_near_cache(
     client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _near_only(near_cache)
     community, data = _computed()
     credential, token = app_credential_create(
         community=community, name="app", scopes=["feeds:read"]
@@ -345,10 +344,10 @@ def test_a_revocation_reaches_a_thread_that_serves_from_its_near_cache(
     assert _get(client, url, token).status_code == 401
 
 
+@near_only
 def test_a_swap_and_a_fold_in_refresh_reach_the_near_cache(
     client: Client, near_cache: bool, django_capture_on_commit_callbacks: Any
 ) -> None:
-    _near_only(near_cache)
     community, data = _computed()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
     member = data["members"][0].external_id
@@ -368,10 +367,10 @@ def test_a_swap_and_a_fold_in_refresh_reach_the_near_cache(
     assert response.content == fresh.content
 
 
+@near_only
 def test_a_lost_connection_empties_the_near_cache(
     client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    _near_only(near_cache)
     community, data = _computed()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
     url = _url(community.slug, data["members"][0].external_id)
