@@ -790,9 +790,12 @@ def _refresh_inputs(community: Community, member_ids: list[int]) -> dict[str, ob
     Read by the same rules as a run (interaction weights, mutes resolved to items, refusals);
     besides, items deactivated since the run are refused.
     """
+    # By member alone: the ids are this community's memberships (the caller read them so), and
+    # a filter on the community as well can lead the planner to bitmap-AND the community's
+    # whole index range with the members' (seconds at 20M interactions, milliseconds without).
     rows = np.array(
         list(
-            Interaction.objects.filter(community=community, member_id__in=member_ids).values_list(
+            Interaction.objects.filter(member_id__in=member_ids).values_list(
                 "member_id", "item_id", "weight"
             )
         ),

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from django.db import transaction
 
-from feeds.importers import ImportFileError, Tally, progress, rows_ensure
+from feeds.importers import ImportFileError, Tally, progress, rows_ensure, tables_analyze
 from feeds.models import Creator, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
 from governance.services import community_get_or_create
@@ -200,6 +200,7 @@ def movielens_import(
             batch_size=batch_size,
             show_progress=show_progress,
         )
+    tables_analyze(Membership, Creator, Item, ItemCreator, Interaction)
     return MovieLensImportResult(
         community=community,
         community_created=community_created,

@@ -27,7 +27,7 @@ import numpy.typing as npt
 from django.db import connection, transaction
 from django.utils import timezone
 
-from feeds.importers import Tally, progress, rows_ensure
+from feeds.importers import Tally, progress, rows_ensure, tables_analyze
 from feeds.models import Creator, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
 from governance.services import community_get_or_create
@@ -213,6 +213,7 @@ def seed_demo(
             batch_size=batch_size,
         )
         created = in_community.count() - before
+    tables_analyze(Membership, Creator, Item, ItemCreator, Interaction)
     return SeedResult(
         community=community,
         community_created=community_created,

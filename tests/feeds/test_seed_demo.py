@@ -217,3 +217,19 @@ def test_invalid_arguments_fail_with_a_clear_message_and_write_nothing(
         seed("demo", **options)
 
     assert not Community.objects.exists()
+
+
+@pytest.mark.django_db
+def test_on_postgresql_the_loaded_tables_are_analysed_for_the_planner() -> None:
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    if connection.vendor != "postgresql":
+        pytest.skip("ANALYZE is PostgreSQL's; SQLite has nothing to refresh")
+    with CaptureQueriesContext(connection) as queries:
+        seed("analysed")
+    analysed = [q["sql"] for q in queries.captured_queries if q["sql"].startswith("ANALYZE")]
+    assert analysed == [
+        f'ANALYZE "{model._meta.db_table}"'
+        for model in (Membership, Creator, Item, ItemCreator, Interaction)
+    ]
