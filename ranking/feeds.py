@@ -17,6 +17,7 @@ import dataclasses
 import json
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -698,6 +699,26 @@ def score_feeds(
     # catalogue is faster than over an explicit list of the same items (same results).
     allowed = None if scorable.size == prepared.n_model_items else scorable
 
+    # The two personalised routes: candidates from the trained factors, and from factors solved
+    # now for members left out of training. Each takes absolute rows, gives (items, scores).
+    Pool = tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]
+    personal: list[tuple[int, Callable[[npt.NDArray[np.int64]], Pool]]] = []
+    if model is not None:
+        fitted = model
+
+        def trained(rows: npt.NDArray[np.int64]) -> Pool:
+            return fitted.recommend(
+                prepared.model_rows[rows],
+                _model_query(prepared, fitted, rows),
+                pool,
+                allowed_items=allowed,
+            )
+
+        def recalculated(rows: npt.NDArray[np.int64]) -> Pool:
+            return _recalculated(fitted, prepared.train, prepared.seen, rows, scorable, pool)
+
+        personal = [(ROUTE_TRAINED, trained), (ROUTE_RECALCULATED, recalculated)]
+
     started = time.perf_counter()
     # Chunks are fixed blocks of absolute positions, not of this slice: BLAS may round a row's
     # dot products differently depending on the other rows of the same product, so a shard that
@@ -705,31 +726,13 @@ def score_feeds(
     for block in range(start - start % chunk_size, stop if n else start, chunk_size):
         local = np.arange(max(block, start), min(block + chunk_size, stop)) - start
         here = route[local]
-        if model is not None:
-            chunk = local[here == ROUTE_TRAINED]
+        for personal_route, candidates in personal:
+            chunk = local[here == personal_route]
             if chunk.size:
                 # One row alone would be a matrix-vector product, rounded unlike the same row
                 # inside a matrix-matrix product: score it twice and keep one.
                 rows = start + (np.repeat(chunk, 2) if chunk.size == 1 else chunk)
-                pool_items, pool_scores = model.recommend(
-                    prepared.model_rows[rows],
-                    _model_query(prepared, model, rows),
-                    pool,
-                    allowed_items=allowed,
-                )
-                finish(
-                    chunk,
-                    pool_items[: chunk.size],
-                    pool_scores[: chunk.size],
-                    policy.ranking,
-                    Reason.PERSONALISED,
-                )
-            chunk = local[here == ROUTE_RECALCULATED]
-            if chunk.size:
-                rows = start + (np.repeat(chunk, 2) if chunk.size == 1 else chunk)
-                pool_items, pool_scores = _recalculated(
-                    model, prepared.train, prepared.seen, rows, scorable, pool
-                )
+                pool_items, pool_scores = candidates(rows)
                 finish(
                     chunk,
                     pool_items[: chunk.size],

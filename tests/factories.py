@@ -6,6 +6,8 @@ import itertools
 from datetime import UTC, datetime, timedelta
 
 import factory
+from django.contrib.auth import get_user_model
+from django.test import Client
 
 from feeds.models import Creator, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
@@ -73,3 +75,14 @@ def small_catalogue(community: Community, *, members: int = 12, items: int = 30)
         for k in range(5):
             interact(member, item_rows[(m * 3 + k * 7) % items])
     return {"creators": creators, "items": item_rows, "members": member_rows}
+
+
+def person_client(community: Community, username: str, role: str | None) -> Client:
+    """A logged-in client (CSRF enforced) for a new user with ``role`` in the community; with
+    ``role=None`` an outsider."""
+    user = get_user_model().objects.create_user(username, password="a-long-password-1")
+    if role is not None:
+        MembershipFactory(community=community, user=user, role=role)
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    return client

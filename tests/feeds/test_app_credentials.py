@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.test import Client
 from django.urls import reverse
 
@@ -13,19 +12,9 @@ from feeds.auth import token_digest
 from feeds.models import AppCredential
 from feeds.services import app_credential_create, app_credential_revoke
 from governance.models import AuditEntry, Community, Membership
-from tests.factories import MembershipFactory, make_community
+from tests.factories import MembershipFactory, make_community, person_client
 
 pytestmark = pytest.mark.django_db
-
-
-def _person(community: Community, username: str, role: str | None) -> Client:
-    """A logged-in client for a user with ``role`` in the community (None: an outsider)."""
-    user = get_user_model().objects.create_user(username, password="a-long-password-1")
-    if role is not None:
-        MembershipFactory(community=community, user=user, role=role)
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(user)
-    return client
 
 
 def _csrf(client: Client, community: Community) -> str:
@@ -48,7 +37,7 @@ def _post_json(client: Client, url: str, body: object, csrf: str | None) -> obje
 @pytest.mark.parametrize("role", ["moderator", "admin"])
 def test_a_moderator_or_admin_issues_a_credential_and_sees_its_token_once(role: str) -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", role)
+    client = person_client(community, "mod", role)
     url = reverse("app-credentials", args=[community.slug])
     csrf = _csrf(client, community)
 
@@ -75,7 +64,7 @@ def test_a_moderator_or_admin_issues_a_credential_and_sees_its_token_once(role: 
 @pytest.mark.parametrize("role", ["member", None])
 def test_a_plain_member_or_an_outsider_gets_403_on_the_page(role: str | None) -> None:
     community = make_community("alpha")
-    client = _person(community, "someone", role)
+    client = person_client(community, "someone", role)
     url = reverse("app-credentials", args=[community.slug])
     assert client.get(url).status_code == 403
     assert client.post(url, {"name": "x", "scopes": ["feeds:read"]}).status_code == 403
@@ -92,7 +81,7 @@ def test_an_anonymous_visitor_is_sent_to_log_in() -> None:
 def test_the_form_shows_what_is_wrong() -> None:
     community = make_community("alpha")
     app_credential_create(community=community, name="mobile", scopes=["feeds:read"])
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     csrf = _csrf(client, community)
     url = reverse("app-credentials", args=[community.slug])
 
@@ -112,7 +101,7 @@ def test_the_form_shows_what_is_wrong() -> None:
 def test_the_revoke_button_revokes_and_needs_a_post_with_csrf() -> None:
     community = make_community("alpha")
     credential, _ = app_credential_create(community=community, name="mobile", scopes=["feeds:read"])
-    client = _person(community, "mod", "admin")
+    client = person_client(community, "mod", "admin")
     url = reverse("app-credential-revoke", args=[community.slug, credential.prefix])
 
     assert client.get(url).status_code == 405
@@ -133,7 +122,7 @@ def test_a_moderator_cannot_revoke_another_communitys_credential() -> None:
     community = make_community("alpha")
     other = make_community("beta")
     credential, _ = app_credential_create(community=other, name="x", scopes=["feeds:read"])
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     csrf = _csrf(client, community)
     response = client.post(
         reverse("app-credential-revoke", args=[community.slug, credential.prefix]),
@@ -150,7 +139,7 @@ def test_a_moderator_cannot_revoke_another_communitys_credential() -> None:
 def test_the_api_issues_lists_and_revokes_and_revocation_applies_to_the_next_request() -> None:
     community = make_community("alpha")
     member = MembershipFactory(community=community)
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     csrf = _csrf(client, community)
     apps_url = reverse("api-app-credentials", args=[community.slug])
 
@@ -182,7 +171,7 @@ def test_the_api_issues_lists_and_revokes_and_revocation_applies_to_the_next_req
 
 def test_the_api_refuses_writes_without_a_csrf_token() -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     response = _post_json(
         client,
         reverse("api-app-credentials", args=[community.slug]),
@@ -198,7 +187,7 @@ def test_the_api_refuses_writes_without_a_csrf_token() -> None:
 def test_the_api_refuses_members_and_outsiders(role: str | None) -> None:
     community = make_community("alpha")
     credential, _ = app_credential_create(community=community, name="x", scopes=["feeds:read"])
-    client = _person(community, "someone", role)
+    client = person_client(community, "someone", role)
     csrf = _csrf(client, community)
     apps_url = reverse("api-app-credentials", args=[community.slug])
     revoke_url = reverse("api-app-credential-revoke", args=[community.slug, credential.prefix])
@@ -233,7 +222,7 @@ def test_the_api_refuses_an_app_token_and_an_anonymous_caller() -> None:
 def test_the_api_answers_bad_input_with_a_400_naming_the_field(body: dict, field: str) -> None:
     community = make_community("alpha")
     app_credential_create(community=community, name="taken", scopes=["feeds:read"])
-    client = _person(community, "mod", "admin")
+    client = person_client(community, "mod", "admin")
     csrf = _csrf(client, community)
     response = _post_json(client, reverse("api-app-credentials", args=[community.slug]), body, csrf)
     assert response.status_code == 400
@@ -243,7 +232,7 @@ def test_the_api_answers_bad_input_with_a_400_naming_the_field(body: dict, field
 
 def test_revoking_an_unknown_prefix_is_a_404() -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", "admin")
+    client = person_client(community, "mod", "admin")
     csrf = _csrf(client, community)
     url = reverse("api-app-credential-revoke", args=[community.slug, "nosuchprefix"])
     assert _post_json(client, url, None, csrf).status_code == 404

@@ -12,7 +12,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.db import connection, connections
 from django.test import Client
 from django.urls import reverse
@@ -28,20 +27,11 @@ from tests.factories import (
     MembershipFactory,
     interact,
     make_community,
+    person_client,
     small_catalogue,
 )
 
 pytestmark = pytest.mark.django_db
-
-
-def _person(community: Community, username: str, role: str | None) -> Client:
-    """A logged-in client for a user with ``role`` in the community (None: an outsider)."""
-    user = get_user_model().objects.create_user(username, password="a-long-password-1")
-    if role is not None:
-        MembershipFactory(community=community, user=user, role=role)
-    client = Client(enforce_csrf_checks=True)
-    client.force_login(user)
-    return client
 
 
 def _csrf(client: Client, community: Community) -> str:
@@ -89,7 +79,7 @@ def test_a_moderator_queues_one_run_and_a_second_click_queues_nothing(
     role: str, sent: list[int], django_capture_on_commit_callbacks: Any
 ) -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", role)
+    client = person_client(community, "mod", role)
     url = reverse("feed-runs", args=[community.slug])
     csrf = _csrf(client, community)
 
@@ -123,7 +113,7 @@ def test_a_moderator_queues_one_run_and_a_second_click_queues_nothing(
 
 def test_recompute_now_without_a_csrf_token_is_refused(sent: list[int]) -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     response = client.post(reverse("feed-runs", args=[community.slug]))
     assert response.status_code == 403
     assert not FeedRun.objects.exists()
@@ -134,7 +124,7 @@ def test_a_plain_member_or_an_outsider_gets_403_on_the_page_and_the_api(
     role: str | None, sent: list[int]
 ) -> None:
     community = make_community("alpha")
-    client = _person(community, "someone", role)
+    client = person_client(community, "someone", role)
     csrf = _csrf(client, community)
     page = reverse("feed-runs", args=[community.slug])
     api = reverse("api-feed-runs", args=[community.slug])
@@ -150,7 +140,7 @@ def test_a_plain_member_or_an_outsider_gets_403_on_the_page_and_the_api(
 
 def test_an_unknown_community_is_404_and_anonymous_visitors_are_sent_to_sign_in() -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     assert client.get(reverse("feed-runs", args=["nope"])).status_code == 404
     assert client.get(reverse("api-feed-runs", args=["nope"])).status_code == 404
     response = Client().get(reverse("feed-runs", args=[community.slug]))
@@ -160,7 +150,7 @@ def test_an_unknown_community_is_404_and_anonymous_visitors_are_sent_to_sign_in(
 
 def test_the_nav_links_the_runs_page() -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     html = client.get(reverse("governance:home", args=[community.slug])).content.decode()
     assert reverse("feed-runs", args=[community.slug]) in html
 
@@ -172,7 +162,7 @@ def test_the_api_queues_a_run_once_and_lists_runs_with_their_metrics(
     sent: list[int], django_capture_on_commit_callbacks: Any
 ) -> None:
     community = make_community("alpha")
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     csrf = _csrf(client, community)
     url = reverse("api-feed-runs", args=[community.slug])
 
@@ -442,14 +432,14 @@ def test_a_run_whose_feeds_were_pruned_records_that_it_cannot_be_measured(
     MemberFeed.objects.filter(run=run).delete()
     result = runs.feed_run_metrics_compute(run_id=run.pk)
     assert result is not None and result["status"] == "unavailable"
-    page_client = _person(run.community, "mod", "moderator")
+    page_client = person_client(run.community, "mod", "moderator")
     html = page_client.get(reverse("feed-runs", args=[run.community.slug])).content.decode()
     assert "No metrics: The run&#x27;s stored feeds were pruned" in html
 
 
 def test_the_runs_page_shows_a_run_s_metrics(measured: dict[str, Any]) -> None:
     run = measured["run"]
-    client = _person(run.community, "mod", "moderator")
+    client = person_client(run.community, "mod", "moderator")
     url = reverse("feed-runs", args=[run.community.slug])
     assert "Metrics are being computed." in client.get(url).content.decode()
     runs.feed_run_metrics_compute(run_id=run.pk)
@@ -470,7 +460,7 @@ def test_a_moderator_s_run_is_computed_and_measured_by_a_worker(
 
     community = make_community("workshop")
     small_catalogue(community, members=12, items=30)
-    client = _person(community, "mod", "moderator")
+    client = person_client(community, "mod", "moderator")
     api = reverse("api-feed-runs", args=[community.slug])
     response = client.post(
         api, content_type="application/json", HTTP_X_CSRFTOKEN=_csrf(client, community)

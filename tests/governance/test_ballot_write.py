@@ -35,7 +35,7 @@ from governance.proposal_services import (
     ballot_member,
     ballot_receipt,
 )
-from governance.selectors import audit_verify
+from governance.selectors import audit_stored, audit_verify
 from governance.services import community_lock_key, membership_create
 from tests.governance.conftest import concurrent_on_postgresql
 from tests.governance.proposal_helpers import make_voting_community, open_proposal, vote_and_close
@@ -55,18 +55,8 @@ def _ballot_entries(community_id: int) -> list[AuditEntry]:
 
 
 def _recomputed(entry: AuditEntry) -> str:
-    body = audit_chain.entry_body(
-        community=entry.community_id,
-        seq=entry.seq,
-        created_at=entry.created_at,
-        actor_id=entry.actor_id,
-        actor_label=entry.actor_label,
-        action=entry.action,
-        object_type=entry.object_type,
-        object_id=entry.object_id,
-        payload_json=entry.payload_json,
-    )
-    return audit_chain.entry_hash(entry.prev_hash, body)
+    stored = audit_stored(entry)
+    return audit_chain.entry_hash(stored.prev_hash, stored.body)
 
 
 @pytest.mark.django_db
