@@ -29,9 +29,11 @@ from tests.governance.proposal_helpers import changed_policy
 pytestmark = pytest.mark.django_db
 
 
-@pytest.fixture
-def garden() -> tuple[Any, dict[str, Any], Proposal]:
-    community = make_community("garden")
+def _community_with_proposal(
+    slug: str, title: str, ranking: dict[str, Any]
+) -> tuple[Any, dict[str, Any], Proposal]:
+    """A small community whose first member, a moderator, proposes ``ranking`` at 8 factors."""
+    community = make_community(slug)
     data = small_catalogue(community, members=16, items=40)
     author = data["members"][0]
     author.role = "moderator"
@@ -39,11 +41,16 @@ def garden() -> tuple[Any, dict[str, Any], Proposal]:
     proposal = proposal_create(
         community=community,
         author=author,
-        title="Cap creators",
-        rationale="Spread exposure.",
-        document=changed_policy(community, ranking={"creator_cap": 1}, model={"factors": 8}),
+        title=title,
+        rationale="",
+        document=changed_policy(community, ranking=ranking, model={"factors": 8}),
     )
     return community, data, proposal
+
+
+@pytest.fixture
+def garden() -> tuple[Any, dict[str, Any], Proposal]:
+    return _community_with_proposal("garden", "Cap creators", {"creator_cap": 1})
 
 
 def _policies(community: Any, proposal: Proposal) -> tuple[Any, Any]:
@@ -149,18 +156,7 @@ def test_charter_proposals_and_unknown_ones(garden) -> None:  # type: ignore[no-
 def test_a_worker_measures_the_impact_for_the_page(
     transactional_db: None, celery_worker: subprocess.Popen[bytes]
 ) -> None:
-    community = make_community("orchard")
-    data = small_catalogue(community, members=16, items=40)
-    author = data["members"][0]
-    author.role = "moderator"
-    author.save(update_fields=["role"])
-    proposal = proposal_create(
-        community=community,
-        author=author,
-        title="Quota",
-        rationale="",
-        document=changed_policy(community, ranking={"long_tail_quota": 0.3}, model={"factors": 8}),
-    )
+    community, _, proposal = _community_with_proposal("orchard", "Quota", {"long_tail_quota": 0.3})
     url = reverse("proposal-impact", args=[community.slug, proposal.pk])
     html = Client().get(url).content.decode()
     deadline = time.monotonic() + 60
