@@ -469,7 +469,7 @@ class ALSModel:
                 item_factors,
                 np.ascontiguousarray(factors, dtype=np.float32),
                 n_eff,
-                filter_query_items=query,
+                filter_query_items=None if query is None else _SeenRows(query),
                 num_threads=self._num_threads,
             )
         ids = np.asarray(ids, dtype=np.int64).reshape(m, n_eff)
@@ -551,6 +551,32 @@ class ALSModel:
         model.item_factors = item_factors
         result._model = model
         return result
+
+
+class _SeenRow:
+    __slots__ = ("indices",)
+
+    def __init__(self, indices: npt.NDArray[np.int32]) -> None:
+        self.indices = indices
+
+
+class _SeenRows:
+    """Rows of a CSR matrix as implicit's top-k reads its ``filter_query_items``.
+
+    :func:`implicit.cpu.topk.topk` only ever takes ``filter_query_items[row].indices``, once per
+    query row. On a :class:`~scipy.sparse.csr_matrix` each of those is a full sparse slice (a new
+    matrix, validated), about a tenth of the scoring time with 100,000 items; here it is one
+    view of ``indices``. The filtered items are the same, so are the results (tested).
+    """
+
+    __slots__ = ("_indices", "_indptr")
+
+    def __init__(self, matrix: csr_matrix) -> None:
+        self._indptr = matrix.indptr
+        self._indices = matrix.indices
+
+    def __getitem__(self, row: int) -> _SeenRow:
+        return _SeenRow(self._indices[self._indptr[row] : self._indptr[row + 1]])
 
 
 def _restrict_columns(matrix: csr_matrix, columns: npt.NDArray[np.int64]) -> csr_matrix:

@@ -242,15 +242,16 @@ def test_zero_items_or_zero_users_give_empty_arrays(model: ALSModel, matrix: csr
     assert items.shape == scores.shape == (0, 4)
 
 
+@pytest.mark.parametrize("allowed", [None, [3, 9, 1, 27, 14, 33, 8]], ids=["all", "some"])
 def test_it_gives_exactly_what_implicit_itself_recommends(
-    model: ALSModel, matrix: csr_matrix
+    model: ALSModel, matrix: csr_matrix, allowed: list[int] | None
 ) -> None:
     users = np.arange(matrix.shape[0])
-    allowed = np.array([3, 9, 1, 27, 14, 33, 8])
     bare = model.implicit_model
 
     ours, our_scores = model.recommend(users, matrix, 5, allowed_items=allowed)
-    ids, scores = bare.recommend(users, matrix[users], N=5, items=allowed)
+    items = None if allowed is None else np.array(allowed)
+    ids, scores = bare.recommend(users, matrix[users], N=5, items=items)
 
     real = scores > -np.finfo(np.float32).max
     for user in users:
