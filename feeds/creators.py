@@ -7,7 +7,7 @@ people who already engaged with the creator or new to them. Then what keeps item
 creator's own opt-out, the community's refusal rules that match their items (with the rule's
 reason), members' mutes, and the policy's treatment of their items' provenance.
 
-Counting reads every stored feed of the run once (``jsonb_array_elements`` on PostgreSQL), so
+Counting reads every stored feed of the run once (``json_array_elements_text`` on PostgreSQL), so
 the result is cached per run and creator for ``CREATOR_REPORT_TTL`` seconds. Fold-in refreshes
 between runs (docs/pipeline.md) are counted from the next computation on.
 """
@@ -104,7 +104,7 @@ def _entries(run: FeedRun, item_ids: list[int]) -> list[tuple[int, int, int, int
                 SELECT f.member_id, e.item::bigint, e.rank::int,
                        COALESCE((f.reasons ->> (e.rank::int - 1))::int, 0)
                 FROM {table} f
-                CROSS JOIN LATERAL jsonb_array_elements_text(f.item_ids)
+                CROSS JOIN LATERAL json_array_elements_text(f.item_ids)
                     WITH ORDINALITY AS e(item, rank)
                 WHERE f.run_id = %s AND e.item::bigint = ANY(%s)
                 """,
@@ -126,7 +126,7 @@ def _total_impressions(run: FeedRun) -> int:
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT COALESCE(SUM(jsonb_array_length(item_ids)), 0) "
+                f"SELECT COALESCE(SUM(json_array_length(item_ids)), 0) "
                 f"FROM {MemberFeed._meta.db_table} WHERE run_id = %s",
                 [run.pk],
             )

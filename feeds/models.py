@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import F, Q
@@ -252,6 +254,35 @@ class FeedRunShard(models.Model):
         return f"shard {self.index} of run {self.run_id} ({self.status})"
 
 
+class FeedArrayField(models.JSONField):
+    """A JSON array stored as text: PostgreSQL ``json`` rather than ``jsonb``.
+
+    A run writes one row of four arrays per member, a million rows at the issue's scale, and
+    feeds are only ever read whole by key, never searched inside; jsonb's parsed form buys
+    nothing here. PostgreSQL takes the same COPY of 100,000 feed rows into ``json`` columns in
+    0.72 s and into ``jsonb`` in 4.11 s of its CPU (docs/benchmarks.md), which the workers
+    scoring beside it on the same cores lose. Other databases keep JSONField's own type.
+    """
+
+    def db_type(self, connection: Any) -> str | None:
+        if connection.vendor == "postgresql":
+            return "json"
+        return super().db_type(connection)
+
+    def get_db_prep_value(self, value: Any, connection: Any, prepared: bool = False) -> Any:
+        if connection.vendor != "postgresql":
+            return super().get_db_prep_value(value, connection, prepared)
+        from psycopg.types.json import Json
+
+        return Json(self.get_prep_value(value) if not prepared else value)
+
+    def from_db_value(self, value: Any, expression: Any, connection: Any) -> Any:
+        # psycopg parses ``json`` columns itself (Django only turns its jsonb loader to text).
+        if value is None or not isinstance(value, (str, bytes)):
+            return value
+        return super().from_db_value(value, expression, connection)
+
+
 class MemberFeed(models.Model):
     """A member's stored feed from one run: parallel arrays, one row per member.
 
@@ -261,12 +292,12 @@ class MemberFeed(models.Model):
 
     run = models.ForeignKey(FeedRun, on_delete=models.CASCADE, related_name="member_feeds")
     member = models.ForeignKey(Membership, on_delete=models.CASCADE, related_name="feeds")
-    item_ids = models.JSONField(help_text="Item primary keys, best first.")
-    scores = models.JSONField(help_text="Final scores under the policy, aligned with item_ids.")
-    base_scores = models.JSONField(
+    item_ids = FeedArrayField(help_text="Item primary keys, best first.")
+    scores = FeedArrayField(help_text="Final scores under the policy, aligned with item_ids.")
+    base_scores = FeedArrayField(
         default=list, help_text="Scores before the policy's adjustments, aligned with item_ids."
     )
-    reasons = models.JSONField(
+    reasons = FeedArrayField(
         default=list, help_text="Reason bitmasks (ranking.reasons.Reason), aligned with item_ids."
     )
 
