@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import secrets
 import threading
@@ -23,6 +22,7 @@ from feeds import feedcache
 from feeds.artifacts import artifact_load, artifact_save, artifacts_prune
 from feeds.auth import token_digest, token_generate
 from feeds.choices import RankingChoices, ranking_choices_load
+from feeds.copytext import feed_copy_text
 from feeds.models import (
     AppCredential,
     FeedPointer,
@@ -521,10 +521,10 @@ def _write_shard_rows(run: FeedRun, shard: FeedRunShard, batch: FeedBatch) -> No
     MemberFeed.objects.filter(
         run=run, member_id__gte=shard.member_lo, member_id__lte=shard.member_hi
     ).delete()
-    rows = _feed_rows(batch)
     if connection.vendor == "postgresql":
-        _copy_rows(run.pk, rows)
+        _copy_rows(run.pk, batch)
         return
+    rows = _feed_rows(batch)
     while chunk := list(itertools.islice(rows, WRITE_BATCH)):
         _bulk_create_rows(run.pk, chunk)
 
@@ -567,24 +567,25 @@ def _feed_rows(batch: FeedBatch) -> Iterator[FeedRow]:
     )
 
 
-def _copy_rows(
-    run_id: int, rows: Iterable[tuple[int, list[int], list[float], list[float], list[int]]]
-) -> None:
-    """PostgreSQL: stream the rows with COPY (several times faster than INSERTs)."""
+def _copy_rows(run_id: int, batch: FeedBatch) -> None:
+    """PostgreSQL: stream the rows with COPY (several times faster than INSERTs), their text
+    laid out by numpy (feeds.copytext) rather than number by number."""
     table = MemberFeed._meta.db_table
     columns = "run_id, member_id, item_ids, scores, base_scores, reasons"
-    dumps = json.dumps
     connection.ensure_connection()
     with (
         connection.connection.cursor() as cursor,
         cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
     ):
-        for member, items, row_scores, row_base, reasons in rows:
-            # JSON of numbers holds no tab, newline or backslash: safe in COPY's text format.
-            copy.write(
-                f"{run_id}\t{member}\t{dumps(items)}\t{dumps(row_scores)}\t"
-                f"{dumps(row_base)}\t{dumps(reasons)}\n"
-            )
+        for block in feed_copy_text(
+            run_id,
+            batch.member_ids,
+            batch.item_ids,
+            batch.scores,
+            batch.base_scores,
+            batch.reasons,
+        ):
+            copy.write(block)
 
 
 def _fail_run(run: FeedRun, error: str, *, claim: str | None = None) -> None:
@@ -633,10 +634,7 @@ def _community_popular(
     creators who opted out) and leaves out the interactions of members who refused training.
     """
     positive = (data.weights > 0) & ~np.isin(data.member_ids, choices.no_training_members)
-    pairs = np.unique(
-        np.stack([data.member_ids[positive], data.item_ids[positive]], axis=1), axis=0
-    ).reshape(-1, 2)
-    items, counts = np.unique(pairs[:, 1], return_counts=True)
+    items, counts = _members_per_item(data.member_ids[positive], data.item_ids[positive])
     excluded = [
         code
         for code, name in enumerate(PROVENANCE_CLASSES)
@@ -651,6 +649,35 @@ def _community_popular(
     order = np.lexsort((items, -counts))[:n]  # most members first, ties by id
     top = int(counts[order[0]]) if len(order) else 1
     return items[order].tolist(), np.round(counts[order] / top, 6).tolist()
+
+
+def _members_per_item(
+    member_ids: np.ndarray, item_ids: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each item (ascending) with the number of distinct members of its ``(member, item)`` pairs.
+
+    Pairs are packed into one int64 key and sorted (numpy's vectorised sort: 0.02 s for 2M
+    pairs where ``np.unique(..., axis=0)`` took 1.6 s); ids too large to pack take that slow path.
+    """
+    if member_ids.size == 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    width = int(item_ids.max()) + 1
+    if int(member_ids.max()) >= np.iinfo(np.int64).max // width:
+        pairs = np.unique(np.stack([member_ids, item_ids], axis=1), axis=0).reshape(-1, 2)
+        items, counts = np.unique(pairs[:, 1], return_counts=True)
+        return items, counts.astype(np.int64)
+    keys = member_ids.astype(np.int64) * width + item_ids
+    keys.sort()
+    distinct = np.empty(keys.size, dtype=bool)
+    distinct[0] = True
+    np.not_equal(keys[1:], keys[:-1], out=distinct[1:])
+    items_of_pairs = keys[distinct] % width
+    if width <= 4 * items_of_pairs.size + 1_000_000:
+        per_item = np.bincount(items_of_pairs, minlength=width)
+        items = np.flatnonzero(per_item)
+        return items, per_item[items].astype(np.int64)
+    items, counts = np.unique(items_of_pairs, return_counts=True)
+    return items, counts.astype(np.int64)
 
 
 def _finish_and_swap(run: FeedRun) -> None:
