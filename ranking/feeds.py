@@ -16,7 +16,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import struct
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -292,25 +294,41 @@ class PreparedFeeds:
             "metadata": self.metadata,
         }
         arrays["header"] = np.array(json.dumps(header, sort_keys=True))
-        np.savez(file, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kw as allow_pickle
+        _savez_aligned(file, arrays)
 
     @classmethod
     def load(
-        cls, file: BinaryIO | str | os.PathLike[str], *, num_threads: int = 0
+        cls,
+        file: BinaryIO | str | os.PathLike[str],
+        *,
+        num_threads: int = 0,
+        mmap: bool = False,
     ) -> PreparedFeeds:
         """Read an archive written by :meth:`save` (``allow_pickle=False``).
+
+        With ``mmap`` (``file`` must then be a path), the large arrays are mapped from the file
+        copy-on-write instead of read: loading takes milliseconds whatever the size, pages are
+        read when first used (a member's fold-in touches the item factors and a few rows), and
+        the worker processes of one machine share them through the page cache. The results
+        are the same either way.
 
         Raises
         ------
         ValueError
             If ``file`` is not a prepared-feeds archive of a supported version.
         """
-        with np.load(file, allow_pickle=False) as archive:
-            try:
-                header = json.loads(str(archive["header"]))
-                arrays = {name: archive[name] for name in archive.files if name != "header"}
-            except KeyError as error:
-                raise ValueError(f"not a prepared-feeds archive: missing {error}") from None
+        if mmap:
+            if not isinstance(file, (str, os.PathLike)):
+                raise TypeError("mmap needs a path, not an open file")
+            everything = _npz_mapped(file)
+        else:
+            with np.load(file, allow_pickle=False) as archive:
+                everything = {name: archive[name] for name in archive.files}
+        try:
+            header = json.loads(str(everything.pop("header")))
+            arrays = everything
+        except KeyError as error:
+            raise ValueError(f"not a prepared-feeds archive: missing {error}") from None
         if header.get("format") != _PREPARED_FORMAT or header.get("version") != _PREPARED_VERSION:
             raise ValueError(f"not a {_PREPARED_FORMAT} archive of version {_PREPARED_VERSION}")
         policy = Policy.model_validate(header["policy"])
@@ -350,6 +368,97 @@ class PreparedFeeds:
             fit_member_ids=arrays["fit_member_ids"].astype(np.int64, copy=False),
             metadata=dict(header["metadata"]),
         )
+
+
+_ALIGN = 64
+"""Every array's bytes start at a multiple of this in the archive, so a mapped array is
+aligned as an allocated one is (numpy computes on unaligned arrays without BLAS, which rounds
+differently)."""
+_ALIGN_EXTRA_ID = 0xD935
+"""The zip extra field that pads a member's local header (the id Android's zipalign uses)."""
+
+
+def _savez_aligned(file: BinaryIO, arrays: dict[str, npt.NDArray[Any]]) -> None:
+    """:func:`numpy.savez` (an uncompressed zip of ``.npy`` files, read by :func:`numpy.load`),
+    with each array's data aligned to ``_ALIGN`` bytes in the file.
+
+    numpy pads the ``.npy`` header to a multiple of 64 bytes; padding each member's local zip
+    header with an extra field (ignored by zip readers) puts the ``.npy`` itself on a multiple
+    of 64 too.
+    """
+    with zipfile.ZipFile(file, mode="w", compression=zipfile.ZIP_STORED) as archive:
+        for name, array in arrays.items():
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            info.compress_type = zipfile.ZIP_STORED
+            zip64 = array.nbytes > (1 << 30)
+            encoded = info.filename.encode("utf-8" if info.flag_bits & 0x800 else "ascii")
+            start = (
+                archive.fp.tell()  # type: ignore[union-attr]
+                + 30
+                + len(encoded)
+                + (20 if zip64 else 0)  # zipfile's zip64 extra in the local header
+                + 4  # our extra field's id and size
+            )
+            info.extra = struct.pack("<HH", _ALIGN_EXTRA_ID, -start % _ALIGN) + bytes(
+                -start % _ALIGN
+            )
+            with archive.open(info, mode="w", force_zip64=zip64) as member:
+                np.lib.format.write_array(member, np.asanyarray(array), allow_pickle=False)
+
+
+_MAP_AT_LEAST = 1 << 16
+"""Arrays smaller than this many bytes are read, not mapped."""
+
+
+def _npz_mapped(path: str | os.PathLike[str]) -> dict[str, npt.NDArray[Any]]:
+    """The arrays of an uncompressed ``.npz`` (as :func:`numpy.savez` writes), the large ones
+    memory-mapped copy-on-write where they lie in the file.
+
+    An ``.npz`` is a zip of ``.npy`` files; :func:`numpy.savez` stores them uncompressed, so
+    each array's bytes sit at a fixed offset: after the member's local zip header (30 bytes,
+    its name and its extra field; PKWARE APPNOTE 4.3.7) and the ``.npy`` header.
+    """
+    arrays: dict[str, npt.NDArray[Any]] = {}
+    with zipfile.ZipFile(path) as archive, open(path, "rb") as raw:
+        for info in archive.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            name = info.filename[: -len(".npy")]
+            if info.compress_type != zipfile.ZIP_STORED:  # np.savez_compressed: read it
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            raw.seek(info.header_offset)
+            local = raw.read(30)
+            if local[:4] != b"PK\x03\x04":
+                raise ValueError(f"not a zip member at {info.header_offset} of {path}")
+            name_length, extra_length = struct.unpack("<HH", local[26:30])
+            raw.seek(info.header_offset + 30 + name_length + extra_length)
+            version = np.lib.format.read_magic(raw)
+            if version == (1, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_1_0(raw)
+            elif version == (2, 0):
+                shape, fortran, dtype = np.lib.format.read_array_header_2_0(raw)
+            else:  # a format numpy writes only for unusual dtypes: read it
+                with archive.open(info) as member:
+                    arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
+                continue
+            if dtype.hasobject:
+                raise ValueError(f"{name} holds Python objects; refusing to load it")
+            size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+            if size < _MAP_AT_LEAST or not shape or raw.tell() % _ALIGN:
+                data = np.frombuffer(raw.read(size), dtype=dtype)
+                arrays[name] = data.reshape(shape, order="F" if fortran else "C").copy()
+                continue
+            arrays[name] = np.memmap(
+                path,
+                dtype=dtype,
+                mode="c",
+                offset=raw.tell(),
+                shape=shape,
+                order="F" if fortran else "C",
+            )
+    return arrays
 
 
 def _model_from_factors(

@@ -6,6 +6,7 @@ import json
 from collections import Counter, defaultdict
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -589,9 +590,20 @@ def _assert_same_feeds(left: FeedBatch, right: FeedBatch) -> None:
         assert np.array_equal(getattr(left, name), getattr(right, name)), name
 
 
+def _mapped(array: np.ndarray) -> bool:
+    """Whether ``array`` is, or is a view of, a memory-mapped file."""
+    while array is not None:
+        if isinstance(array, np.memmap):
+            return True
+        array = array.base if isinstance(array.base, np.ndarray) else None
+    return False
+
+
+@pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])
 def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
-    tmp_path: Path,
+    tmp_path: Path, mmap: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ranking.feeds
     from ranking.feeds import (
         ROUTE_POPULAR,
         ROUTE_RECALCULATED,
@@ -614,7 +626,11 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
     path = tmp_path / "prepared.npz"
     with open(path, "wb") as handle:
         prepared.save(handle)
-    loaded = PreparedFeeds.load(path)
+    monkeypatch.setattr(ranking.feeds, "_MAP_AT_LEAST", 0)  # map even this small run's arrays
+    loaded = PreparedFeeds.load(path, mmap=mmap)
+    assert isinstance(loaded.targets, np.memmap) == mmap
+    assert _mapped(loaded.seen.indices) == mmap  # scipy keeps a plain view of the mapping
+    assert loaded.model is not None and _mapped(loaded.model.user_factors) == mmap
     bounds = [0, 50, 200, 250, 450, len(loaded)]
     parts = [score_feeds(loaded, start=a, stop=b, chunk_size=50) for a, b in pairwise(bounds)]
     joined = FeedBatch(
@@ -640,5 +656,36 @@ def test_a_prepared_run_refuses_a_bad_slice_and_a_foreign_archive(tmp_path: Path
         score_feeds(prepared, start=10, stop=len(prepared) + 1)
     foreign = tmp_path / "other.npz"
     np.savez(foreign, header=np.array(json.dumps({"format": "something else"})))
-    with pytest.raises(ValueError, match=r"not a commonfeed\.prepared_feeds"):
-        PreparedFeeds.load(foreign)
+    for mmap in (False, True):
+        with pytest.raises(ValueError, match=r"not a commonfeed\.prepared_feeds"):
+            PreparedFeeds.load(foreign, mmap=mmap)
+    headless = tmp_path / "headless.npz"
+    np.savez(headless, targets=np.arange(3))
+    with pytest.raises(ValueError, match="missing 'header'"):
+        PreparedFeeds.load(headless, mmap=True)
+    with open(foreign, "rb") as handle, pytest.raises(TypeError, match="path"):
+        PreparedFeeds.load(handle, mmap=True)
+
+
+@pytest.mark.parametrize("write", [np.savez, np.savez_compressed], ids=["unaligned", "compressed"])
+def test_an_archive_that_cannot_be_mapped_is_read_when_mapping_is_asked(
+    tmp_path: Path, write: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ranking.feeds
+    from ranking.feeds import PreparedFeeds, prepare_feeds
+
+    prepared = prepare_feeds(**_shardable_inputs())  # type: ignore[arg-type]
+    plain = tmp_path / "plain.npz"
+    with open(plain, "wb") as handle:
+        prepared.save(handle)
+    with np.load(plain) as archive:
+        other = tmp_path / "other.npz"
+        write(other, **{name: archive[name] for name in archive.files})
+    monkeypatch.setattr(ranking.feeds, "_MAP_AT_LEAST", 0)
+
+    loaded = PreparedFeeds.load(other, mmap=True)
+
+    assert not isinstance(loaded.targets, np.memmap)
+    assert np.array_equal(loaded.targets, prepared.targets)
+    assert loaded.model is not None and prepared.model is not None
+    assert np.array_equal(loaded.model.user_factors, prepared.model.user_factors)
