@@ -86,9 +86,11 @@ def _as_ids(values: npt.ArrayLike, name: str) -> npt.NDArray[np.int64]:
     return array.astype(np.int64, copy=False)
 
 
-def _collisions(vocabulary: Vocabulary, ids: npt.NDArray[np.int64]) -> int:
-    """Ids that do not round-trip through ``vocabulary`` (always 0 for an exact mapping)."""
-    index = vocabulary.lookup(ids)
+def _collisions(
+    vocabulary: Vocabulary, ids: npt.NDArray[np.int64], index: npt.NDArray[np.int64]
+) -> int:
+    """Ids that do not round-trip through ``vocabulary`` (always 0 for an exact mapping), given
+    their looked-up ``index``."""
     return int(np.count_nonzero((index < 0) | (vocabulary.ids[np.maximum(index, 0)] != ids)))
 
 
@@ -689,7 +691,8 @@ def prepare_feeds(
         "n_candidates_scorable": int(scorable.size),
         "factors": int(params.factors),
         "fit_seconds": round(fit_seconds, 6),
-        "id_collisions": _collisions(member_vocab, members) + _collisions(item_vocab, items),
+        "id_collisions": _collisions(member_vocab, members, user_index)
+        + _collisions(item_vocab, items, item_index),
         "fallback_members": int(popular.sum()),
         "no_personalisation_members": int(refusing.sum()),
         "no_training_members": int(untrained.sum()),

@@ -59,6 +59,37 @@ def test_lookup_agrees_with_a_dictionary(ids: list[int], queries: list[int]) -> 
     assert found.tolist() == [reference.get(q, -1) for q in queries + ids]
 
 
+@st.composite
+def dense_ids(draw: st.DrawFn) -> tuple[list[int], list[int]]:
+    """Database-like keys (a narrow window anywhere in int64, read through a direct table) and
+    queries inside, around and far outside it."""
+    base = draw(st.integers(min_value=-(2**63), max_value=2**63 - 1 - 200))
+    ids = draw(st.lists(st.integers(0, 200).map(lambda k: base + k), max_size=60))
+    near = st.integers(-5, 205).map(lambda k: min(max(base + k, -(2**63)), 2**63 - 1))
+    queries = draw(st.lists(st.one_of(near, INT64), max_size=60))
+    return ids, queries
+
+
+@given(case=dense_ids())
+def test_lookup_of_dense_keys_agrees_with_a_dictionary(case: tuple[list[int], list[int]]) -> None:
+    ids, queries = case
+    vocab = Vocabulary.from_ids(np.array(ids, dtype=np.int64))
+    reference = {id_: index for index, id_ in enumerate(sorted(set(ids)))}
+
+    found = vocab.lookup(np.array(queries + ids, dtype=np.int64))
+
+    assert found.tolist() == [reference.get(q, -1) for q in queries + ids]
+    if ids:
+        assert vocab._table is not None  # the direct table, not the binary search
+
+
+def test_sparse_keys_are_searched_not_tabled() -> None:
+    vocab = Vocabulary.from_ids(np.array([5, 2**40, -(2**50)], dtype=np.int64))
+
+    assert vocab._table is None
+    assert vocab.lookup(np.array([2**40, 6, -(2**50)])).tolist() == [2, -1, 0]
+
+
 @given(first=id_lists, second=id_lists)
 def test_extend_keeps_every_existing_index_and_appends_the_unseen_ids(
     first: list[int], second: list[int]
