@@ -99,6 +99,17 @@ def _integers(values: npt.NDArray[np.int64]) -> Chunk:
     return digits, keep
 
 
+def _fixed_point(
+    values: npt.NDArray[np.floating], valid: npt.NDArray[np.bool_]
+) -> npt.NDArray[np.int64]:
+    """Scores in millionths. Padding slots may hold anything (-inf, NaN) and are zeroed; a
+    non-finite score in a real entry is an error, as it has no JSON spelling."""
+    values = np.where(valid, np.asarray(values, dtype=np.float64), 0.0)
+    if not np.isfinite(values).all():
+        raise ValueError("a feed entry's score is not a finite number")
+    return np.rint(values * SCALE).astype(np.int64)
+
+
 def feed_copy_text(
     run_id: int,
     member_ids: npt.NDArray[np.int64],
@@ -114,10 +125,7 @@ def feed_copy_text(
         stop = min(start + _BLOCK, len(member_ids))
         rows = stop - start
         valid = item_ids[start:stop] >= 0
-        fixed_point = [
-            np.rint(np.asarray(column[start:stop], dtype=np.float64) * SCALE).astype(np.int64)
-            for column in (scores, base_scores)
-        ]
+        fixed_point = [_fixed_point(column[start:stop], valid) for column in (scores, base_scores)]
         pieces = [
             _fixed(run, rows),
             _integers(np.asarray(member_ids[start:stop], dtype=np.int64)),

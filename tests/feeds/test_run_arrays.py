@@ -6,6 +6,7 @@ Both replaced slower per-row or per-pair code; each is checked against what that
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -76,6 +77,21 @@ def test_it_writes_the_scores_with_six_decimals_and_no_spaces() -> None:
     )
 
     assert text == b"7\t3\t[3,4]\t[0.500000,-12.250000]\t[1.000000,0.000000]\t[1,0]\n"
+
+
+def test_padding_may_hold_any_score_but_a_real_entry_must_be_finite() -> None:
+    items = np.array([[3, -1, -1]])
+    scores = np.array([[0.5, np.nan, -np.inf]])
+    padded = _batch(items, scores, scores, np.array([[1, 0, 0]]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "invalid value encountered in cast" either
+        assert _parsed(padded) == _expected(padded)
+
+    broken = _batch(
+        np.array([[3, 4]]), np.array([[0.5, np.nan]]), np.zeros((1, 2)), np.ones((1, 2))
+    )
+    with pytest.raises(ValueError, match="not a finite number"):
+        _parsed(broken)
 
 
 def test_an_empty_batch_writes_nothing() -> None:
