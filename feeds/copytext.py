@@ -107,7 +107,8 @@ def _fixed_point(
     values = np.where(valid, np.asarray(values, dtype=np.float64), 0.0)
     if not np.isfinite(values).all():
         raise ValueError("a feed entry's score is not a finite number")
-    return np.rint(values * SCALE).astype(np.int64)
+    fixed: npt.NDArray[np.int64] = np.rint(values * SCALE).astype(np.int64)
+    return fixed
 
 
 def feed_copy_text(
