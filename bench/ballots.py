@@ -10,7 +10,8 @@ members, each with a user, a database session and a CSRF secret, so wrk can send
 proposal whose electorate is every member. It starts gunicorn (``config.wsgi`` through
 ``bench.ballot_settings``, ``DEBUG=false``; by default 2 gthread workers x 8 threads, kept so
 that figures compare with earlier ones; ``--workers 4 --threads 1`` gives sync workers, which
-did best in the last runs, see docs/benchmarks.md) afresh for each phase and runs wrk for
+did best in the last runs, see docs/benchmarks.md; with the project's ``config/gunicorn.py``
+where the tree has it, as production runs it) afresh for each phase and runs wrk for
 ``--seconds`` per phase, for each ``--connections`` value, alternating:
 
 - **bare**: ``PUT /bench/ballot-bare/SLUG/PK/``, a Django view behind the same middleware
@@ -372,6 +373,12 @@ def main() -> None:
         *worker_args, "--preload", "--log-level", "warning", "--access-logfile", str(access_log),
         "--access-logformat", "%(s)s %(U)s",
     ]  # fmt: skip
+
+    def command_in(tree: Path) -> list[str]:
+        # The shipped gunicorn settings, as production runs them, where the tree has them.
+        shipped = tree / "config" / "gunicorn.py"
+        return [*command, "-c", str(shipped)] if shipped.exists() else command
+
     results: list[tuple[str, str, int, dict[str, Any]]] = []
     failures: list[str] = []
     engines = args.session_engines or [""]
@@ -395,7 +402,7 @@ def main() -> None:
             }[mode]
             # A server per phase: stopping it gracefully lets it finish the requests wrk left in
             # flight, so the checks below see a database at rest.
-            with gunicorn(command, env=phase_env, port=args.port, cwd=tree):
+            with gunicorn(command_in(tree), env=phase_env, port=args.port, cwd=tree):
                 result = wrk(
                     base + path,
                     lua=lua,

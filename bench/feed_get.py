@@ -174,6 +174,8 @@ def main() -> None:
                 sys.executable,
                 "-m",
                 "gunicorn",
+                "-c",
+                "config/gunicorn.py",
                 "config.wsgi",
                 "-b",
                 f"127.0.0.1:{args.port}",

@@ -322,7 +322,7 @@ def main() -> None:
     worker = worker_start(env=env, log_path=log_path, loglevel="INFO")
     server = subprocess.Popen(
         [
-            sys.executable, "-m", "gunicorn", "config.wsgi",
+            sys.executable, "-m", "gunicorn", "-c", "config/gunicorn.py", "config.wsgi",
             "-b", f"127.0.0.1:{args.port}", "-w", str(args.gunicorn_workers),
             "--log-level", "warning",
         ],
