@@ -8,10 +8,10 @@ One command does everything: migrates the database, creates a fresh community (`
 members, each with a user, a database session and a CSRF secret, so wrk can send a
 ``sessionid`` cookie and ``X-CSRFToken`` per member) and, per measured phase, a fresh open
 proposal whose electorate is every member. It starts gunicorn (``config.wsgi`` through
-``bench.ballot_settings``, ``DEBUG=false``; by default 2 gthread workers x 8 threads, kept so
-that figures compare with earlier ones; ``--workers 4 --threads 1`` gives sync workers, which
-did best in the last runs, see docs/benchmarks.md; with the project's ``config/gunicorn.py``
-where the tree has it, as production runs it) afresh for each phase and runs wrk for
+``bench.ballot_settings``, ``DEBUG=false``; by default 4 sync workers with the project's
+``config/gunicorn.py`` where the tree has it, as the README runs it in production; ``--workers 2
+--threads 8`` gives the gthread workers of the figures before 2026-12-05) afresh for each phase
+and runs wrk for
 ``--seconds`` per phase, for each ``--connections`` value, alternating:
 
 - **bare**: ``PUT /bench/ballot-bare/SLUG/PK/``, a Django view behind the same middleware
@@ -334,10 +334,10 @@ def phase_list(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--members", type=int, default=2000)
-    parser.add_argument("--connections", type=int, nargs="+", default=[16, 32])
+    parser.add_argument("--connections", type=int, nargs="+", default=[4, 8, 16, 32])
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=8, help="1: sync workers")
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=1, help="1: sync workers")
     parser.add_argument("--port", type=int, default=8766)
     parser.add_argument("--form", action="store_true", help="also measure the HTML form POST")
     parser.add_argument("--no-bare", action="store_true", help="skip the bare ceiling")
