@@ -45,7 +45,9 @@ from governance.models import Community  # noqa: E402
 from governance.selectors import policy_of, policy_version_current  # noqa: E402
 
 
-def bare_implicit(slug: str) -> float:
+def bare_implicit(slug: str, n: int | None = None) -> float:
+    """Seconds for bare implicit's fit + recommend of ``n`` items for every member (by default
+    the feed length), under the community's current policy's model parameters."""
     community = Community.objects.get(slug=slug)
     data = _load_training_data(community)
     params = policy_of(policy_version_current(community=community)).model
@@ -70,7 +72,7 @@ def bare_implicit(slug: str) -> float:
         model.recommend(
             np.arange(len(users)),
             matrix,
-            N=settings.COMMONFEED_FEED_LENGTH,
+            N=n if n is not None else settings.COMMONFEED_FEED_LENGTH,
             filter_already_liked_items=True,
         )
     return time.perf_counter() - started

@@ -3,7 +3,7 @@
 Usage (the community must exist in the configured database, e.g. after seed_demo)::
 
     DEBUG=true python bench/recompute_sharded.py SLUG [--workers 2] [--repeat 3]
-        [--shard-members 25000] [--chunk 5000]
+        [--shard-members 25000] [--chunk 5000] [--bare-pool]
 
 Starts ``--workers`` worker processes (``celery worker --pool=solo``, as in production, each on
 its own core) on a private queue of the configured broker. Then each repeat times, alternating
@@ -11,7 +11,9 @@ so both see the same machine state:
 
 * ``bare``: in this process, ``implicit.cpu.als.AlternatingLeastSquares(...).fit`` +
   ``recommend(all users, N=feed length, filter_already_liked_items=True)`` on a CSR matrix built
-  beforehand from the same arrays (database reads and matrix building excluded).
+  beforehand from the same arrays (database reads and matrix building excluded). With
+  ``--bare-pool`` also the same with ``N`` = the policy's candidate pool, the top-k ours asks
+  implicit for before the policy re-ranks it down to the feed length.
 * ``ours``: ``feed_run_request`` until the run is ``finished``: the message goes through the
   broker; one worker reads the community from the database, fits ALS under the current policy,
   stores the artifact and sends one task per shard; the workers score the shards and commit
@@ -49,6 +51,7 @@ from feeds.models import FeedRun, FeedRunShard  # noqa: E402
 from feeds.services import feed_run_request  # noqa: E402
 from feeds.worker import worker_start, worker_stop  # noqa: E402
 from governance.models import Community  # noqa: E402
+from governance.selectors import policy_of, policy_version_current  # noqa: E402
 
 
 def ours(slug: str, queue: str, timeout: float) -> tuple[float, FeedRun]:
@@ -81,6 +84,12 @@ def main() -> None:
     parser.add_argument("--shard-members", type=int, default=settings.COMMONFEED_SHARD_MEMBERS)
     parser.add_argument("--chunk", type=int, default=settings.COMMONFEED_SCORE_CHUNK)
     parser.add_argument("--timeout", type=float, default=3600)
+    parser.add_argument(
+        "--bare-pool",
+        action="store_true",
+        help="also time bare implicit asked for the policy's candidate pool (not only the feed "
+        "length): the same top-k as ours, so the ratio to it is the pipeline's own overhead",
+    )
     args = parser.parse_args()
 
     queue = f"bench-{uuid.uuid4().hex[:8]}"
@@ -97,10 +106,16 @@ def main() -> None:
     try:
         time.sleep(8)  # let the workers connect (they take no message before they are ready)
         bare_times: list[float] = []
+        pool_times: list[float] = []
+        pool = policy_of(
+            policy_version_current(community=Community.objects.get(slug=args.slug))
+        ).candidates.pool_size
         our_times: list[float] = []
         run: FeedRun | None = None
         for _ in range(args.repeat):
             bare_times.append(bare_implicit(args.slug))
+            if args.bare_pool:
+                pool_times.append(bare_implicit(args.slug, n=pool))
             elapsed, run = ours(args.slug, queue, args.timeout)
             our_times.append(elapsed)
         peaks = [peak_rss_mib(w.pid) for w in workers]
@@ -119,10 +134,13 @@ def main() -> None:
         f"members: {stats.get('members')}  items: {stats.get('n_items')}  "
         f"interactions: {stats.get('n_interactions')}  factors: {stats.get('factors')}"
     )
-    for label, median, times in (
-        ("bare implicit fit+recommend", bare, bare_times),
+    rows = [
+        (f"bare implicit fit+recommend (N={settings.COMMONFEED_FEED_LENGTH})", bare, bare_times),
         ("our recompute via workers", full, our_times),
-    ):
+    ]
+    if pool_times:
+        rows.insert(1, (f"bare, N=pool ({pool})", statistics.median(pool_times), pool_times))
+    for label, median, times in rows:
         print(f"{label:<28} median {median:.2f}s  runs {[round(t, 2) for t in times]}")
     print(
         "  last run, worker seconds: "
@@ -150,6 +168,8 @@ def main() -> None:
         f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB"
     )
     print(f"ratio ours/bare: {full / bare:.2f}x")
+    if pool_times:
+        print(f"ratio ours/bare with N=pool: {full / statistics.median(pool_times):.2f}x")
 
 
 if __name__ == "__main__":
