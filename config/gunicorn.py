@@ -2,14 +2,14 @@
 
 Command-line options and ``GUNICORN_CMD_ARGS`` override what is set here.
 
-Garbage collection: a web worker holds a few hundred thousand long-lived objects (Django, DRF,
-the URLconf, the views' modules). Python's full (generation 2) collection walks all of them, and
-measured here it stopped a worker for 55-190 ms about every 5 seconds under load: every request
-that worker was serving waited that long. Once the worker has loaded the application,
-:func:`post_worker_init` imports the URLconf and moves everything that exists at that moment
-into the permanent generation (:func:`gc.freeze`), which collections skip; a full collection
-then took 4-25 ms. Objects created later, per request or cached, are collected as before. See
-docs/benchmarks.md (Ballots) for the figures and the command.
+Garbage collection: a web worker holds about 130,000 long-lived objects that the collector
+tracks (Django, DRF, the URLconf, the views' modules). Python's full (generation 2) collection
+walks all of them, and measured here it stopped a worker for 55-190 ms every few seconds under
+load: every request that worker was serving waited that long. Once the worker has loaded the
+application, :func:`post_worker_init` imports the URLconf and moves everything that exists at
+that moment into the permanent generation (:func:`gc.freeze`), which collections skip; a full
+collection then took 4-25 ms. Objects created later, per request or cached, are collected as
+before. See docs/benchmarks.md (Ballots) for the figures and the command.
 """
 
 from __future__ import annotations
