@@ -13,6 +13,9 @@ Notes on :mod:`implicit` 0.7.3 that this wrapper hides:
   than an unobserved one.
 * Calling ``fit`` twice on the same implicit object warm-starts from the previous factors, so
   :meth:`ALSModel.fit` always builds a fresh implicit model to stay reproducible.
+* Its top-k scores every item for every user. :meth:`ALSModel.recommend` gets the same result
+  (items, scores, order, ties) by scoring items in decreasing order of factor norm and stopping
+  a user once no unscored item can enter the top ``n`` (:func:`_bounded_top_k`).
 * ``recommend`` returns filtered (already seen) items with their real index and a score of
   ``-FLT_MAX`` instead of dropping them, and when ``N`` exceeds the number of items it pads with
   item ``0`` and score ``0.0``. :meth:`ALSModel.recommend` normalises both to ``-1`` / ``-inf``.
@@ -184,6 +187,7 @@ class ALSModel:
         self.params: ModelParams = params if params is not None else ModelParams()
         self._num_threads = num_threads
         self._model: Any = None
+        self._norm_cache: _NormOrder | None = None
 
     def __repr__(self) -> str:
         shape = f"{self.n_users}x{self.n_items}" if self.is_fitted else "unfitted"
@@ -441,7 +445,12 @@ class ALSModel:
         n: int,
         allowed_items: npt.ArrayLike | None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """implicit's top-k over ``factors @ item_factors.T``, normalised to -1 / -inf padding."""
+        """implicit's top-k over ``factors @ item_factors.T``, normalised to -1 / -inf padding.
+
+        On a large catalogue the rows are ranked by :func:`_bounded_top_k`, which gives the same
+        items and scores in the same order while scoring only the items that can qualify;
+        implicit ranks the rows it leaves (ties at the cut, zero factors) and small catalogues.
+        """
         model = self._fitted()
         n_items = self.n_items
         m = factors.shape[0]
@@ -464,16 +473,31 @@ class ALSModel:
         query = None
         if seen is not None:
             query = seen if items is None else _restrict_columns(seen, items)
+        factors = np.ascontiguousarray(factors, dtype=np.float32)
         with threadpool_limits(limits=1, user_api="blas"):
-            ids, scores = topk(
-                item_factors,
-                np.ascontiguousarray(factors, dtype=np.float32),
-                n_eff,
-                filter_query_items=None if query is None else _SeenRows(query),
-                num_threads=self._num_threads,
-            )
-        ids = np.asarray(ids, dtype=np.int64).reshape(m, n_eff)
-        scores = np.asarray(scores, dtype=np.float32).reshape(m, n_eff)
+            n_ranked = item_factors.shape[0]
+            # A single row is left to implicit, which ranks it with a matrix-vector product.
+            if m > 1 and n_ranked >= _BOUND_MIN_ITEMS and _BOUND_ITEMS_PER_K * n_eff <= n_ranked:
+                ids, scores, done = _bounded_top_k(self._norm_order(items), factors, query, n_eff)
+                rest = np.flatnonzero(~done)
+            else:
+                ids = np.empty((m, n_eff), dtype=np.int64)
+                scores = np.empty((m, n_eff), dtype=np.float32)
+                rest = np.arange(m)
+            if rest.size:
+                # One row alone would be a matrix-vector product: rank it twice (see above).
+                twice = np.repeat(rest, 2) if rest.size == 1 and m > 1 else rest
+                rest_ids, rest_scores = topk(
+                    item_factors,
+                    factors[twice],
+                    n_eff,
+                    filter_query_items=None if query is None else _SeenRows(query[twice]),
+                    num_threads=self._num_threads,
+                )
+                ids[rest] = np.asarray(rest_ids, dtype=np.int64).reshape(-1, n_eff)[: rest.size]
+                scores[rest] = np.asarray(rest_scores, dtype=np.float32).reshape(-1, n_eff)[
+                    : rest.size
+                ]
         if items is not None:
             ids = items[ids]
 
@@ -485,6 +509,14 @@ class ALSModel:
         out_items[:, :n_eff] = np.where(valid, np.take_along_axis(ids, order, axis=1), -1)
         out_scores[:, :n_eff] = np.where(valid, np.take_along_axis(scores, order, axis=1), -np.inf)
         return out_items, out_scores
+
+    def _norm_order(self, items: npt.NDArray[np.int64] | None) -> _NormOrder:
+        """The items (all, or ``items``) sorted by factor norm; kept for the next call."""
+        item_factors = self.item_factors
+        cached = self._norm_cache
+        if cached is None or not cached.matches(item_factors, items):
+            cached = self._norm_cache = _NormOrder(item_factors, items)
+        return cached
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save factors and hyperparameters to one ``.npz`` file (no pickle).
@@ -551,6 +583,154 @@ class ALSModel:
         model.item_factors = item_factors
         result._model = model
         return result
+
+
+_BOUND_MIN_ITEMS = 4096
+"""Catalogues smaller than this are ranked by implicit's brute-force top-k alone."""
+
+_BOUND_ITEMS_PER_K = 8
+"""...and so are top-k's whose ``k`` is more than an eighth of the catalogue: few rows would
+finish before the last block."""
+
+_BOUND_MARGIN = 1e-4
+"""Relative slack on the Cauchy-Schwarz bound: a float32 dot product of ``f`` terms is within
+about ``f * 2**-24`` of the exact one, far below this for any factor count the policy allows."""
+
+_BOUND_BLOCK_FLOATS = 4 * 1024 * 1024
+"""Scores held at once while ranking one block of items for a batch of rows (16 MiB)."""
+
+
+class _NormOrder:
+    """The items of a top-k, sorted by the norm of their factors (largest first).
+
+    Column ``c`` of the top-k is row ``c`` of the factors it was built on; ``order[p]`` is the
+    column at sorted position ``p``, ``position`` the inverse, ``norms`` the sorted norms
+    (float64) and ``factors`` the sorted factor rows.
+    """
+
+    __slots__ = ("factors", "items", "norms", "order", "position", "source")
+
+    def __init__(
+        self,
+        item_factors: npt.NDArray[np.float32],
+        items: npt.NDArray[np.int64] | None,
+    ) -> None:
+        self.source = item_factors
+        self.items = items
+        factors = item_factors if items is None else item_factors[items]
+        norms = np.sqrt(np.einsum("ij,ij->i", factors, factors, dtype=np.float64))
+        self.order = np.argsort(-norms, kind="stable")
+        self.position = np.empty(self.order.size, dtype=np.int64)
+        self.position[self.order] = np.arange(self.order.size)
+        self.norms = norms[self.order]
+        self.factors = np.ascontiguousarray(factors[self.order], dtype=np.float32)
+
+    def matches(
+        self, item_factors: npt.NDArray[np.float32], items: npt.NDArray[np.int64] | None
+    ) -> bool:
+        if self.source is not item_factors:
+            return False
+        if items is None or self.items is None:
+            return items is None and self.items is None
+        return bool(np.array_equal(items, self.items))
+
+
+def _bounded_top_k(
+    index: _NormOrder,
+    factors: npt.NDArray[np.float32],
+    seen: csr_matrix | None,
+    k: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
+    """Exact top-``k`` of ``factors @ items.T`` that scores only the items that can qualify.
+
+    Items are visited in blocks of decreasing factor norm. After each block a row's ``k``-th
+    best score so far is compared with the Cauchy-Schwarz bound ``|u| * |v|`` of every item not
+    yet scored (``|v|`` is at most the next block's first norm); once the ``k``-th best is above
+    it, no later item can enter the row's top-``k`` and the row is finished. With ALS factors
+    the norm of an item grows with its popularity, so most rows finish after a few percent of
+    the catalogue.
+
+    Rows whose result could differ from implicit's brute-force top-k are left to it: a tie
+    between the ``k``-th and the next score (implicit breaks those by scan order), fewer than
+    ``k`` eligible items, or factors large enough to overflow. The others get implicit's exact
+    result: the same dot products (each one is the same float32 sum whatever the block) and
+    its order, best score first and the higher column first among equal scores.
+
+    Returns ``(columns, scores, done)``: for rows with ``done`` set, columns (into the item
+    list ``index`` was built on) and scores, best first; other rows are to be ranked by the
+    caller.
+    """
+    m, n = factors.shape[0], index.order.size
+    columns = np.full((m, k), -1, dtype=np.int64)
+    scores = np.full((m, k), _FILTERED_SCORE, dtype=np.float32)
+    done = np.zeros(m, dtype=bool)
+    if m == 0 or k == 0 or n <= k:
+        return columns, scores, done
+    user_norms = np.sqrt(np.einsum("ij,ij->i", factors, factors, dtype=np.float64))
+    # |score| <= |u| |v|: rows that might overflow float32 (or are not finite) go to implicit,
+    # and so do zero rows (every score ties at 0).
+    active = np.flatnonzero((user_norms > 0) & (user_norms * index.norms[0] < 1e30))
+    if seen is not None:
+        seen_positions = index.position[seen.indices]
+    # The best k + 1 so far (sorted positions and scores): a tie between the k-th and the next
+    # must still be seen when both were scored in an earlier block.
+    best = np.full((m, k + 1), -1, dtype=np.int64)
+    best_scores = np.full((m, k + 1), _FILTERED_SCORE, dtype=np.float32)
+    low, high = 0, min(n, max(8 * k, n // 32))
+    while active.size:
+        width = high - low
+        finished: list[npt.NDArray[np.int64]] = []
+        step = max(1, _BOUND_BLOCK_FLOATS // (width + k + 1))
+        for first in range(0, active.size, step):
+            rows = active[first : first + step]
+            query = factors[rows]
+            # One row alone would be a matrix-vector product, rounded unlike the rows of a
+            # matrix-matrix product (and unlike implicit's): score it twice.
+            block = (np.repeat(query, 2, axis=0) if rows.size == 1 else query) @ index.factors[
+                low:high
+            ].T
+            block = block[: rows.size]
+            if seen is not None:
+                starts, stops = seen.indptr[rows], seen.indptr[rows + 1]
+                counts = stops - starts
+                entries = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(
+                    int(counts.sum())
+                )
+                where = seen_positions[entries]
+                inside = (where >= low) & (where < high)
+                block[np.repeat(np.arange(rows.size), counts)[inside], where[inside] - low] = (
+                    _FILTERED_SCORE
+                )
+            merged = np.concatenate([best_scores[rows], block], axis=1)
+            top = np.argpartition(merged, width - 1, axis=1)[:, -k - 1 :]
+            top_scores = np.take_along_axis(merged, top, axis=1)
+            order = np.argsort(-top_scores, axis=1, kind="stable")
+            top = np.take_along_axis(top, order, axis=1)
+            top_scores = np.take_along_axis(top_scores, order, axis=1)
+            previous = np.take_along_axis(best[rows], np.minimum(top, k), axis=1)
+            best[rows] = np.where(top <= k, previous, top - (k + 1) + low)
+            best_scores[rows] = top_scores
+            kth, after = top_scores[:, k - 1], top_scores[:, k]
+            if high < n:
+                bound = user_norms[rows] * index.norms[high] * (1.0 + _BOUND_MARGIN)
+            else:  # every item is scored: nothing is left to bound
+                bound = np.full(rows.size, -np.inf)
+            ready = (kth > bound) & (kth > after) & (kth > _FILTERED_SCORE)
+            finished.append(rows[ready])
+        done[np.concatenate(finished)] = True
+        if high == n:
+            break
+        active = active[~done[active]]
+        low, high = high, min(n, 2 * high)
+
+    rows = np.flatnonzero(done)
+    found = index.order[best[rows, :k]]
+    found_scores = best_scores[rows, :k]
+    # implicit's order: best score first, the higher column first among equal scores.
+    order = np.lexsort((-found, -found_scores), axis=1)
+    columns[rows] = np.take_along_axis(found, order, axis=1)
+    scores[rows] = np.take_along_axis(found_scores, order, axis=1)
+    return columns, scores, done
 
 
 class _SeenRow:
