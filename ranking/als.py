@@ -640,25 +640,29 @@ def _bounded_top_k(
     factors: npt.NDArray[np.float32],
     seen: csr_matrix | None,
     k: int,
+    *,
+    stats: dict[str, int] | None = None,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.bool_]]:
     """Exact top-``k`` of ``factors @ items.T`` that scores only the items that can qualify.
 
-    Items are visited in blocks of decreasing factor norm. After each block a row's ``k``-th
+    Items are visited in blocks of decreasing factor norm, the first of ``max(8k, n/64)``
+    items, each next one half as large as all before it. After each block a row's ``k``-th
     best score so far is compared with the Cauchy-Schwarz bound ``|u| * |v|`` of every item not
     yet scored (``|v|`` is at most the next block's first norm); once the ``k``-th best is above
     it, no later item can enter the row's top-``k`` and the row is finished. With ALS factors
-    the norm of an item grows with its popularity, so most rows finish after a few percent of
-    the catalogue.
+    the norm of an item grows with its popularity, so most rows finish early: on
+    ``seed_demo``'s data this computes a fifth of the products implicit's top-k does.
 
     Rows whose result could differ from implicit's brute-force top-k are left to it: a tie
     between the ``k``-th and the next score (implicit breaks those by scan order), fewer than
     ``k`` eligible items, or factors large enough to overflow. The others get implicit's exact
-    result: the same dot products (each one is the same float32 sum whatever the block) and
-    its order, best score first and the higher column first among equal scores.
+    result: the same dot products (OpenBLAS's matrix-matrix kernels give each the same float32
+    sum whatever the block; the tests compare both paths bit for bit) and its order, best
+    score first and the higher column first among equal scores.
 
     Returns ``(columns, scores, done)``: for rows with ``done`` set, columns (into the item
     list ``index`` was built on) and scores, best first; other rows are to be ranked by the
-    caller.
+    caller. ``stats``, if given, receives ``products``: how many row x item scores were computed.
     """
     m, n = factors.shape[0], index.order.size
     columns = np.full((m, k), -1, dtype=np.int64)
@@ -676,9 +680,11 @@ def _bounded_top_k(
     # must still be seen when both were scored in an earlier block.
     best = np.full((m, k + 1), -1, dtype=np.int64)
     best_scores = np.full((m, k + 1), _FILTERED_SCORE, dtype=np.float32)
-    low, high = 0, min(n, max(8 * k, n // 32))
+    low, high = 0, min(n, max(8 * k, n // 64))
     while active.size:
         width = high - low
+        if stats is not None:
+            stats["products"] = stats.get("products", 0) + int(active.size) * width
         finished: list[npt.NDArray[np.int64]] = []
         step = max(1, _BOUND_BLOCK_FLOATS // (width + k + 1))
         for first in range(0, active.size, step):
@@ -701,16 +707,25 @@ def _bounded_top_k(
                 block[np.repeat(np.arange(rows.size), counts)[inside], where[inside] - low] = (
                     _FILTERED_SCORE
                 )
-            merged = np.concatenate([best_scores[rows], block], axis=1)
-            top = np.argpartition(merged, width - 1, axis=1)[:, -k - 1 :]
-            top_scores = np.take_along_axis(merged, top, axis=1)
-            order = np.argsort(-top_scores, axis=1, kind="stable")
-            top = np.take_along_axis(top, order, axis=1)
-            top_scores = np.take_along_axis(top_scores, order, axis=1)
-            previous = np.take_along_axis(best[rows], np.minimum(top, k), axis=1)
-            best[rows] = np.where(top <= k, previous, top - (k + 1) + low)
-            best_scores[rows] = top_scores
-            kth, after = top_scores[:, k - 1], top_scores[:, k]
+            # Only rows with a score in this block at least their (k + 1)-th best so far have
+            # anything to merge.
+            if low:
+                changed = np.flatnonzero(block.max(axis=1) >= best_scores[rows, k])
+                if changed.size < rows.size:
+                    block = block[changed]
+            else:
+                changed = np.arange(rows.size)
+            if changed.size:
+                merging = rows[changed]
+                merged = np.concatenate([best_scores[merging], block], axis=1)
+                top = np.argpartition(merged, width - 1, axis=1)[:, -k - 1 :]
+                top_scores = np.take_along_axis(merged, top, axis=1)
+                order = np.argsort(-top_scores, axis=1, kind="stable")
+                top = np.take_along_axis(top, order, axis=1)
+                previous = np.take_along_axis(best[merging], np.minimum(top, k), axis=1)
+                best[merging] = np.where(top <= k, previous, top - (k + 1) + low)
+                best_scores[merging] = np.take_along_axis(top_scores, order, axis=1)
+            kth, after = best_scores[rows, k - 1], best_scores[rows, k]
             if high < n:
                 bound = user_norms[rows] * index.norms[high] * (1.0 + _BOUND_MARGIN)
             else:  # every item is scored: nothing is left to bound
@@ -721,7 +736,7 @@ def _bounded_top_k(
         if high == n:
             break
         active = active[~done[active]]
-        low, high = high, min(n, 2 * high)
+        low, high = high, min(n, high + max(1, high // 2))
 
     rows = np.flatnonzero(done)
     found = index.order[best[rows, :k]]
