@@ -164,8 +164,9 @@ class ALSModel:
         Defaults to ``ModelParams()``. ``params.weighting`` is not used here; it governs
         :func:`interaction_matrix`.
     num_threads : int, default 0
-        Threads for fitting and batch recommendation; ``0`` uses every core. Results do not
-        depend on it.
+        Threads for fitting and for implicit's top-k; ``0`` uses every core. The norm-bounded
+        top-k that ranks most rows on large catalogues runs on the calling thread (parallelism
+        comes from scoring shards in several workers). Results do not depend on it.
 
     Attributes
     ----------
