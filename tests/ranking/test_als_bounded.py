@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from scipy.sparse import csr_matrix
 
 import ranking.als as als
@@ -160,39 +161,10 @@ def test_bounded_matches_brute_force_with_ties(
     data: st.DataObject, n_items: int, n_users: int, factors: int, k: int
 ) -> None:
     """Small integer factors make many exact ties, at the k-th place and inside the top k."""
-    values = st.integers(-3, 3).map(float)
-    user_factors = np.array(
-        data.draw(
-            st.lists(
-                st.lists(values, min_size=factors, max_size=factors),
-                min_size=n_users,
-                max_size=n_users,
-            )
-        ),
-        dtype=np.float32,
-    )
-    item_factors = np.array(
-        data.draw(
-            st.lists(
-                st.lists(values, min_size=factors, max_size=factors),
-                min_size=n_items,
-                max_size=n_items,
-            )
-        ),
-        dtype=np.float32,
-    )
-    seen = csr_matrix(
-        np.array(
-            data.draw(
-                st.lists(
-                    st.lists(st.booleans(), min_size=n_items, max_size=n_items),
-                    min_size=n_users,
-                    max_size=n_users,
-                )
-            ),
-            dtype=np.float32,
-        )
-    )
+    small = st.integers(-3, 3).map(float)
+    user_factors = data.draw(arrays(np.float32, (n_users, factors), elements=small))
+    item_factors = data.draw(arrays(np.float32, (n_items, factors), elements=small))
+    seen = csr_matrix(data.draw(arrays(np.bool_, (n_users, n_items))).astype(np.float32))
     allowed = data.draw(st.none() | st.lists(st.integers(0, n_items - 1), min_size=1))
     model = ALSModel(ModelParams(factors=factors), num_threads=1)
     implicit_model = model._new_implicit_model()
