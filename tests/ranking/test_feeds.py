@@ -540,7 +540,7 @@ def test_a_member_who_refuses_training_does_not_change_anyone_elses_feed() -> No
 # --- Prepared once, scored in shards ------------------------------------------------------------
 
 
-def _shardable_inputs() -> dict[str, object]:
+def _shardable_inputs(pool_size: int = 200) -> dict[str, object]:
     """A community that reaches every route: trained, recalculated, popular and refusing."""
     rng = np.random.default_rng(7)
     members = rng.integers(1, 400, size=6_000)
@@ -559,6 +559,7 @@ def _shardable_inputs() -> dict[str, object]:
     policy = policy_validate(
         {
             "model": {"factors": 8, "iterations": 4, "regularization": 0.1, "seed": 5},
+            "candidates": {"pool_size": pool_size},
             "refusals": [{"kind": "tag", "tag": "spoilers", "reason": "No spoilers."}],
             "ranking": {
                 "creator_cap": 3,
@@ -599,11 +600,28 @@ def _mapped(array: np.ndarray) -> bool:
     return False
 
 
+@pytest.mark.parametrize("top_k", ["implicit", "bounded"])
 @pytest.mark.parametrize("mmap", [False, True], ids=["read", "mapped"])
 def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
-    tmp_path: Path, mmap: bool, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, mmap: bool, top_k: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import ranking.als
     import ranking.feeds
+
+    finished: list[int] = []
+    if top_k == "bounded":
+        # This community's catalogue is small: let the norm-bounded top-k rank it anyway, and
+        # count the members it finished, so this case cannot pass without it.
+        bounded = ranking.als._bounded_top_k
+        monkeypatch.setattr(ranking.als, "_BOUND_MIN_ITEMS", 1)
+        monkeypatch.setattr(ranking.als, "_BOUND_ITEMS_PER_K", 1)
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            result = bounded(*args, **kwargs)
+            finished.append(int(result[2].sum()))
+            return result
+
+        monkeypatch.setattr(ranking.als, "_bounded_top_k", counted)
     from ranking.feeds import (
         ROUTE_POPULAR,
         ROUTE_RECALCULATED,
@@ -614,7 +632,8 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
         score_feeds,
     )
 
-    inputs = _shardable_inputs()
+    # A pool of 20 of the 160 items: the bounded top-k has items to skip.
+    inputs = _shardable_inputs(pool_size=20 if top_k == "bounded" else 200)
     prepared = prepare_feeds(**inputs)  # type: ignore[arg-type]
     routes = set(prepared.route.tolist())
     assert routes == {ROUTE_TRAINED, ROUTE_RECALCULATED, ROUTE_POPULAR, ROUTE_REFUSING}
@@ -646,6 +665,8 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
     assert np.array_equal(loaded.fit_member_ids, prepared.fit_member_ids)
     assert loaded.model is not None and prepared.model is not None
     assert np.array_equal(loaded.model.item_factors, prepared.model.item_factors)
+    if top_k == "bounded":
+        assert sum(finished) > 0
 
 
 def test_a_prepared_run_refuses_a_bad_slice_and_a_foreign_archive(tmp_path: Path) -> None:
