@@ -609,7 +609,7 @@ class _NormOrder:
     (float64) and ``factors`` the sorted factor rows.
     """
 
-    __slots__ = ("factors", "items", "norms", "order", "position", "source")
+    __slots__ = ("factors", "finite", "items", "norms", "order", "position", "source")
 
     def __init__(
         self,
@@ -620,6 +620,8 @@ class _NormOrder:
         self.items = items
         factors = item_factors if items is None else item_factors[items]
         norms = np.sqrt(np.einsum("ij,ij->i", factors, factors, dtype=np.float64))
+        # A non-finite item factor has no norm to bound it: then implicit ranks every row.
+        self.finite = bool(np.isfinite(norms).all())
         self.order = np.argsort(-norms, kind="stable")
         self.position = np.empty(self.order.size, dtype=np.int64)
         self.position[self.order] = np.arange(self.order.size)
@@ -656,10 +658,11 @@ def _bounded_top_k(
 
     Rows whose result could differ from implicit's brute-force top-k are left to it: a tie
     between the ``k``-th and the next score (implicit breaks those by scan order), fewer than
-    ``k`` eligible items, or factors large enough to overflow. The others get implicit's exact
-    result: the same dot products (OpenBLAS's matrix-matrix kernels give each the same float32
-    sum whatever the block; the tests compare both paths bit for bit) and its order, best
-    score first and the higher column first among equal scores.
+    ``k`` eligible items, or factors that are not finite or large enough to overflow. The
+    others get implicit's exact result: the same dot products (OpenBLAS's matrix-matrix
+    kernels give each the same float32 sum whatever the block; the tests compare both paths
+    bit for bit) and its order, best score first and the higher column first among equal
+    scores.
 
     Returns ``(columns, scores, done)``: for rows with ``done`` set, columns (into the item
     list ``index`` was built on) and scores, best first; other rows are to be ranked by the
@@ -669,7 +672,7 @@ def _bounded_top_k(
     columns = np.full((m, k), -1, dtype=np.int64)
     scores = np.full((m, k), _FILTERED_SCORE, dtype=np.float32)
     done = np.zeros(m, dtype=bool)
-    if m == 0 or k == 0 or n <= k:
+    if m == 0 or k == 0 or n <= k or not index.finite:
         return columns, scores, done
     user_norms = np.sqrt(np.einsum("ij,ij->i", factors, factors, dtype=np.float64))
     # |score| <= |u| |v|: rows that might overflow float32 (or are not finite) go to implicit,

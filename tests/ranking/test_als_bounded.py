@@ -131,6 +131,28 @@ def test_rows_that_cannot_be_bounded_fall_back(fitted: tuple[ALSModel, csr_matri
         assert_same(single, model.recommend_from_factors(factors[:1], seen[:1], 20))
 
 
+def test_non_finite_item_factors_leave_every_row_to_implicit(
+    fitted: tuple[ALSModel, csr_matrix],
+) -> None:
+    model, matrix = fitted
+    copy = ALSModel(model.params, num_threads=1)
+    implicit_model = copy._new_implicit_model()
+    implicit_model.user_factors = model.user_factors.copy()
+    implicit_model.item_factors = model.item_factors.copy()
+    implicit_model.item_factors[17, 0] = np.nan
+    implicit_model.item_factors[99, 1] = np.inf
+    copy._model = implicit_model
+    rows = np.arange(100)
+    _, _, done = als._bounded_top_k(
+        copy._norm_order(None), copy.user_factors[rows], matrix[rows], 50
+    )
+    assert not done.any()
+    got = copy.recommend(rows, matrix, 50)
+    with brute_force():
+        want = copy.recommend(rows, matrix, 50)
+    assert_same(got, want)
+
+
 def test_new_item_factors_are_not_ranked_with_a_stale_order(
     fitted: tuple[ALSModel, csr_matrix],
 ) -> None:
