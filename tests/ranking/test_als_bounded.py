@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import numpy as np
 import pytest
@@ -55,6 +56,18 @@ def fitted() -> tuple[ALSModel, csr_matrix]:
     matrix = power_law_matrix(rng, users=1500, items=6000, per_user=12)
     params = ModelParams(factors=16, iterations=4, regularization=1.0, alpha=2.0, seed=5)
     return ALSModel(params, num_threads=1).fit(matrix), matrix
+
+
+def model_of(
+    params: ModelParams, user_factors: np.ndarray, item_factors: np.ndarray
+) -> tuple[ALSModel, Any]:
+    """An ALSModel holding copies of these factors, and the implicit model inside it."""
+    model = ALSModel(params, num_threads=1)
+    implicit_model = model._new_implicit_model()
+    implicit_model.user_factors = np.array(user_factors, dtype=np.float32)
+    implicit_model.item_factors = np.array(item_factors, dtype=np.float32)
+    model._model = implicit_model
+    return model, implicit_model
 
 
 def assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
@@ -135,13 +148,9 @@ def test_non_finite_item_factors_leave_every_row_to_implicit(
     fitted: tuple[ALSModel, csr_matrix],
 ) -> None:
     model, matrix = fitted
-    copy = ALSModel(model.params, num_threads=1)
-    implicit_model = copy._new_implicit_model()
-    implicit_model.user_factors = model.user_factors.copy()
-    implicit_model.item_factors = model.item_factors.copy()
+    copy, implicit_model = model_of(model.params, model.user_factors, model.item_factors)
     implicit_model.item_factors[17, 0] = np.nan
     implicit_model.item_factors[99, 1] = np.inf
-    copy._model = implicit_model
     rows = np.arange(100)
     _, _, done = als._bounded_top_k(
         copy._norm_order(None), copy.user_factors[rows], matrix[rows], 50
@@ -157,11 +166,7 @@ def test_new_item_factors_are_not_ranked_with_a_stale_order(
     fitted: tuple[ALSModel, csr_matrix],
 ) -> None:
     model, matrix = fitted
-    copy = ALSModel(model.params, num_threads=1)
-    implicit_model = copy._new_implicit_model()
-    implicit_model.user_factors = model.user_factors.copy()
-    implicit_model.item_factors = model.item_factors.copy()
-    copy._model = implicit_model
+    copy, implicit_model = model_of(model.params, model.user_factors, model.item_factors)
     rows = np.arange(100)
     copy.recommend(rows, matrix, 50)  # builds and keeps the norm order
     implicit_model.item_factors = np.ascontiguousarray(model.item_factors[::-1])
@@ -188,11 +193,7 @@ def test_bounded_matches_brute_force_with_ties(
     item_factors = data.draw(arrays(np.float32, (n_items, factors), elements=small))
     seen = csr_matrix(data.draw(arrays(np.bool_, (n_users, n_items))).astype(np.float32))
     allowed = data.draw(st.none() | st.lists(st.integers(0, n_items - 1), min_size=1))
-    model = ALSModel(ModelParams(factors=factors), num_threads=1)
-    implicit_model = model._new_implicit_model()
-    implicit_model.user_factors = np.zeros((1, factors), dtype=np.float32)
-    implicit_model.item_factors = item_factors
-    model._model = implicit_model
+    model, _ = model_of(ModelParams(factors=factors), np.zeros((1, factors)), item_factors)
     k = min(k, n_items)
     with bounded_for_any_size():
         got = model.recommend_from_factors(user_factors, seen, k, allowed_items=allowed)
