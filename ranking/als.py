@@ -478,13 +478,18 @@ class ALSModel:
         with threadpool_limits(limits=1, user_api="blas"):
             n_ranked = item_factors.shape[0]
             # A single row is left to implicit, which ranks it with a matrix-vector product.
+            ids = np.empty((m, n_eff), dtype=np.int64)
+            scores = np.empty((m, n_eff), dtype=np.float32)
+            done = np.zeros(m, dtype=bool)
             if m > 1 and n_ranked >= _BOUND_MIN_ITEMS and _BOUND_ITEMS_PER_K * n_eff <= n_ranked:
-                ids, scores, done = _bounded_top_k(self._norm_order(items), factors, query, n_eff)
-                rest = np.flatnonzero(~done)
-            else:
-                ids = np.empty((m, n_eff), dtype=np.int64)
-                scores = np.empty((m, n_eff), dtype=np.float32)
-                rest = np.arange(m)
+                by_norm = self._norm_order(items)
+                # In slices of rows, so that the bounded top-k's working arrays stay small.
+                for first in range(0, m, _BOUND_ROWS):
+                    part = slice(first, min(m, first + _BOUND_ROWS))
+                    ids[part], scores[part], done[part] = _bounded_top_k(
+                        by_norm, factors[part], None if query is None else query[part], n_eff
+                    )
+            rest = np.flatnonzero(~done)
             if rest.size:
                 # One row alone would be a matrix-vector product: rank it twice (see above).
                 twice = np.repeat(rest, 2) if rest.size == 1 and m > 1 else rest
@@ -592,6 +597,10 @@ _BOUND_MIN_ITEMS = 4096
 _BOUND_ITEMS_PER_K = 8
 """...and so are top-k's whose ``k`` is more than an eighth of the catalogue: few rows would
 finish before the last block."""
+
+_BOUND_ROWS = 16_384
+"""Rows ranked by one call of the bounded top-k (its arrays of the best ``k + 1`` so far are
+12 bytes per row and candidate: 40 MB at this many rows and a pool of 200)."""
 
 _BOUND_MARGIN = 1e-4
 """Relative slack on the Cauchy-Schwarz bound: a float32 dot product of ``f`` terms is within

@@ -94,6 +94,19 @@ def test_recommend_matches_brute_force(fitted: tuple[ALSModel, csr_matrix], n: i
     assert_same(got, want)
 
 
+def test_rows_ranked_in_slices_match_brute_force(
+    fitted: tuple[ALSModel, csr_matrix], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows are ranked in slices (a slice of one row included): each row's result is its own."""
+    model, matrix = fitted
+    monkeypatch.setattr(als, "_BOUND_ROWS", 7)
+    rows = np.arange(50)  # slices of 7 rows, the last of 1
+    got = model.recommend(rows, matrix, 60)
+    with brute_force():
+        want = model.recommend(rows, matrix, 60)
+    assert_same(got, want)
+
+
 def test_recommend_matches_brute_force_on_allowed_items(
     fitted: tuple[ALSModel, csr_matrix],
 ) -> None:
