@@ -14,8 +14,9 @@ Notes on :mod:`implicit` 0.7.3 that this wrapper hides:
 * Calling ``fit`` twice on the same implicit object warm-starts from the previous factors, so
   :meth:`ALSModel.fit` always builds a fresh implicit model to stay reproducible.
 * Its top-k scores every item for every user. :meth:`ALSModel.recommend` gets the same result
-  (items, scores, order, ties) by scoring items in decreasing order of factor norm and stopping
-  a user once no unscored item can enter the top ``n`` (:func:`_bounded_top_k`).
+  (items, order, tie-breaking; scores up to float32 rounding) by scoring items in decreasing
+  order of factor norm and stopping a user once no unscored item can enter the top ``n``
+  (:func:`_bounded_top_k`).
 * ``recommend`` returns filtered (already seen) items with their real index and a score of
   ``-FLT_MAX`` instead of dropping them, and when ``N`` exceeds the number of items it pads with
   item ``0`` and score ``0.0``. :meth:`ALSModel.recommend` normalises both to ``-1`` / ``-inf``.
@@ -668,10 +669,13 @@ def _bounded_top_k(
     Rows whose result could differ from implicit's brute-force top-k are left to it: a tie
     between the ``k``-th and the next score (implicit breaks those by scan order), fewer than
     ``k`` eligible items, or factors that are not finite or large enough to overflow. The
-    others get implicit's exact result: the same dot products (OpenBLAS's matrix-matrix
-    kernels give each the same float32 sum whatever the block; the tests compare both paths
-    bit for bit) and its order, best score first and the higher column first among equal
-    scores.
+    others get implicit's result in its order (best score first, the higher column first among
+    equal scores), with the same float32 dot products as far as BLAS gives them: OpenBLAS's
+    AVX-512 and SSE kernels compute each product the same whatever the block, so both paths
+    agree bit for bit; its AVX2 kernels round some products one unit in the last place
+    differently by the shape of the block, so two items that close may swap. A row's result
+    depends only on the rows ranked with it (fixed chunks of absolute positions in
+    :func:`ranking.feeds.score_feeds`), so shards still reproduce a whole run bit for bit.
 
     Returns ``(columns, scores, done)``: for rows with ``done`` set, columns (into the item
     list ``index`` was built on) and scores, best first; other rows are to be ranked by the

@@ -1,9 +1,12 @@
-"""The norm-bounded top-k gives exactly implicit's brute-force top-k, only faster.
+"""The norm-bounded top-k gives implicit's brute-force top-k, only faster.
 
 Every test ranks the same rows twice: through :meth:`ALSModel.recommend` (or
 ``recommend_from_factors``) as shipped, and with the bounded path switched off so that
-implicit's brute-force top-k ranks every row. Items, scores and their order must be identical,
-ties and padding included.
+implicit's brute-force top-k ranks every row. With exact arithmetic (small integer factors)
+items, scores, order, ties and padding must be identical; on fitted factors, identical up to
+the rounding of float32 dot products, which some BLAS kernels do differently by the shape of the
+product (see ``assert_equivalent``). Shards reproducing the whole run bit for bit, whatever the
+kernel, is tested in ``test_feeds.py``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,37 @@ def assert_same(got: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.n
     np.testing.assert_array_equal(got[1], want[1])
 
 
+def assert_equivalent(
+    got: tuple[np.ndarray, np.ndarray],
+    want: tuple[np.ndarray, np.ndarray],
+    user_factors: np.ndarray,
+    item_factors: np.ndarray,
+) -> None:
+    """The same top-k up to the rounding of float32 dot products.
+
+    With OpenBLAS's AVX-512 and SSE kernels both paths agree bit for bit. Its AVX2 kernels
+    (Haswell, Zen) round some products one unit in the last place differently depending on the
+    shape of the matrix product, so two items that close may come out in the other order: the
+    scores at each rank, and the exact (float64) scores of the items at each rank, must agree
+    to rounding, and almost every item must be the same.
+    """
+    got_items, got_scores = got
+    want_items, want_scores = want
+    np.testing.assert_array_equal(got_items < 0, want_items < 0)  # the same padding
+    valid = want_items >= 0
+    np.testing.assert_allclose(got_scores[valid], want_scores[valid], rtol=1e-5, atol=1e-7)
+    rows = np.nonzero(valid)[0]
+    users = user_factors.astype(np.float64)[rows]
+    items = item_factors.astype(np.float64)
+    np.testing.assert_allclose(
+        np.einsum("ij,ij->i", users, items[got_items[valid]]),
+        np.einsum("ij,ij->i", users, items[want_items[valid]]),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+    assert (got_items[valid] == want_items[valid]).mean() > 0.99
+
+
 def test_most_rows_are_finished_early_on_zipf_data(fitted: tuple[ALSModel, csr_matrix]) -> None:
     model, matrix = fitted
     order = model._norm_order(None)
@@ -91,7 +125,7 @@ def test_recommend_matches_brute_force(fitted: tuple[ALSModel, csr_matrix], n: i
     got = model.recommend(rows, matrix, n)
     with brute_force():
         want = model.recommend(rows, matrix, n)
-    assert_same(got, want)
+    assert_equivalent(got, want, model.user_factors[rows], model.item_factors)
 
 
 def test_rows_ranked_in_slices_match_brute_force(
@@ -104,7 +138,7 @@ def test_rows_ranked_in_slices_match_brute_force(
     got = model.recommend(rows, matrix, 60)
     with brute_force():
         want = model.recommend(rows, matrix, 60)
-    assert_same(got, want)
+    assert_equivalent(got, want, model.user_factors[rows], model.item_factors)
 
 
 def test_recommend_matches_brute_force_on_allowed_items(
@@ -116,7 +150,7 @@ def test_recommend_matches_brute_force_on_allowed_items(
     got = model.recommend(rows, matrix, 100, allowed_items=allowed)
     with brute_force():
         want = model.recommend(rows, matrix, 100, allowed_items=allowed)
-    assert_same(got, want)
+    assert_equivalent(got, want, model.user_factors[rows], model.item_factors)
     assert np.isin(got[0], allowed).all()
 
 
@@ -128,7 +162,7 @@ def test_recommend_matches_brute_force_without_seen_filter(
     got = model.recommend(rows, matrix, 40, exclude_seen=False)
     with brute_force():
         want = model.recommend(rows, matrix, 40, exclude_seen=False)
-    assert_same(got, want)
+    assert_equivalent(got, want, model.user_factors[rows], model.item_factors)
 
 
 def test_rows_that_cannot_be_bounded_fall_back(fitted: tuple[ALSModel, csr_matrix]) -> None:
@@ -147,7 +181,7 @@ def test_rows_that_cannot_be_bounded_fall_back(fitted: tuple[ALSModel, csr_matri
     got = model.recommend_from_factors(factors, seen, 100)
     with brute_force():
         want = model.recommend_from_factors(factors, seen, 100)
-    assert_same(got, want)
+    assert_equivalent(got, want, factors, model.item_factors)
     assert (got[0][2] >= 0).sum() == 30
     assert not np.isin(got[0][2, :30], np.flatnonzero(seen[2].toarray()[0])).any()
     assert (got[0][2, 30:] == -1).all() and n_items > 100
@@ -186,7 +220,7 @@ def test_new_item_factors_are_not_ranked_with_a_stale_order(
     got = copy.recommend(rows, matrix, 50)
     with brute_force():
         want = copy.recommend(rows, matrix, 50)
-    assert_same(got, want)
+    assert_equivalent(got, want, copy.user_factors[rows], copy.item_factors)
 
 
 @settings(max_examples=150, deadline=None)
