@@ -98,7 +98,7 @@ def main() -> None:
             model._norm_cache = None  # count building the norm order, once per model
             ours_ids, ours_scores = model.recommend(rows, matrix, args.k)
             times["ours"].append(time.perf_counter() - started)
-    # Bit for bit with OpenBLAS's AVX-512 and SSE kernels; its AVX2 kernels round some dot
+    # Bit for bit with OpenBLAS's SkylakeX kernels; its Haswell ones (and others) round some dot
     # products one unit in the last place differently by the shape of the product, so items
     # that close can swap (docs/pipeline.md). Anything beyond that stops the run.
     valid = scores > als._FILTERED_SCORE

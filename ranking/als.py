@@ -671,9 +671,10 @@ def _bounded_top_k(
     ``k`` eligible items, or factors that are not finite or large enough to overflow. The
     others get implicit's result in its order (best score first, the higher column first among
     equal scores), with the same float32 dot products as far as BLAS gives them: OpenBLAS's
-    AVX-512 and SSE kernels compute each product the same whatever the block, so both paths
-    agree bit for bit; its AVX2 kernels round some products one unit in the last place
-    differently by the shape of the block, so two items that close may swap. A row's result
+    SkylakeX, SandyBridge and Nehalem kernels compute each product the same whatever the
+    block, so both paths agree bit for bit; its Haswell, Zen and Prescott kernels round some
+    products one unit in the last place differently by the shape of the block, so two items
+    that close may swap. A row's result
     depends only on the rows ranked with it (fixed chunks of absolute positions in
     :func:`ranking.feeds.score_feeds`), so shards still reproduce a whole run bit for bit.
 

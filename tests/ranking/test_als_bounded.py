@@ -86,11 +86,11 @@ def assert_equivalent(
 ) -> None:
     """The same top-k up to the rounding of float32 dot products.
 
-    With OpenBLAS's AVX-512 and SSE kernels both paths agree bit for bit. Its AVX2 kernels
-    (Haswell, Zen) round some products one unit in the last place differently depending on the
-    shape of the matrix product, so two items that close may come out in the other order: the
-    scores at each rank, and the exact (float64) scores of the items at each rank, must agree
-    to rounding, and almost every item must be the same.
+    With OpenBLAS's SkylakeX, SandyBridge and Nehalem kernels both paths agree bit for bit.
+    Its Haswell, Zen and Prescott kernels round some products one unit in the last place
+    differently depending on the shape of the matrix product, so two items that close may come
+    out in the other order: the scores at each rank, and the exact (float64) scores of the
+    items at each rank, must agree to rounding, and almost every item must be the same.
     """
     got_items, got_scores = got
     want_items, want_scores = want
