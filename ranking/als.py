@@ -450,8 +450,9 @@ class ALSModel:
         """implicit's top-k over ``factors @ item_factors.T``, normalised to -1 / -inf padding.
 
         On a large catalogue the rows are ranked by :func:`_bounded_top_k`, which gives the same
-        items and scores in the same order while scoring only the items that can qualify;
-        implicit ranks the rows it leaves (ties at the cut, zero factors) and small catalogues.
+        items in the same order (scores up to float32 rounding) while scoring only the items
+        that can qualify; implicit ranks the rows it leaves (ties at the cut, zero factors), a
+        single row, and small catalogues.
         """
         model = self._fitted()
         n_items = self.n_items
@@ -478,10 +479,10 @@ class ALSModel:
         factors = np.ascontiguousarray(factors, dtype=np.float32)
         with threadpool_limits(limits=1, user_api="blas"):
             n_ranked = item_factors.shape[0]
-            # A single row is left to implicit, which ranks it with a matrix-vector product.
             ids = np.empty((m, n_eff), dtype=np.int64)
             scores = np.empty((m, n_eff), dtype=np.float32)
             done = np.zeros(m, dtype=bool)
+            # A single row is left to implicit, which ranks it with a matrix-vector product.
             if m > 1 and n_ranked >= _BOUND_MIN_ITEMS and _BOUND_ITEMS_PER_K * n_eff <= n_ranked:
                 by_norm = self._norm_order(items)
                 # In slices of rows, so that the bounded top-k's working arrays stay small.
