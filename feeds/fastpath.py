@@ -25,11 +25,12 @@ request (an app polling one feed, the Bluesky community feed, If-None-Match reva
 without any round trip. It is exact, not a TTL guess: the connection has Redis client tracking
 on (``feeds.redis_wire``), so Redis pushes an invalidation the moment any record this thread
 read changes, expires or is flushed, and every request first reads the pushes that have arrived
-(one non-blocking read). Writers that make a record stale (``feeds.feedcache``: a revocation,
-a pointer swap, a member's refreshed pages) wait for one more round trip after the write, by
-which time Redis has written the push to every tracking connection: the next request anywhere
-sees it. A lost connection forgets everything cached under it; entries also age out after the
-setting's seconds, and the cache holds at most ``COMMONFEED_FEED_NEAR_CACHE_BYTES`` per thread.
+(a zero-timeout poll(2) of the socket; a read only when something came). Writers that make a
+record stale (``feeds.feedcache``: a revocation, a pointer swap, a member's refreshed pages) wait
+for one more round trip after the write, by which time Redis has written the push to every
+tracking connection: the next request anywhere sees it. A lost connection forgets everything
+cached under it; entries also age out after the setting's seconds, and the cache holds at most
+``COMMONFEED_FEED_NEAR_CACHE_BYTES`` per thread.
 
 Throttle tokens are reserved in blocks (``INCRBY`` of ``_lease(rate)``: one per 2,000 of the
 rate, at most 64, so 1 below 4,000 per period), so the counter in Redis is never below the

@@ -383,6 +383,27 @@ def test_a_lost_connection_empties_the_near_cache(
     assert spy.calls == 1
 
 
+@near_only
+def test_a_connection_the_server_closed_is_noticed_before_the_near_cache_answers(
+    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    _get(client, url, token)
+    _get(client, url, token)
+    assert redis_wire._local.sock is not None
+    host, port = redis_wire._local.sock.getsockname()[:2]
+    # As a Redis restart or a client-kill would: pushes sent from now on would never arrive.
+    caches["default"]._cache.get_client(None, write=True).client_kill(f"{host}:{port}")
+    spy = _Spy(monkeypatch)
+
+    assert _get(client, url, token).status_code == 200
+    assert spy.calls == 1  # the near cache was emptied: a new connection, a round trip
+    assert redis_wire._local.sock is not None
+    assert redis_wire._local.sock.getsockname()[1] != port
+
+
 def test_leased_throttle_tokens_never_let_a_credential_past_its_rate(
     client: Client, settings: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
