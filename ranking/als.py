@@ -736,14 +736,13 @@ def _bounded_top_k(
                 changed = np.arange(rows.size)
             if changed.size:
                 merging = rows[changed]
-                merged = np.concatenate([best_scores[merging], block], axis=1)
-                top = np.argpartition(merged, width - 1, axis=1)[:, -k - 1 :]
-                top_scores = np.take_along_axis(merged, top, axis=1)
-                order = np.argsort(-top_scores, axis=1, kind="stable")
-                top = np.take_along_axis(top, order, axis=1)
-                previous = np.take_along_axis(best[merging], np.minimum(top, k), axis=1)
-                best[merging] = np.where(top <= k, previous, top - (k + 1) + low)
-                best_scores[merging] = np.take_along_axis(top_scores, order, axis=1)
+                if low:
+                    merged = np.concatenate([best_scores[merging], block], axis=1)
+                    top, best_scores[merging] = _largest_sorted(merged, k + 1)
+                    previous = np.take_along_axis(best[merging], np.minimum(top, k), axis=1)
+                    best[merging] = np.where(top <= k, previous, top - (k + 1) + low)
+                else:  # nothing is kept yet: the first block alone holds the best k + 1
+                    best[merging], best_scores[merging] = _largest_sorted(block, k + 1)
             kth, after = best_scores[rows, k - 1], best_scores[rows, k]
             if high < n:
                 bound = user_norms[rows] * index.norms[high] * (1.0 + _BOUND_MARGIN)
@@ -760,11 +759,26 @@ def _bounded_top_k(
     rows = np.flatnonzero(done)
     found = index.order[best[rows, :k]]
     found_scores = best_scores[rows, :k]
-    # implicit's order: best score first, the higher column first among equal scores.
-    order = np.lexsort((-found, -found_scores), axis=1)
-    columns[rows] = np.take_along_axis(found, order, axis=1)
-    scores[rows] = np.take_along_axis(found_scores, order, axis=1)
+    # implicit's order: best score first, the higher column first among equal scores. The
+    # scores are sorted already; only rows with equal scores side by side need the columns'.
+    tied = np.flatnonzero((found_scores[:, 1:] == found_scores[:, :-1]).any(axis=1))
+    if tied.size:
+        order = np.lexsort((-found[tied], -found_scores[tied]), axis=1)
+        found[tied] = np.take_along_axis(found[tied], order, axis=1)
+        found_scores[tied] = np.take_along_axis(found_scores[tied], order, axis=1)
+    columns[rows] = found
+    scores[rows] = found_scores
     return columns, scores, done
+
+
+def _largest_sorted(
+    values: npt.NDArray[np.float32], count: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """Per row, the columns of the ``count`` largest values, largest first, and the values."""
+    top = np.argpartition(values, values.shape[1] - count, axis=1)[:, -count:]
+    top_values = np.take_along_axis(values, top, axis=1)
+    order = np.argsort(-top_values, axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1), np.take_along_axis(top_values, order, axis=1)
 
 
 class _SeenRow:
