@@ -22,7 +22,6 @@ difference new - old.
 from __future__ import annotations
 
 import argparse
-import io
 import os
 import random
 import statistics
@@ -50,6 +49,7 @@ django.setup()
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 
 import bench.bench_urls as bench_urls  # noqa: E402
+from bench.feed_get import wsgi_get  # noqa: E402
 from feeds import fastpath  # noqa: E402
 from feeds.services import app_credential_create  # noqa: E402
 from governance.models import Community  # noqa: E402
@@ -89,21 +89,10 @@ def main() -> None:
     handler = WSGIHandler()
 
     def call(path: str, auth: str | None) -> tuple[Any, bytes]:
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80",
-            "HTTP_HOST": "127.0.0.1",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(),
-        }
-        if auth:
-            environ["HTTP_AUTHORIZATION"] = f"Bearer {auth}"
         started: list[Any] = []
-        response = handler(environ, lambda status, headers: started.append((status, headers)))
+        response = handler(
+            wsgi_get(path, auth), lambda status, headers: started.append((status, headers))
+        )
         body = b"".join(response)
         response.close()  # type: ignore[attr-defined]
         return started[0], body

@@ -21,6 +21,7 @@ every request is still counted against the credential, but none is refused.
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -80,33 +82,36 @@ def _rotating_paths_script(paths: list[str]) -> Path:
     return script
 
 
+def wsgi_get(path: str, token: str | None) -> dict[str, Any]:
+    """The WSGI environ of ``GET path`` to 127.0.0.1, with ``token`` as a bearer token."""
+    environ: dict[str, Any] = {
+        "REQUEST_METHOD": "GET",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "80",
+        "HTTP_HOST": "127.0.0.1",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(),
+    }
+    if token:
+        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
+    return environ
+
+
 def cpu_probe(api_path: str, token: str, *, requests: int, rounds: int) -> None:
     """CPU seconds per request of the API and the bare view, in this process (run with the
     server's environment): the WSGI handler called directly, no network, no wrk. CPU time is
     what a saturated server spends; unlike requests/s it barely moves with other load on the
     machine. Prints JSON."""
-    import io
-
     from django.core.handlers.wsgi import WSGIHandler
 
     handler = WSGIHandler()
 
     def call(path: str, auth: str | None) -> bytes:
-        environ = {
-            "REQUEST_METHOD": "GET",
-            "PATH_INFO": path,
-            "QUERY_STRING": "",
-            "SERVER_NAME": "127.0.0.1",
-            "SERVER_PORT": "80",
-            "HTTP_HOST": "127.0.0.1",
-            "SERVER_PROTOCOL": "HTTP/1.1",
-            "wsgi.url_scheme": "http",
-            "wsgi.input": io.BytesIO(),
-        }
-        if auth:
-            environ["HTTP_AUTHORIZATION"] = f"Bearer {auth}"
         status: list[str] = []
-        response = handler(environ, lambda s, h: status.append(s))
+        response = handler(wsgi_get(path, auth), lambda s, h: status.append(s))
         body = b"".join(response)
         response.close()  # type: ignore[attr-defined]
         assert status[0].startswith("200"), status
