@@ -306,6 +306,19 @@ def test_the_wire_reads_pipelined_replies_and_drops_a_connection_after_an_error(
 near_only = pytest.mark.parametrize("near_cache", ["near"], indirect=True)
 
 
+def _warmed(client: Client) -> tuple[Any, str, str]:
+    """A credential, its token and a member's feed URL, read twice: the database path filled
+    Redis, then the fast path filled this thread's near cache."""
+    community, data = _computed()
+    credential, token = app_credential_create(
+        community=community, name="app", scopes=["feeds:read"]
+    )
+    url = _url(community.slug, data["members"][0].external_id)
+    _get(client, url, token)
+    _get(client, url, token)
+    return credential, token, url
+
+
 def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
     client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -329,13 +342,7 @@ def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
 def test_a_revocation_reaches_a_thread_that_serves_from_its_near_cache(
     client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    community, data = _computed()
-    credential, token = app_credential_create(
-        community=community, name="app", scopes=["feeds:read"]
-    )
-    url = _url(community.slug, data["members"][0].external_id)
-    _get(client, url, token)
-    _get(client, url, token)
+    credential, token, url = _warmed(client)
     spy = _Spy(monkeypatch)
     assert _get(client, url, token).status_code == 200 and spy.calls == 0  # near-cache hit
 
@@ -371,11 +378,7 @@ def test_a_swap_and_a_fold_in_refresh_reach_the_near_cache(
 def test_a_lost_connection_empties_the_near_cache(
     client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    community, data = _computed()
-    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
-    url = _url(community.slug, data["members"][0].external_id)
-    _get(client, url, token)
-    _get(client, url, token)
+    _, token, url = _warmed(client)
     redis_wire._drop()  # as after an error: pushes sent meanwhile would be lost
     spy = _Spy(monkeypatch)
 
@@ -387,11 +390,7 @@ def test_a_lost_connection_empties_the_near_cache(
 def test_a_connection_the_server_closed_is_noticed_before_the_near_cache_answers(
     client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    community, data = _computed()
-    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
-    url = _url(community.slug, data["members"][0].external_id)
-    _get(client, url, token)
-    _get(client, url, token)
+    _, token, url = _warmed(client)
     assert redis_wire._local.sock is not None
     host, port = redis_wire._local.sock.getsockname()[:2]
     # As a Redis restart or a client-kill would: pushes sent from now on would never arrive.
