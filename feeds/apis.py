@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict
+from datetime import datetime
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import RequestDataTooBig
 from django.http import Http404, HttpResponse
+from django.utils import timezone
 from drf_spectacular.extensions import OpenApiSerializerExtension
 from drf_spectacular.utils import (
     OpenApiResponse,
@@ -250,34 +252,60 @@ class MemberFeedApi(APIView):
             feedcache.pointer_publish(community=community, run=run)
         limit = params.validated_data.get("limit")
 
-        def etag_of(revision: int | None) -> str:
-            # A fold-in refresh replaces the member's row (a new id) within the run, so (run,
-            # row, page) identifies the response.
-            return f'"{run.pk}.{run.claim[:8]}.{member.pk}.{revision or 0}.{offset}.{limit or 0}"'
+        choices_at = run.member_choices_at  # type: ignore[attr-defined]  # feed_run_for_read
+        choices_stamp = int(choices_at.timestamp() * 1_000_000) if choices_at else 0
+
+        def etag_of(revision: int | None, until: datetime | None = None) -> str:
+            # A fold-in refresh replaces the member's row (a new id) within the run, a change
+            # to what is refused bumps the pointer's revision, and the member's mutes apply
+            # when served, so (run, pointer revision, row, choices, page) identifies the
+            # response; a page that changes when an entry ages out names that time too.
+            tag = (
+                f"{run.pk}.{run.claim[:8]}.{run.serving_revision}."  # type: ignore[attr-defined]
+                f"{member.pk}.{revision or 0}.{choices_stamp}.{offset}.{limit or 0}"
+            )
+            return f'"{tag}.{int(until.timestamp())}"' if until is not None else f'"{tag}"'
 
         etag = etag_of(run.member_feed_id)  # type: ignore[attr-defined]  # feed_run_for_read
-        if etag in [tag.strip() for tag in request.headers.get("If-None-Match", "").split(",")]:
-            return Response(status=304, headers={"ETag": etag})
+        for tag in request.headers.get("If-None-Match", "").split(","):
+            if _etag_current(tag.strip(), etag):
+                return Response(status=304, headers={"ETag": tag.strip()})
         key = feedcache.page_key(
             slug=slug, member=member_external_id, pinned=run_id, offset=offset, limit=limit
         )
         cached = feedcache.page_get(key, run=run)
-        if cached is not None and cached[0] == etag:
-            body = cached[1]
+        if cached is not None and _etag_current(cached[0], etag):
+            etag, body = cached
         else:
             row = member_feed_row(run=run, member=member)
-            etag = etag_of(row.pk if row is not None else None)  # the row this page shows
             feed = member_feed_get(
                 community=community, member=member, run=run, limit=limit, offset=offset, row=row
             )
+            # The row this page shows, and when it will change by itself (an entry ageing out).
+            etag = etag_of(row.pk if row is not None else None, feed.valid_until)
             data = self.OutputSerializer(feed).data
             data["cursor"] = (
                 cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
             )
             body = JSONRenderer().render(data)
-            feedcache.page_set(key, run=run, etag=etag, body=body, guard=guard)
+            ttl = feedcache.TIMEOUT_SECONDS
+            if feed.valid_until is not None:
+                ttl = int((feed.valid_until - timezone.now()).total_seconds())
+            feedcache.page_set(key, run=run, etag=etag, body=body, guard=guard, ttl=ttl)
         headers = {"ETag": etag, "Cache-Control": "private, no-cache"}
         return HttpResponse(body, content_type="application/json", headers=headers)
+
+
+def _etag_current(tag: str, etag: str) -> bool:
+    """Whether ``tag`` names the page ``etag`` names as it is now: the same, or the same with
+    the time an entry ages out appended, still in the future."""
+    if tag == etag:
+        return True
+    stem = etag[:-1] + "."
+    if not (tag.startswith(stem) and tag.endswith('"')):
+        return False
+    until = tag[len(stem) : -1]
+    return until.isdigit() and int(until) > timezone.now().timestamp()
 
 
 class Gone(exceptions.APIException):

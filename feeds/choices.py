@@ -16,6 +16,7 @@ import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
+from feeds import feedcache
 from feeds.models import Creator, Interaction, ItemCreator, MemberChoices
 from governance.models import Community, Membership
 from governance.services import audit_append
@@ -58,6 +59,16 @@ def _refresh_after_commit(member: Membership) -> None:
     )
 
 
+def _pages_invalidate_after_commit(member: Membership) -> None:
+    # Mutes apply from the next request: pages are rendered with the member's mutes as they are
+    # then (feeds.selectors.member_feed_get), so the cached ones must go once the change is
+    # visible, whether or not a fold-in refresh follows.
+    slug, external_id = member.community.slug, member.external_id
+    transaction.on_commit(
+        lambda: feedcache.member_pages_invalidate(slug=slug, members=[external_id])
+    )
+
+
 @transaction.atomic
 def member_choices_set(
     *,
@@ -89,6 +100,8 @@ def member_choices_set(
             raise UnknownCreators(missing)
         choices.muted_creators.set(found.values())
     _refresh_after_commit(member)
+    if muted_creators is not None or muted_tags is not None:
+        _pages_invalidate_after_commit(member)
     audit_append(
         community=member.community,
         actor=actor,
@@ -123,6 +136,9 @@ def creator_choices_set(
 ) -> Creator:
     Creator.objects.filter(pk=creator.pk).update(opted_out=opted_out)
     creator.opted_out = opted_out
+    # Served feeds drop (or show again) the creator's items from the next request, not only
+    # from the next run.
+    feedcache.served_content_changed(community=creator.community)
     audit_append(
         community=creator.community,
         actor=actor,

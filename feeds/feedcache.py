@@ -10,12 +10,16 @@ Redis round trip:
     before the commit cannot put it back. The next request finds the marker and asks the
     database, which says revoked.
 ``cf:ptr:<slug>``
-    ``<community identity>|<run>.<claim>``: the generation the community serves now. A swap
+    ``<community identity>|<run>.<claim>.<revision>``: the generation the community serves now
+    and the pointer's revision, which :func:`served_content_changed` bumps when what served
+    pages show changes without a run (an opt-out, an item edited). A swap or such a change
     deletes it before its transaction commits and writes the committed pointer after (fillers
-    again only ``SET NX``), so readers never keep an older generation once the swap is visible.
+    again only ``SET NX``), so readers never keep an older generation or revision once the
+    change is visible.
 ``cf:page:<slug>:<pinned run or 0>:<offset>:<limit or 0>:<member external id>``
-    ``<run>.<claim>|<etag>\\n`` then the page's JSON bytes. The stamp must equal the pointer's
-    (or the run a cursor pins), so a page of another generation is never served.
+    ``<run>.<claim>.<revision>|<etag>\\n`` then the page's JSON bytes. The stamp must equal the
+    pointer's (or the run a cursor pins, with the pointer's revision), so a page of another
+    generation or revision is never served.
 ``cf:mrev:<slug>:<member>`` and ``cf:mpages:<slug>:<member>``
     A member's page revision (a counter) and the keys of their cached pages. A fold-in refresh
     (``feeds.services.member_feeds_refresh``) rewrites a member's feed inside a generation: after
@@ -56,10 +60,11 @@ from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 from django.core.signals import setting_changed
 from django.db import transaction
+from django.db.models import F
 from django.db.models.signals import post_delete, post_save
 from django.dispatch import receiver
 
-from feeds.models import AppCredential, FeedPointer, FeedRun
+from feeds.models import AppCredential, Creator, FeedPointer, FeedRun, Item
 
 if TYPE_CHECKING:
     from django.core.cache.backends.base import BaseCache
@@ -133,7 +138,9 @@ def community_identity(community: Community) -> str:
 
 
 def _run_stamp(run: FeedRun) -> str:
-    return f"{run.pk}.{run.claim}"
+    """``<run>.<claim>.<pointer revision>``: ``run`` as ``feeds.selectors.feed_run_for_read``
+    returns it, which carries the community pointer's ``serving_revision``."""
+    return f"{run.pk}.{run.claim}.{run.serving_revision}"  # type: ignore[attr-defined]
 
 
 def credential_key(digest: str) -> str:
@@ -233,16 +240,49 @@ def pointer_changed(*, community: Community) -> None:
     transaction.on_commit(lambda: _pointer_republish(community.pk))
 
 
+def served_content_changed(*, community: Community) -> None:
+    """Call inside the transaction of a change that alters what the served feeds show without
+    a new run: a creator's opt-out, an item deactivated or edited, a creator renamed.
+
+    Bumps the pointer's revision, which every cached page's stamp and every ETag name, so no
+    page cached before the change is served after it commits (the database path re-renders it
+    through ``feeds.selectors``, which withdraws what is refused now). Every page of the
+    community is rendered again once: a catalogue that changes all the time costs the cache
+    its hits.
+    """
+    if FeedPointer.objects.filter(community=community).update(revision=F("revision") + 1):
+        pointer_changed(community=community)
+
+
+@receiver(post_save, sender=Item, dispatch_uid="feeds.feedcache.item_saved")
+@receiver(post_save, sender=Creator, dispatch_uid="feeds.feedcache.creator_saved")
+def _catalogue_saved(*, instance: Item | Creator, created: bool = False, **kwargs: Any) -> None:
+    # Edits one row at a time (the admin, whose item form saves the item with its credits, a
+    # shell) count like the API's bulk upserts, which call served_content_changed themselves.
+    # A new row is in nobody's feed yet. (No post_delete receiver: it would make Django load
+    # every item of a community it deletes, to send the signal.)
+    if not created:
+        served_content_changed(community=instance.community)
+
+
 def _pointer_republish(community_id: int) -> None:
     pointer = (
         FeedPointer.objects.filter(community_id=community_id)
         .select_related("community", "run")
-        .only("community__id", "community__slug", "community__created_at", "run__id", "run__claim")
+        .only(
+            "revision",
+            "community__id",
+            "community__slug",
+            "community__created_at",
+            "run__id",
+            "run__claim",
+        )
         .first()
     )
     if pointer is None:
         return
-    record = f"{community_identity(pointer.community)}|{_run_stamp(pointer.run)}".encode()
+    stamp = f"{pointer.run.pk}.{pointer.run.claim}.{pointer.revision}"
+    record = f"{community_identity(pointer.community)}|{stamp}".encode()
     _write("set", pointer_key(pointer.community.slug), record, POINTER_TTL, nx=False)
 
 
@@ -268,9 +308,19 @@ def page_get(key: str, *, run: FeedRun) -> tuple[str, bytes] | None:
 
 
 def page_set(
-    key: str, *, run: FeedRun, etag: str, body: bytes, guard: tuple[str, str, bytes] | None
+    key: str,
+    *,
+    run: FeedRun,
+    etag: str,
+    body: bytes,
+    guard: tuple[str, str, bytes] | None,
+    ttl: int = TIMEOUT_SECONDS,
 ) -> None:
-    """Cache a page; with Redis only if the member's revision is still ``guard``'s."""
+    """Cache a page for ``ttl`` seconds (at most ``TIMEOUT_SECONDS``); with Redis only if the
+    member's revision is still ``guard``'s."""
+    ttl = min(ttl, TIMEOUT_SECONDS)
+    if ttl <= 0:
+        return
     value = f"{_run_stamp(run)}|{etag}\n".encode() + body
     if isinstance(caches["default"], RedisCache):
         store = redis_store()
@@ -286,13 +336,14 @@ def page_set(
                 backend.make_key(member_revision_key(slug, member)),
                 backend.make_key(member_pages_key(slug, member)),
                 value,
-                TIMEOUT_SECONDS,
+                ttl,
                 revision,
+                TIMEOUT_SECONDS,  # the member's set of pages outlives every page in it
             )
         except Exception as exc:
             failed(exc)
     elif available():
-        cache.set(key, value, TIMEOUT_SECONDS)
+        cache.set(key, value, ttl)
 
 
 # --- Fold-in: per-member page revisions and the queue of owed refreshes ------------------------
@@ -341,7 +392,7 @@ _PAGE_SET_GUARDED = """
 if (redis.call('GET', KEYS[2]) or '') ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SADD', KEYS[3], KEYS[1])
-redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[4])
 return 1
 """
 

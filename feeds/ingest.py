@@ -17,6 +17,7 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
+from feeds import feedcache
 from feeds.models import Creator, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
 
@@ -135,13 +136,56 @@ def creators_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> 
     if errors:
         raise BatchRejected(errors)
     existing = _existing(Creator, community, {r["id"] for r in rows})
+    names = dict(
+        Creator.objects.filter(pk__in=existing.values()).values_list("external_id", "name")
+        if existing
+        else []
+    )
+    renamed = any(r["id"] in names and names[r["id"]] != r["name"] for r in rows)
     Creator.objects.bulk_create(
         [Creator(community=community, external_id=r["id"], name=r["name"]) for r in rows],
         update_conflicts=True,
         unique_fields=["community", "external_id"],
         update_fields=["name"],
     )
+    if renamed:  # served pages show the names; rows first, then the pointer, like every writer
+        feedcache.served_content_changed(community=community)
     return UpsertResult(created=len(rows) - len(existing), updated=len(existing))
+
+
+def _items_change(
+    rows: Sequence[dict[str, Any]], existing: dict[str, int], creators: dict[str, int]
+) -> bool:
+    """Whether the batch changes an existing item as served feeds show or refuse it (any field
+    or its credits), in two queries. Re-sending an unchanged catalogue changes nothing."""
+    stored = {
+        external_id: values
+        for external_id, *values in Item.objects.filter(pk__in=existing.values()).values_list(
+            "external_id", "title", "url", "tags", "provenance", "published_at", "active"
+        )
+    }
+    credits: dict[int, list[int]] = {}
+    for item_id, creator_id in (
+        ItemCreator.objects.filter(item_id__in=existing.values())
+        .order_by("item_id", "position")
+        .values_list("item_id", "creator_id")
+    ):
+        credits.setdefault(item_id, []).append(creator_id)
+    for r in rows:
+        old = stored.get(r["id"])
+        if old is None:
+            continue
+        new = [
+            r["title"],
+            r.get("url", ""),
+            r.get("tags", []),
+            r.get("provenance", Item.Provenance.UNKNOWN),
+            r.get("published_at"),
+            r.get("active", True),
+        ]
+        if old != new or credits.get(existing[r["id"]], []) != [creators[c] for c in r["creators"]]:
+            return True
+    return False
 
 
 @transaction.atomic
@@ -164,6 +208,7 @@ def items_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> Ups
         raise BatchRejected(sorted(errors, key=lambda e: e.index))
 
     existing = _existing(Item, community, {r["id"] for r in rows})
+    changed = bool(existing) and _items_change(rows, existing, creators)
     fields = ["title", "url", "tags", "provenance", "published_at", "active"]
     items = Item.objects.bulk_create(
         [
@@ -195,6 +240,8 @@ def items_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> Ups
             for position, c in enumerate(r["creators"])
         ]
     )
+    if changed:  # after the rows: writers lock catalogue rows first, then the pointer
+        feedcache.served_content_changed(community=community)
     return UpsertResult(created=len(rows) - len(existing), updated=len(existing))
 
 

@@ -318,6 +318,14 @@ class FeedPointer(models.Model):
     )
     run = models.ForeignKey(FeedRun, on_delete=models.PROTECT, related_name="pointed_by")
     switched_at = models.DateTimeField(auto_now=True)
+    revision = models.PositiveBigIntegerField(
+        default=0,
+        editable=False,
+        help_text=(
+            "Bumped by every change that alters what served pages show without a new run "
+            "(an opt-out, an item edited or deactivated): cached pages and ETags name it."
+        ),
+    )
 
     def __str__(self) -> str:
         return f"{self.community_id} serves run {self.run_id}"

@@ -12,8 +12,15 @@ from django.views.decorators.http import require_GET
 
 from feeds import bsky
 from feeds.cursors import cursor_decode, cursor_encode
-from feeds.models import BlueskyFeed, Item, MemberFeed
-from feeds.selectors import FeedNotReady, FeedRunGone, feed_run_for_read
+from feeds.models import BlueskyFeed, MemberFeed
+from feeds.selectors import (
+    FeedNotReady,
+    FeedRunGone,
+    feed_run_for_read,
+    items_with_credits,
+    member_mutes,
+    withdrawn_items,
+)
 from governance.models import Membership
 
 View = Callable[..., JsonResponse]
@@ -94,12 +101,12 @@ def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
     row = MemberFeed.objects.filter(run=run, member=member).first() if member else None
     personal = row is not None and bool(row.item_ids)
     item_ids: list[int] = row.item_ids if personal else run.fallback_item_ids
-    # Only items that are Bluesky posts can go into a skeleton.
-    uris = dict(
-        Item.objects.filter(pk__in=item_ids, external_id__startswith="at://").values_list(
-            "pk", "external_id"
-        )
-    )
+    # Only items that are Bluesky posts can go into a skeleton, and none refused since the run.
+    items = list(items_with_credits(item_ids).filter(external_id__startswith="at://"))
+    withdrawn = withdrawn_items(
+        run=run, items=items, mutes=member_mutes(member=member) if member else None
+    ).items
+    uris = {item.pk: item.external_id for item in items if item.pk not in withdrawn}
     posts = [uris[pk] for pk in item_ids if pk in uris]
     page = posts[offset : offset + limit]
     context = (

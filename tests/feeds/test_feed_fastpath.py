@@ -17,7 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
 from feeds import fastpath, feedcache, redis_wire
-from feeds.models import FeedRun
+from feeds.selectors import feed_run_for_read
 from feeds.services import (
     app_credential_create,
     app_credential_revoke,
@@ -222,7 +222,9 @@ def test_a_swap_is_served_from_the_next_request_and_a_late_reader_cannot_undo_it
     with django_capture_on_commit_callbacks(execute=True):
         newer = feed_run_execute(run_id=queued.pk)
     # A reader that looked the pointer up before the swap committed writes it back late.
-    feedcache.pointer_publish(community=community, run=FeedRun.objects.get(pk=first))
+    feedcache.pointer_publish(
+        community=community, run=feed_run_for_read(community=community, run_id=first)
+    )
 
     assert _get(client, url, token).json()["run"] == newer.pk
     response, queries = _counted(client, url, token)

@@ -20,6 +20,7 @@ from django.test import Client
 from feeds import feedcache, services
 from feeds.choices import member_choices_set, member_data_delete
 from feeds.models import FeedPointer, FeedRun, Interaction, MemberFeed
+from feeds.selectors import feed_run_for_read
 from feeds.services import (
     app_credential_create,
     feed_run_execute,
@@ -332,7 +333,7 @@ def test_a_page_rendered_before_a_refresh_is_never_cached_after_it() -> None:
         pytest.skip("the page revision lives in Redis")
     feedcache._down_until = 0.0
     garden = _garden("racy")
-    run = garden["run"]
+    run = feed_run_for_read(community=garden["community"])  # as the API reads it
     key = feedcache.page_key(slug="racy", member="m0", pinned=None, offset=0, limit=None)
     guard = feedcache.page_guard(slug="racy", member="m0")  # a reader starts...
     feedcache.member_pages_invalidate(slug="racy", members=["m0"])  # ...a refresh commits...

@@ -1,0 +1,332 @@
+"""Refusals that arrive between runs reach the served feeds from the next request.
+
+A run ranks the catalogue as it was; a creator's opt-out, an item deactivated or edited into a
+refused one, and a member's mutes apply when the feed is served (feeds.selectors), through the
+fast path's caches (the pointer's revision, feeds.feedcache.served_content_changed), without a
+new run and whether or not fold-in is on.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from django.core.cache import caches
+from django.core.cache.backends.redis import RedisCache
+from django.test import Client
+from django.utils import timezone
+
+from feeds import fastpath, feedcache
+from feeds.apis import _etag_current
+from feeds.bsky import did_key_of, service_jwt
+from feeds.models import BlueskyFeed, FeedPointer, FeedRun, Item, MemberFeed
+from feeds.selectors import items_with_credits, withdrawn_items
+from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from governance.services import community_create
+from ranking.policy import policy_validate
+from tests.factories import CreatorFactory, ItemFactory, MembershipFactory, interact
+
+pytestmark = pytest.mark.django_db
+
+POLICY = {
+    "refusals": [
+        {"kind": "tag", "tag": "banned", "reason": "Not here."},
+        {"kind": "older_than", "days": 30, "reason": "Too old."},
+    ]
+}
+
+
+@pytest.fixture(autouse=True, params=["near", "no-near"])
+def near_cache(request: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With Redis, the fast path with its near cache on and off; without, the database path."""
+    feedcache._down_until = 0.0
+    settings.COMMONFEED_FOLD_IN = False  # what is checked here must not wait for a refresh
+    settings.COMMONFEED_FEED_NEAR_CACHE_SECONDS = 10 if request.param == "near" else 0
+    if request.param == "near":
+        monkeypatch.setattr(fastpath, "_lease", lambda rate: fastpath._LEASE_MAX)
+    fastpath._near.clear(0)
+    fastpath._near.keys.clear()
+
+
+@pytest.fixture
+def garden(client: Client) -> dict[str, Any]:
+    community = community_create(slug="garden", name="Garden", policy=policy_validate(POLICY))
+    creators = [CreatorFactory(community=community, external_id=f"c{i}") for i in range(4)]
+    now = timezone.now()
+    items = [
+        ItemFactory(
+            community=community,
+            external_id=f"i{i}",
+            tags=["calm"],
+            published_at=now - timedelta(days=i % 5),
+            by=[creators[i % 4]],
+        )
+        for i in range(48)
+    ]
+    members = [MembershipFactory(community=community, external_id=f"m{j}") for j in range(20)]
+    for m, member in enumerate(members):
+        for k in range(8):
+            interact(member, items[(m * 5 + k * 3) % 48])
+    run = feed_run_execute(run_id=feed_run_request(community=community).pk)
+    _, token = app_credential_create(
+        community=community, name="app", scopes=["feeds:read", "events:write", "catalogue:write"]
+    )
+    return {"community": community, "token": token, "client": client, "run": run, "items": items}
+
+
+def _call(garden: dict[str, Any], method: str, path: str, body: Any = None, **extra: Any) -> Any:
+    client: Client = garden["client"]
+    return getattr(client, method)(
+        f"/api/v1/communities/garden/{path}",
+        data=json.dumps(body) if body is not None else None,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {garden['token']}",
+        **extra,
+    )
+
+
+def _feed(garden: dict[str, Any], member: str, query: str = "") -> dict[str, Any]:
+    response = _call(garden, "get", f"feeds/{member}/{query}")
+    assert response.status_code == 200, response.content
+    return response.json()  # type: ignore[no-any-return]
+
+
+def _warm(garden: dict[str, Any], members: list[str]) -> None:
+    # Twice: the first fills Redis from the database, the second fills the near cache.
+    for member in members * 2:
+        _feed(garden, member)
+
+
+def _stored(garden: dict[str, Any], member: str) -> list[str]:
+    row = MemberFeed.objects.get(run=garden["run"], member__external_id=member)
+    by_pk = dict(Item.objects.values_list("pk", "external_id"))
+    return [by_pk[pk] for pk in row.item_ids]
+
+
+def _item_row(item: Item, **changes: Any) -> dict[str, Any]:
+    row = {
+        "id": item.external_id,
+        "title": item.title,
+        "tags": item.tags,
+        "provenance": item.provenance,
+        "published_at": item.published_at.isoformat() if item.published_at else None,
+        "creators": [c.creator.external_id for c in item.credits.order_by("position")],
+    }
+    return {**row, **changes}
+
+
+MEMBERS = [f"m{j}" for j in range(20)]
+
+
+def test_a_creator_who_opts_out_leaves_every_served_feed_at_once_and_can_come_back(
+    garden: dict[str, Any],
+) -> None:
+    _warm(garden, MEMBERS)
+    shown = {m: [e["item"]["external_id"] for e in _feed(garden, m)["items"]] for m in MEMBERS}
+    c2 = {f"i{k}" for k in range(2, 48, 4)}  # the items of creator c2
+    assert any(c2 & set(items) for items in shown.values()), "c2 must be in some feed first"
+
+    assert _call(garden, "put", "creators/c2/choices/", {"opted_out": True}).status_code == 200
+    for member in MEMBERS:
+        feed = _feed(garden, member)
+        assert feed["run"] == garden["run"].pk, "no new run was needed"
+        items = [e["item"]["external_id"] for e in feed["items"]]
+        assert not c2 & set(items)
+        assert items == [i for i in shown[member] if i not in c2]
+
+    assert _call(garden, "put", "creators/c2/choices/", {"opted_out": False}).status_code == 200
+    for member in MEMBERS:
+        assert [e["item"]["external_id"] for e in _feed(garden, member)["items"]] == shown[member]
+    assert FeedRun.objects.filter(community=garden["community"]).count() == 1
+
+
+def test_a_deactivated_item_is_withdrawn_and_pages_are_filled_from_the_next_entries(
+    garden: dict[str, Any],
+) -> None:
+    stored = _stored(garden, "m0")
+    first = _feed(garden, "m0", "?limit=5")
+    _feed(garden, "m0", "?limit=5")  # cached
+    assert [e["item"]["external_id"] for e in first["items"]] == stored[:5]
+    gone = Item.objects.get(external_id=stored[1])
+
+    response = _call(garden, "post", "items/", {"items": [_item_row(gone, active=False)]})
+    assert response.json() == {"created": 0, "updated": 1}
+
+    page = _feed(garden, "m0", "?limit=5")
+    assert [e["item"]["external_id"] for e in page["items"]] == stored[:1] + stored[2:6]
+    assert [e["rank"] for e in page["items"]] == [1, 3, 4, 5, 6]  # positions in the stored feed
+    # Walking the cursors covers the rest once; the cursor taken before the change too.
+    walked = [e["item"]["external_id"] for e in page["items"]]
+    cursor = page["cursor"]
+    while cursor:
+        page = _feed(garden, "m0", f"?limit=5&cursor={cursor}")
+        walked += [e["item"]["external_id"] for e in page["items"]]
+        cursor = page["cursor"]
+    assert walked == [i for i in stored if i != gone.external_id]
+    after_old_cursor = _feed(garden, "m0", f"?limit=5&cursor={first['cursor']}")
+    assert [e["item"]["external_id"] for e in after_old_cursor["items"]] == stored[5:10]
+
+
+def test_an_item_edited_into_a_refused_tag_is_withdrawn_by_the_served_policy(
+    garden: dict[str, Any],
+) -> None:
+    stored = _stored(garden, "m3")
+    _warm(garden, ["m3"])
+    edited = Item.objects.get(external_id=stored[0])
+    _call(garden, "post", "items/", {"items": [_item_row(edited, tags=["calm", "banned"])]})
+    assert edited.external_id not in [
+        e["item"]["external_id"] for e in _feed(garden, "m3")["items"]
+    ]
+
+
+def test_resending_an_unchanged_catalogue_keeps_the_cache_and_an_edit_is_shown_at_once(
+    garden: dict[str, Any],
+) -> None:
+    pointer = FeedPointer.objects.get(community=garden["community"])
+    items = list(Item.objects.filter(community=garden["community"]).order_by("pk"))
+    assert _call(garden, "post", "items/", {"items": [_item_row(i) for i in items]}).json() == {
+        "created": 0,
+        "updated": 48,
+    }
+    pointer.refresh_from_db()
+    assert pointer.revision == 0
+
+    stored = _stored(garden, "m4")
+    _warm(garden, ["m4"])
+    top = Item.objects.get(external_id=stored[0])
+    _call(garden, "post", "items/", {"items": [_item_row(top, title="A new title")]})
+    assert _feed(garden, "m4")["items"][0]["item"]["title"] == "A new title"
+    _call(garden, "post", "creators/", {"creators": [{"id": "c0", "name": "Renamed"}]})
+    _call(garden, "post", "creators/", {"creators": [{"id": "c0", "name": "Renamed"}]})
+    pointer.refresh_from_db()
+    assert pointer.revision == 2  # the title, the name once
+    assert "Renamed" in json.dumps(_feed(garden, "m4"))
+
+
+def test_an_edit_in_the_admin_counts_like_one_over_the_api(garden: dict[str, Any]) -> None:
+    stored = _stored(garden, "m5")
+    _warm(garden, ["m5"])
+    item = Item.objects.get(external_id=stored[0])
+    item.active = False
+    item.save()
+    assert item.external_id not in [e["item"]["external_id"] for e in _feed(garden, "m5")["items"]]
+
+
+def test_a_mute_applies_from_the_next_request_without_a_refresh(
+    garden: dict[str, Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    _warm(garden, ["m1"])
+    response = _call(garden, "get", "feeds/m1/")
+    before, etag = response.json()["items"], response["ETag"]
+    assert any(e["creators"][0]["external_id"] == "c1" for e in before)
+    with django_capture_on_commit_callbacks(execute=True):
+        _call(garden, "put", "members/m1/choices/", {"muted_creators": ["c1"]})
+    again = _call(garden, "get", "feeds/m1/", HTTP_IF_NONE_MATCH=etag)
+    assert again.status_code == 200, "the old ETag named the page before the mute"
+    after = again.json()["items"]
+    assert after and not any(e["creators"][0]["external_id"] == "c1" for e in after)
+    assert [e for e in before if e["creators"][0]["external_id"] != "c1"] == after
+    assert any(e["creators"][0]["external_id"] == "c1" for e in _feed(garden, "m2")["items"])
+
+
+def test_an_etag_sent_back_after_an_opt_out_gets_the_new_page_not_304(
+    garden: dict[str, Any],
+) -> None:
+    first = _call(garden, "get", "feeds/m0/")
+    etag = first["ETag"]
+    assert _call(garden, "get", "feeds/m0/", HTTP_IF_NONE_MATCH=etag).status_code == 304
+    creator = first.json()["items"][0]["creators"][0]["external_id"]
+    _call(garden, "put", f"creators/{creator}/choices/", {"opted_out": True})
+    again = _call(garden, "get", "feeds/m0/", HTTP_IF_NONE_MATCH=etag)
+    assert again.status_code == 200 and again["ETag"] != etag
+
+
+def test_entries_age_out_under_an_older_than_refusal() -> None:
+    community = community_create(slug="aging", name="Aging", policy=policy_validate(POLICY))
+    creator = CreatorFactory(community=community)
+    now = timezone.now()
+    young = ItemFactory(community=community, published_at=now - timedelta(days=29), by=[creator])
+    old = ItemFactory(community=community, published_at=now - timedelta(days=31), by=[creator])
+    undated = ItemFactory(community=community, published_at=None, by=[creator])
+    member = MembershipFactory(community=community)
+    for item in (young, old, undated):
+        interact(member, item)
+    run = feed_run_execute(run_id=feed_run_request(community=community).pk)
+    run.policy_version.refresh_from_db()
+    items = list(items_with_credits([young.pk, old.pk, undated.pk]))
+    withdrawn = withdrawn_items(run=run, items=items)
+    assert withdrawn.items == {old.pk}
+    assert withdrawn.until == young.published_at + timedelta(days=30)
+
+
+def test_a_page_that_changes_when_an_entry_ages_out_is_cached_only_until_then() -> None:
+    base = '"1.abc.0.7.9.0.0.0"'
+    soon = int(timezone.now().timestamp()) + 60
+    assert _etag_current(base, base)
+    assert _etag_current(f'"1.abc.0.7.9.0.0.0.{soon}"', base)
+    assert not _etag_current(f'"1.abc.0.7.9.0.0.0.{soon - 120}"', base)
+    assert not _etag_current('"1.abc.0.7.9.0.0.0x"', base)
+    assert not _etag_current('"1.abc.0.7.10.0.0.0"', base)
+
+
+def test_the_bluesky_skeleton_leaves_out_a_creator_who_opted_out(
+    client: Client, settings: Any
+) -> None:
+    publisher = "did:plc:publisher0000000000000000"
+    settings.BSKY_SERVICE_DID = "did:web:feeds.example.org"
+    settings.BSKY_PUBLISHER_DID = publisher
+    settings.BSKY_SERVICE_ENDPOINT = "https://feeds.example.org"
+    settings.BSKY_DID_KEYS = {}
+    community = community_create(slug="sky", name="Sky", policy=policy_validate({}))
+    authors = [CreatorFactory(community=community, external_id=f"a{i}") for i in range(2)]
+    posts = [
+        ItemFactory(
+            community=community,
+            external_id=f"at://did:plc:author{i % 2}/app.bsky.feed.post/{i}",
+            by=[authors[i % 2]],
+        )
+        for i in range(30)
+    ]
+    key = ec.generate_private_key(ec.SECP256K1())
+    viewer = MembershipFactory(community=community, external_id=did_key_of(key.public_key()))
+    for m, member in enumerate(
+        [viewer, *[MembershipFactory(community=community) for _ in range(9)]]
+    ):
+        for k in range(5):
+            interact(member, posts[(m * 4 + k * 3) % 30])
+    feed_run_execute(run_id=feed_run_request(community=community).pk)
+    BlueskyFeed.objects.create(community=community, rkey="sky", display_name="Sky")
+    uri = f"at://{publisher}/app.bsky.feed.generator/sky"
+    token = service_jwt(iss=viewer.external_id, private_key=key)
+
+    def skeleton(auth: str | None) -> set[str]:
+        headers = {"HTTP_AUTHORIZATION": f"Bearer {auth}"} if auth else {}
+        body = client.get(
+            "/xrpc/app.bsky.feed.getFeedSkeleton", {"feed": uri, "limit": 100}, **headers
+        ).json()
+        return {entry["post"] for entry in body["feed"]}
+
+    assert any("author1" in p for p in skeleton(None) | skeleton(token))
+    authors[1].opted_out = True
+    authors[1].save()
+    for auth in (None, token):
+        posts_now = skeleton(auth)
+        assert posts_now and not any("author1" in p for p in posts_now)
+
+
+def test_without_redis_the_database_path_applies_the_same_withdrawals(
+    garden: dict[str, Any], settings: Any
+) -> None:
+    if isinstance(caches["default"], RedisCache):
+        settings.CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+    _warm(garden, ["m6"])
+    top = _feed(garden, "m6")["items"][0]
+    _call(
+        garden, "put", f"creators/{top['creators'][0]['external_id']}/choices/", {"opted_out": True}
+    )
+    assert top["item"]["external_id"] not in [
+        e["item"]["external_id"] for e in _feed(garden, "m6")["items"]
+    ]
