@@ -43,6 +43,7 @@ from feeds.selectors import (
     Feed,
     FeedNotReady,
     FeedRunGone,
+    Mutes,
     feed_run_for_read,
     member_feed_get,
     member_feed_row,
@@ -279,7 +280,14 @@ class MemberFeedApi(APIView):
         else:
             row = member_feed_row(run=run, member=member)
             feed = member_feed_get(
-                community=community, member=member, run=run, limit=limit, offset=offset, row=row
+                community=community,
+                member=member,
+                run=run,
+                limit=limit,
+                offset=offset,
+                row=row,
+                # A member who never set a choice has no mutes: no query to learn that.
+                mutes=Mutes() if choices_at is None else None,
             )
             # The row this page shows, and when it will change by itself (an entry ageing out).
             etag = etag_of(row.pk if row is not None else None, feed.valid_until)

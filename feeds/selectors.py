@@ -257,6 +257,7 @@ def member_feed_get(
     limit: int | None = None,
     offset: int = 0,
     row: MemberFeed | None = None,
+    mutes: Mutes | None = None,
 ) -> Feed:
     """The member's feed in ``run``: up to ``limit`` entries from position ``offset`` on.
 
@@ -264,8 +265,8 @@ def member_feed_get(
     out and the page is filled from the entries after them; ranks and offsets stay positions
     in the stored feed, so a cursor taken before a withdrawal still continues where it stopped.
     Four queries whatever the feed length (the feed row unless ``row`` is given, from
-    :func:`member_feed_row`; the member's mutes; the items; their credits), two more for each
-    round of filling.
+    :func:`member_feed_row`; the member's mutes unless ``mutes`` is given; the items; their
+    credits), two more for each round of filling.
     """
     if row is None:
         row = member_feed_row(run=run, member=member)
@@ -274,7 +275,8 @@ def member_feed_get(
         return Feed(community=community, member=member, run=run)
     ids, total = row.item_ids, len(row.item_ids)
     wanted = total - offset if limit is None else limit
-    mutes = member_mutes(member=member)
+    if mutes is None:
+        mutes = member_mutes(member=member)
     entries: list[FeedEntry] = []
     until: datetime | None = None
     position = offset
