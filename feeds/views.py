@@ -9,9 +9,9 @@ from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F, Q
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_http_methods, require_POST
 
 from feeds import choices, creators, impact, runs
 from feeds.auth import community_for_credential_manager
@@ -26,8 +26,10 @@ from ranking.policy import policy_validate
 # What the member is told after a change: with fold-in on, their served feed is refreshed within
 # seconds (feeds.services.member_feeds_refresh_request); the model learns it at the next run.
 _WHEN_SAVED = {
-    True: "Your feed is refreshed with these choices within seconds.",
-    False: "Your feed follows these choices from the next feed run.",
+    True: "Mutes apply from your next visit; your feed is refreshed with the other choices "
+    "within seconds.",
+    False: "Mutes apply from your next visit; your feed follows the other choices from the next "
+    "feed run.",
 }
 _WHEN_DELETED = {
     True: "Your feed is refreshed without them within seconds and no training run will see them.",
@@ -274,6 +276,7 @@ def proposal_impact(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 
 
 @login_required
+@require_http_methods(["GET", "HEAD", "POST"])
 def creator_dashboard(request: HttpRequest, slug: str, creator_external_id: str) -> HttpResponse:
     """What a creator gets from the served feeds and why. For the creator (the member linked
     to the creator record), the community's moderators and admins."""
@@ -283,6 +286,23 @@ def creator_dashboard(request: HttpRequest, slug: str, creator_external_id: str)
     is_creator = viewer is not None and creator.member_id == viewer.pk
     if not is_creator and (viewer is None or viewer.role == Membership.Role.MEMBER):
         raise PermissionDenied("Only the creator and the community's moderators see this page.")
+    if request.method == "POST":
+        # The creator's own refusal: nobody else may opt them out or back in from here.
+        if not is_creator:
+            raise PermissionDenied("Only the creator can opt out of recommendation.")
+        value = request.POST.get("opted_out")
+        if value not in ("true", "false"):
+            return HttpResponseBadRequest("opted_out must be 'true' or 'false'.")
+        choices.creator_choices_set(creator=creator, opted_out=value == "true", actor=request.user)
+        messages.success(
+            request,
+            "Your items are no longer recommended: they leave every member's feed from their "
+            "next request."
+            if value == "true"
+            else "Your items can be recommended again: they are back in the feeds that ranked "
+            "them, and the next feed run ranks them for everyone.",
+        )
+        return redirect("creator-dashboard", slug=slug, creator_external_id=creator_external_id)
     report = creators.creator_report(community=community, creator=creator)
     return render(
         request,

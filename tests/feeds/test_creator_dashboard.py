@@ -14,7 +14,7 @@ from django.urls import reverse
 from feeds.creators import creator_report
 from feeds.models import MemberChoices, MemberFeed
 from feeds.services import feed_run_execute, feed_run_request
-from governance.models import Membership
+from governance.models import AuditEntry, Membership
 from governance.selectors import policy_of, policy_version_current
 from governance.services import policy_version_create
 from ranking.policy import policy_validate
@@ -132,3 +132,31 @@ def test_before_any_run_it_says_so(django_user_model) -> None:  # type: ignore[n
     Membership.objects.filter(pk=data["members"][0].pk).update(user=user, role="admin")
     url = reverse("creator-dashboard", args=["fresh", data["creators"][0].external_id])
     assert b"has not computed any feeds yet" in _client(user).get(url).content
+
+
+def test_the_creator_opts_out_from_the_page_and_only_the_creator_can(studio) -> None:  # type: ignore[no-untyped-def]
+    creator = studio["creator"]
+    url = reverse("creator-dashboard", args=["studio", creator.external_id])
+    users = get_user_model().objects
+    cre, mod = _client(users.get(username="cre")), _client(users.get(username="mod"))
+    assert "Stop recommending my items" in cre.get(url).content.decode()
+    assert "Stop recommending my items" not in mod.get(url).content.decode()
+
+    assert mod.post(url, {"opted_out": "true"}).status_code == 403
+    assert cre.post(url, {"opted_out": "yes"}).status_code == 400
+    creator.refresh_from_db()
+    assert not creator.opted_out
+
+    response = cre.post(url, {"opted_out": "true"}, follow=True)
+    assert response.redirect_chain[-1][0] == url
+    html = response.content.decode()
+    assert "no longer recommended" in html and "Recommend my items again" in html
+    creator.refresh_from_db()
+    assert creator.opted_out
+    entry = AuditEntry.objects.filter(action="creator.choices_changed").latest("seq")
+    assert entry.actor_id == users.get(username="cre").pk
+    assert "This creator opted out" in mod.get(url).content.decode()
+
+    cre.post(url, {"opted_out": "false"})
+    creator.refresh_from_db()
+    assert not creator.opted_out

@@ -5,7 +5,9 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
-from feeds.services import feed_run_execute, feed_run_request
+from feeds.models import Creator
+from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from governance.models import Membership
 from tests.factories import make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -66,3 +68,41 @@ def test_the_home_page_counts_interactions_live_until_a_run_records_them(client)
     after = client.get("/").content.decode()
     assert "(at the last run)" in after
     assert f"{live + 1000:,}" in after
+
+
+def test_a_creator_opts_out_in_the_browser_and_apps_stop_getting_their_items(
+    live_server, page, tmp_path: Path
+) -> None:
+    community = make_community("atelier")
+    data = small_catalogue(community)
+    creator, member = data["creators"][0], data["members"][0]
+    user = get_user_model().objects.create_user("maker", password="pw-maker-long-enough")
+    Membership.objects.filter(pk=member.pk).update(user=user)
+    Creator.objects.filter(pk=creator.pk).update(member=member)
+    feed_run_execute(run_id=feed_run_request(community=community).pk)
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+
+    def creators_shown() -> set[str]:
+        shown = set()
+        for m in data["members"]:
+            response = page.request.get(
+                f"{live_server.url}/api/v1/communities/atelier/feeds/{m.external_id}/",
+                headers={"Authorization": f"Bearer {token}"},
+            )
+            assert response.ok
+            shown |= {c["external_id"] for e in response.json()["items"] for c in e["creators"]}
+        return shown
+
+    assert creator.external_id in creators_shown()
+    page.goto(f"{live_server.url}/accounts/login/")
+    page.fill("#id_username", "maker")
+    page.fill("#id_password", "pw-maker-long-enough")
+    page.click("button[type=submit], input[type=submit]")
+    page.wait_for_load_state()
+    page.goto(f"{live_server.url}/c/atelier/creators/{creator.external_id}/")
+    page.click("text=Stop recommending my items")
+    page.wait_for_load_state()
+    assert "no longer recommended" in page.content()
+    assert page.locator("#opt-out button").inner_text() == "Recommend my items again"
+    page.screenshot(path=str(tmp_path / "creator-opted-out.png"), full_page=True)
+    assert creator.external_id not in creators_shown()  # no feed run in between
