@@ -227,7 +227,10 @@ class MemberFeedApi(APIView):
             "The member's feed from the run (generation) the community serves now, best first. "
             "Pages: pass `limit`, then the returned `cursor`; a cursor stays on its generation "
             "even after the community swaps to a newer one, until that generation is deleted "
-            "(410). Responses carry an ETag; send it back in If-None-Match to get 304."
+            "(410). Responses carry an ETag; send it back in If-None-Match to get 304. "
+            "Entries refused since the run (a creator's opt-out, an item deactivated or edited "
+            "into a refused one, the member's mutes) are left out and the page is filled from "
+            "the entries after them; `rank` is the entry's position in the run's list."
         ),
     )
     def get(self, request: Request, slug: str, member_external_id: str) -> Response | HttpResponse:

@@ -18,13 +18,30 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.test import Client
 from django.utils import timezone
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hyp_settings
+from hypothesis import strategies as st
 
 from feeds import fastpath, feedcache
 from feeds.apis import _etag_current
 from feeds.bsky import did_key_of, service_jwt
-from feeds.models import BlueskyFeed, FeedPointer, FeedRun, Item, MemberFeed
-from feeds.selectors import items_with_credits, withdrawn_items
+from feeds.models import (
+    BlueskyFeed,
+    Creator,
+    FeedPointer,
+    FeedRun,
+    Item,
+    MemberChoices,
+    MemberFeed,
+)
+from feeds.selectors import (
+    feed_run_for_read,
+    items_with_credits,
+    member_feed_get,
+    withdrawn_items,
+)
 from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from governance.models import Membership
 from governance.services import community_create
 from ranking.policy import policy_validate
 from tests.factories import CreatorFactory, ItemFactory, MembershipFactory, interact
@@ -330,3 +347,48 @@ def test_without_redis_the_database_path_applies_the_same_withdrawals(
     assert top["item"]["external_id"] not in [
         e["item"]["external_id"] for e in _feed(garden, "m6")["items"]
     ]
+
+
+@hyp_settings(
+    max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    gone=st.sets(st.integers(min_value=0, max_value=47), max_size=20),
+    limit=st.integers(min_value=1, max_value=12),
+    muted=st.sampled_from([None, "c1"]),
+)
+def test_walking_the_pages_yields_the_stored_feed_less_what_is_withdrawn_once_in_order(
+    garden: dict[str, Any], gone: set[int], limit: int, muted: str | None
+) -> None:
+    community = garden["community"]
+    Item.objects.filter(community=community).update(active=True)
+    Item.objects.filter(community=community, external_id__in=[f"i{k}" for k in gone]).update(
+        active=False
+    )
+    member = Membership.objects.get(community=community, external_id="m7")
+    MemberChoices.objects.filter(member=member).delete()
+    if muted:
+        MemberChoices.objects.create(member=member).muted_creators.add(
+            Creator.objects.get(community=community, external_id=muted)
+        )
+    run = feed_run_for_read(community=community)
+    row = MemberFeed.objects.get(run=run, member=member)
+    by_pk = {i.pk: i for i in items_with_credits(row.item_ids)}
+    expected = [
+        (position + 1, pk)
+        for position, pk in enumerate(row.item_ids)
+        if by_pk[pk].active
+        and not (muted and by_pk[pk].credits.all()[0].creator.external_id == muted)
+    ]
+
+    walked: list[tuple[int, int]] = []
+    offset: int | None = 0
+    while offset is not None:
+        page = member_feed_get(
+            community=community, member=member, run=run, limit=limit, offset=offset
+        )
+        assert len(page.entries) == limit or page.next_offset is None
+        walked += [(entry.rank, entry.item.pk) for entry in page.entries]
+        assert page.next_offset is None or page.next_offset > offset
+        offset = page.next_offset
+    assert walked == expected
