@@ -1,5 +1,11 @@
-from django.contrib import admin
+from typing import Any
 
+from django.contrib import admin
+from django.db import transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest
+
+from feeds import feedcache
 from feeds.models import (
     AppCredential,
     BlueskyFeed,
@@ -10,6 +16,7 @@ from feeds.models import (
     Item,
     ItemCreator,
 )
+from governance.models import Community
 
 
 class ItemCreatorInline(admin.TabularInline):
@@ -18,8 +25,25 @@ class ItemCreatorInline(admin.TabularInline):
     extra = 0
 
 
+class _ServedContentAdmin(admin.ModelAdmin):
+    """Deleting items or creators changes what served pages show (an edit does too, through
+    feeds.feedcache's post_save receiver): their cached pages must not outlive it."""
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        with transaction.atomic():
+            super().delete_model(request, obj)
+            feedcache.served_content_changed(community=obj.community)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        communities = list(Community.objects.filter(pk__in=queryset.values("community_id")))
+        with transaction.atomic():
+            super().delete_queryset(request, queryset)
+            for community in communities:
+                feedcache.served_content_changed(community=community)
+
+
 @admin.register(Item)
-class ItemAdmin(admin.ModelAdmin):
+class ItemAdmin(_ServedContentAdmin):
     list_display = ["title", "external_id", "community", "provenance", "active", "published_at"]
     list_filter = ["community", "provenance", "active"]
     search_fields = ["title", "external_id"]
@@ -27,7 +51,7 @@ class ItemAdmin(admin.ModelAdmin):
 
 
 @admin.register(Creator)
-class CreatorAdmin(admin.ModelAdmin):
+class CreatorAdmin(_ServedContentAdmin):
     list_display = ["name", "external_id", "community"]
     list_filter = ["community"]
     search_fields = ["name", "external_id"]

@@ -232,6 +232,20 @@ def test_an_edit_in_the_admin_counts_like_one_over_the_api(garden: dict[str, Any
     assert item.external_id not in [e["item"]["external_id"] for e in _feed(garden, "m5")["items"]]
 
 
+def test_an_item_deleted_in_the_admin_leaves_the_cached_pages(
+    garden: dict[str, Any], django_user_model: Any
+) -> None:
+    stored = _stored(garden, "m8")
+    _warm(garden, ["m8"])
+    item = Item.objects.get(external_id=stored[0])
+    admin = Client()
+    admin.force_login(django_user_model.objects.create_superuser("root", "root@example.org"))
+    response = admin.post(f"/admin/feeds/item/{item.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302 and not Item.objects.filter(pk=item.pk).exists()
+    shown = [e["item"]["external_id"] for e in _feed(garden, "m8")["items"]]
+    assert shown == stored[1:]
+
+
 def test_a_mute_applies_from_the_next_request_without_a_refresh(
     garden: dict[str, Any], django_capture_on_commit_callbacks: Any
 ) -> None:
