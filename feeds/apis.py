@@ -192,6 +192,47 @@ class FeedOutput(serializers.Serializer[Feed]):
     )
 
 
+_GENERATED_AT = serializers.DateTimeField()
+
+
+def feed_data(feed: Feed) -> dict[str, Any]:
+    """What :class:`FeedOutput` makes of ``feed``, the same keys in the same order, built
+    directly: DRF's nested serializers cost a cache miss about 2 ms per page of 20 entries.
+    FeedOutput stays the schema; tests/feeds/test_feed_api.py checks that the two agree."""
+    run = feed.run
+    generated_at = feed.generated_at
+    return {
+        "community": feed.community.slug,
+        "member": feed.member.external_id,
+        "run": run.pk,
+        "policy_version": run.policy_version.number,
+        "policy_sha256": run.policy_sha256,
+        "generated_at": (
+            _GENERATED_AT.to_representation(generated_at) if generated_at is not None else None
+        ),
+        "items": [
+            {
+                "rank": entry.rank,
+                "score": float(entry.score),
+                "item": {
+                    "external_id": entry.item.external_id,
+                    "title": entry.item.title,
+                    "url": entry.item.url,
+                    "tags": [str(tag) for tag in entry.item.tags],
+                    "provenance": entry.item.provenance,
+                },
+                "creators": [
+                    {"external_id": credit.creator.external_id, "name": credit.creator.name}
+                    for credit in entry.item.credits.all()
+                ],
+                "reasons": entry.explanations,
+            }
+            for entry in feed.entries
+        ],
+        "cursor": None,
+    }
+
+
 class MemberFeedApi(APIView):
     """The database path of the feed GET; ``feeds.fastpath`` answers cache hits in front of it."""
 
@@ -294,7 +335,7 @@ class MemberFeedApi(APIView):
             )
             # The row this page shows, and when it will change by itself (an entry ageing out).
             etag = etag_of(row.pk if row is not None else None, feed.valid_until)
-            data = self.OutputSerializer(feed).data
+            data = feed_data(feed)
             data["cursor"] = (
                 cursor_encode(run.pk, feed.next_offset) if feed.next_offset is not None else None
             )

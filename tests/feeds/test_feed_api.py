@@ -5,8 +5,11 @@ from typing import Any
 import pytest
 from django.test import Client
 from django.urls import reverse
+from rest_framework.renderers import JSONRenderer
 
-from feeds.models import AppCredential, FeedPointer, FeedRun, Interaction
+from feeds.apis import FeedOutput, feed_data
+from feeds.models import AppCredential, FeedPointer, FeedRun, Interaction, Item
+from feeds.selectors import feed_run_for_read, member_feed_get
 from feeds.services import (
     app_credential_create,
     app_credential_revoke,
@@ -293,3 +296,22 @@ def test_feeds_are_still_served_when_the_cache_is_down(client: Client, settings:
         assert feedcache._down_until > 0  # it noticed, and backs off
     finally:
         feedcache._down_until = throttling._down_until = 0.0
+
+
+def test_the_page_built_directly_is_what_the_documented_serializer_makes() -> None:
+    community, data = _computed_community()
+    members = data["members"]
+    Item.objects.filter(pk=data["items"][0].pk).update(
+        tags=["a", "ß"], url="https://example.org/x", provenance="ai_generated", title="Ünï"
+    )
+    run = feed_run_for_read(community=community)
+    render = JSONRenderer().render
+    compared = 0
+    for member in [*members, MembershipFactory(community=community)]:  # the last has no row
+        for limit, offset in ((None, 0), (3, 0), (3, 3), (1000, 7)):
+            feed = member_feed_get(
+                community=community, member=member, run=run, limit=limit, offset=offset
+            )
+            assert render(feed_data(feed)) == render(FeedOutput(feed).data)
+            compared += len(feed.entries)
+    assert compared > 100
