@@ -49,7 +49,7 @@ django.setup()
 from django.core.handlers.wsgi import WSGIHandler  # noqa: E402
 
 import bench.bench_urls as bench_urls  # noqa: E402
-from bench.feed_get import wsgi_get  # noqa: E402
+from bench.wsgi import wsgi_get  # noqa: E402
 from feeds import fastpath  # noqa: E402
 from feeds.services import app_credential_create  # noqa: E402
 from governance.models import Community  # noqa: E402

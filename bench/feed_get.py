@@ -21,7 +21,6 @@ every request is still counted against the credential, but none is refused.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import re
@@ -31,7 +30,6 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -41,6 +39,7 @@ import django  # noqa: E402
 
 django.setup()
 
+from bench.wsgi import wsgi_get  # noqa: E402
 from feeds.services import app_credential_create  # noqa: E402
 from governance.models import Community  # noqa: E402
 
@@ -80,24 +79,6 @@ def _rotating_paths_script(paths: list[str]) -> Path:
         "end\n"
     )
     return script
-
-
-def wsgi_get(path: str, token: str | None) -> dict[str, Any]:
-    """The WSGI environ of ``GET path`` to 127.0.0.1, with ``token`` as a bearer token."""
-    environ: dict[str, Any] = {
-        "REQUEST_METHOD": "GET",
-        "PATH_INFO": path,
-        "QUERY_STRING": "",
-        "SERVER_NAME": "127.0.0.1",
-        "SERVER_PORT": "80",
-        "HTTP_HOST": "127.0.0.1",
-        "SERVER_PROTOCOL": "HTTP/1.1",
-        "wsgi.url_scheme": "http",
-        "wsgi.input": io.BytesIO(),
-    }
-    if token:
-        environ["HTTP_AUTHORIZATION"] = f"Bearer {token}"
-    return environ
 
 
 def cpu_probe(api_path: str, token: str, *, requests: int, rounds: int) -> None:

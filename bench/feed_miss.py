@@ -21,7 +21,6 @@ this/REV of each pair's minimum CPU per request and their median.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import os
 import statistics
@@ -33,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from bench.wsgi import wsgi_get  # noqa: E402
+
+sys.path.remove(str(ROOT))  # which tree's project code is imported is decided in main()
 
 
 def measure(args: argparse.Namespace) -> dict[str, Any]:
@@ -67,18 +70,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         query = f"limit={args.limit}"
 
         def get(member: str) -> bytes:
-            environ = {
-                "REQUEST_METHOD": "GET",
-                "PATH_INFO": f"/api/v1/communities/{args.slug}/feeds/{member}/",
-                "QUERY_STRING": query,
-                "SERVER_NAME": "127.0.0.1",
-                "SERVER_PORT": "80",
-                "HTTP_HOST": "127.0.0.1",
-                "SERVER_PROTOCOL": "HTTP/1.1",
-                "wsgi.url_scheme": "http",
-                "wsgi.input": io.BytesIO(),
-                "HTTP_AUTHORIZATION": f"Bearer {token}",
-            }
+            path = f"/api/v1/communities/{args.slug}/feeds/{member}/"
+            environ = wsgi_get(path, token, query)
             status: list[str] = []
             body = b"".join(handler(environ, lambda s, h: status.append(s)))
             if not status[0].startswith("200"):

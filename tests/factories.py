@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import itertools
+import json
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import factory
 from django.contrib.auth import get_user_model
@@ -64,6 +66,18 @@ def interact(member: Membership, item: Item, *, kind: str = "like", weight: floa
     )
 
 
+def members_who_interacted(
+    community: Community, items: list[Item], *, members: int = 20
+) -> list[Membership]:
+    """Members ``m0``, ``m1``, ... who each liked 8 of ``items`` (48 of them in the tests that
+    use it), deterministic and overlapping, enough for ALS to train on."""
+    rows = [MembershipFactory(community=community, external_id=f"m{j}") for j in range(members)]
+    for m, member in enumerate(rows):
+        for k in range(8):
+            interact(member, items[(m * 5 + k * 3) % len(items)])
+    return rows
+
+
 def small_catalogue(community: Community, *, members: int = 12, items: int = 30) -> dict:
     """Members who each liked a few items, deterministic, enough for ALS to train on."""
     creators = [CreatorFactory(community=community) for _ in range(5)]
@@ -86,3 +100,17 @@ def person_client(community: Community, username: str, role: str | None) -> Clie
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)
     return client
+
+
+def app_call(
+    client: Client, token: str, method: str, path: str, body: Any = None, **extra: Any
+) -> Any:
+    """``method`` (get, post, put, ...) on ``/api/v1/communities/<path>`` as an app: bearer
+    ``token``, ``body`` sent as JSON."""
+    return getattr(client, method)(
+        f"/api/v1/communities/{path}",
+        data=json.dumps(body) if body is not None else None,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {token}",
+        **extra,
+    )

@@ -11,7 +11,14 @@ from django.test import Client
 from feeds.models import FeedRun, Interaction, Item
 from feeds.services import app_credential_create, feed_run_execute, feed_run_request
 from governance.models import AuditEntry
-from tests.factories import CreatorFactory, ItemFactory, MembershipFactory, interact, make_community
+from tests.factories import (
+    CreatorFactory,
+    ItemFactory,
+    MembershipFactory,
+    app_call,
+    make_community,
+    members_who_interacted,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -31,10 +38,7 @@ def garden(client: Client) -> dict[str, Any]:
         )
         for i in range(48)
     ]
-    members = [MembershipFactory(community=community, external_id=f"m{j}") for j in range(20)]
-    for m, member in enumerate(members):
-        for k in range(8):
-            interact(member, items[(m * 5 + k * 3) % 48])
+    members = members_who_interacted(community, items)
     _, token = app_credential_create(
         community=community,
         name="app",
@@ -44,13 +48,7 @@ def garden(client: Client) -> dict[str, Any]:
 
 
 def _call(garden: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
-    client: Client = garden["client"]
-    return getattr(client, method)(
-        f"/api/v1/communities/garden/{path}",
-        data=json.dumps(body) if body is not None else None,
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {garden['token']}",
-    )
+    return app_call(garden["client"], garden["token"], method, f"garden/{path}", body)
 
 
 def _recompute(garden: dict[str, Any]) -> FeedRun:

@@ -28,7 +28,14 @@ from feeds.services import (
     member_feeds_refresh,
 )
 from governance.models import Membership
-from tests.factories import CreatorFactory, ItemFactory, MembershipFactory, interact, make_community
+from tests.factories import (
+    CreatorFactory,
+    ItemFactory,
+    MembershipFactory,
+    interact,
+    make_community,
+    members_who_interacted,
+)
 
 PERSONALISED = "Members with similar taste engaged with this."
 
@@ -41,10 +48,7 @@ def _garden(slug: str = "garden") -> dict[str, Any]:
         ItemFactory(community=community, external_id=f"i{i}", by=[creators[i % 4]])
         for i in range(48)
     ]
-    members = [MembershipFactory(community=community, external_id=f"m{j}") for j in range(20)]
-    for m, member in enumerate(members):
-        for k in range(8):
-            interact(member, items[(m * 5 + k * 3) % 48])
+    members = members_who_interacted(community, items)
     run = feed_run_execute(run_id=feed_run_request(community=community).pk)
     # With a worker running (and committed data) the worker may claim the run first.
     deadline = time.monotonic() + 60

@@ -44,7 +44,14 @@ from feeds.services import app_credential_create, feed_run_execute, feed_run_req
 from governance.models import Membership
 from governance.services import community_create
 from ranking.policy import policy_validate
-from tests.factories import CreatorFactory, ItemFactory, MembershipFactory, interact
+from tests.factories import (
+    CreatorFactory,
+    ItemFactory,
+    MembershipFactory,
+    app_call,
+    interact,
+    members_who_interacted,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -83,10 +90,7 @@ def garden(client: Client) -> dict[str, Any]:
         )
         for i in range(48)
     ]
-    members = [MembershipFactory(community=community, external_id=f"m{j}") for j in range(20)]
-    for m, member in enumerate(members):
-        for k in range(8):
-            interact(member, items[(m * 5 + k * 3) % 48])
+    members_who_interacted(community, items)
     run = feed_run_execute(run_id=feed_run_request(community=community).pk)
     _, token = app_credential_create(
         community=community, name="app", scopes=["feeds:read", "events:write", "catalogue:write"]
@@ -95,14 +99,7 @@ def garden(client: Client) -> dict[str, Any]:
 
 
 def _call(garden: dict[str, Any], method: str, path: str, body: Any = None, **extra: Any) -> Any:
-    client: Client = garden["client"]
-    return getattr(client, method)(
-        f"/api/v1/communities/garden/{path}",
-        data=json.dumps(body) if body is not None else None,
-        content_type="application/json",
-        HTTP_AUTHORIZATION=f"Bearer {garden['token']}",
-        **extra,
-    )
+    return app_call(garden["client"], garden["token"], method, f"garden/{path}", body, **extra)
 
 
 def _feed(garden: dict[str, Any], member: str, query: str = "") -> dict[str, Any]:
