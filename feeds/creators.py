@@ -7,9 +7,13 @@ people who already engaged with the creator or new to them. Then what keeps item
 creator's own opt-out, the community's refusal rules that match their items (with the rule's
 reason), members' mutes, and the policy's treatment of their items' provenance.
 
-Counting reads every stored feed of the run once (``json_array_elements_text`` on PostgreSQL), so
-the result is cached per run and creator for ``CREATOR_REPORT_TTL`` seconds. Fold-in refreshes
-between runs (docs/pipeline.md) are counted from the next computation on.
+Counting reads every stored feed of the run once (``json_array_elements_text`` on PostgreSQL),
+and leaves out the entries that are withdrawn when served (``feeds.selectors.withdrawn_items``:
+the creator's opt-out, items deactivated or refused since the run, members' mutes), so the
+figures are those of the feeds as members get them; the share's denominator stays every stored
+place. The result is cached per run, pointer revision and creator for ``CREATOR_REPORT_TTL``
+seconds: an opt-out or a catalogue change recounts at once, fold-in refreshes and new mutes
+between runs (docs/pipeline.md) from the next computation on.
 """
 
 from __future__ import annotations
@@ -23,8 +27,17 @@ from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
 
-from feeds.models import Creator, FeedRun, Interaction, Item, ItemCreator, MemberChoices, MemberFeed
-from feeds.selectors import current_run
+from feeds.models import (
+    Creator,
+    FeedPointer,
+    FeedRun,
+    Interaction,
+    Item,
+    ItemCreator,
+    MemberChoices,
+    MemberFeed,
+)
+from feeds.selectors import items_with_credits, withdrawn_items
 from governance.models import Community
 from governance.selectors import policy_of
 from ranking.effects import ItemAttributes
@@ -76,6 +89,9 @@ class CreatorReport:
     provenance_treatment: list[tuple[str, str, int]]
     """(provenance class, the policy's action, how many of the creator's items have it)."""
     items: list[ItemExposure]
+    withdrawn_impressions: int = 0
+    """Places the run gave the creator's items that are withdrawn when served (left out of the
+    other counts)."""
 
     @property
     def share(self) -> float:
@@ -139,10 +155,11 @@ def _total_impressions(run: FeedRun) -> int:
 
 def creator_report(*, community: Community, creator: Creator) -> CreatorReport | None:
     """The creator's exposure in the served run and what limits it; None before any run."""
-    run = current_run(community=community)
-    if run is None:
+    pointer = FeedPointer.objects.filter(community=community).select_related("run").first()
+    if pointer is None:
         return None
-    key = f"cf:creator-report:{run.pk}:{creator.pk}"
+    run = pointer.run
+    key = f"cf:creator-report:{run.pk}.{pointer.revision}:{creator.pk}"
     cached = cache.get(key)
     if cached is not None:
         return _from_plain(cached)
@@ -162,7 +179,26 @@ def _compute(*, community: Community, creator: Creator, run: FeedRun) -> Creator
         row[0]: ItemExposure(item_id=row[0], external_id=row[1], title=row[2], provenance=row[3])
         for row in items
     }
-    entries = _entries(run, list(exposure))
+    stored = _entries(run, list(exposure))
+    # As members get them: without what is withdrawn when served.
+    withdrawn = withdrawn_items(run=run, items=list(items_with_credits(list(exposure)))).items
+    muting = set(
+        MemberChoices.objects.filter(muted_creators=creator).values_list("member_id", flat=True)
+    )
+    tag_mutes = {
+        member: set(tags)
+        for member, tags in MemberChoices.objects.filter(member__community=community)
+        .exclude(muted_tags=[])
+        .values_list("member_id", "muted_tags")
+    }
+    item_tags = {row[0]: set(row[5] or []) for row in items}
+    entries = [
+        entry
+        for entry in stored
+        if entry[1] not in withdrawn
+        and entry[0] not in muting
+        and not (tag_mutes.get(entry[0], set()) & item_tags[entry[1]])
+    ]
     members_by_item: dict[int, set[int]] = {pk: set() for pk in exposure}
     reasons: Counter[int] = Counter()
     for member, item, rank, bits in entries:
@@ -241,6 +277,7 @@ def _compute(*, community: Community, creator: Creator, run: FeedRun) -> Creator
         refusals=refusals,
         provenance_treatment=treatment,
         items=sorted(exposure.values(), key=lambda row: (-row.impressions, row.item_id)),
+        withdrawn_impressions=len(stored) - len(entries),
     )
 
 

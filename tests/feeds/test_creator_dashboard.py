@@ -11,6 +11,7 @@ from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 
+from feeds.choices import creator_choices_set, member_choices_set
 from feeds.creators import creator_report
 from feeds.models import MemberChoices, MemberFeed
 from feeds.services import feed_run_execute, feed_run_request
@@ -86,6 +87,37 @@ def test_the_counts_are_those_of_the_stored_feeds(studio) -> None:  # type: igno
     assert report.share == pytest.approx(places / total)
     assert sum(row.impressions for row in report.items) == places
     assert report.reasons and all(count > 0 for _, count in report.reasons)
+
+
+def test_the_counts_leave_out_what_is_withdrawn_when_served(studio) -> None:  # type: ignore[no-untyped-def]
+    community, creator = studio["community"], studio["creator"]
+    before = creator_report(community=community, creator=creator)
+    assert before is not None and before.impressions > 0 and before.withdrawn_impressions == 0
+
+    # A member mutes the creator after the run: their entries no longer count.
+    shown_to = {
+        feed.member_id: sum(item in {i.pk for i in studio["own"]} for item in feed.item_ids)
+        for feed in MemberFeed.objects.filter(run=studio["run"])
+    }
+    fan = max(shown_to, key=lambda member: shown_to[member])
+    member_choices_set(
+        member=Membership.objects.get(pk=fan),
+        actor=None,
+        muted_creators=[creator.external_id],
+    )
+    cache.clear()  # a mute does not recount at once (the report's cache names no member)
+    muted = creator_report(community=community, creator=creator)
+    assert muted is not None
+    assert muted.impressions == before.impressions - shown_to[fan]
+    assert muted.withdrawn_impressions == shown_to[fan]
+
+    # An opt-out withdraws every place, and recounts at once (the pointer revision moved).
+    creator_choices_set(creator=creator, opted_out=True, actor=None)
+    gone = creator_report(community=community, creator=creator)
+    assert gone is not None
+    assert (gone.impressions, gone.members_reached, gone.top) == (0, 0, 0)
+    assert gone.withdrawn_impressions == before.impressions
+    assert all(row.impressions == 0 for row in gone.items)
 
 
 def test_it_names_what_keeps_items_out(studio) -> None:  # type: ignore[no-untyped-def]
