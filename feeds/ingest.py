@@ -15,10 +15,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
+from django.db.models import Max
 from django.utils import timezone
 
 from feeds import feedcache
-from feeds.models import Creator, Interaction, Item, ItemCreator
+from feeds.models import Creator, FeedRun, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
 
 MAX_BATCH = 1_000
@@ -154,19 +155,37 @@ def creators_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> 
 
 
 def _items_change(
-    rows: Sequence[dict[str, Any]], existing: dict[str, int], creators: dict[str, int]
+    community: Community,
+    rows: Sequence[dict[str, Any]],
+    existing: dict[str, int],
+    creators: dict[str, int],
 ) -> bool:
-    """Whether the batch changes an existing item as served feeds show or refuse it (any field
-    or its credits), in two queries. Re-sending an unchanged catalogue changes nothing."""
+    """Whether the batch changes an item that served feeds may show (any field or its
+    credits), in three queries. Re-sending an unchanged catalogue changes nothing.
+
+    Only items that existed when the latest finished run read its catalogue can be in a stored
+    feed (a fold-in refresh ranks that catalogue only), so an app still editing items it added
+    since changes no served page; a minute of margin covers clocks of different machines.
+    """
+    served_until = FeedRun.objects.filter(
+        community=community, status=FeedRun.Status.FINISHED
+    ).aggregate(until=Max("finished_at"))["until"]
+    if served_until is None:
+        return False
+    candidates = Item.objects.filter(
+        pk__in=existing.values(), created_at__lt=served_until + timedelta(minutes=1)
+    )
     stored = {
         external_id: values
-        for external_id, *values in Item.objects.filter(pk__in=existing.values()).values_list(
+        for external_id, *values in candidates.values_list(
             "external_id", "title", "url", "tags", "provenance", "published_at", "active"
         )
     }
+    if not stored:
+        return False
     credits: dict[int, list[int]] = {}
     for item_id, creator_id in (
-        ItemCreator.objects.filter(item_id__in=existing.values())
+        ItemCreator.objects.filter(item_id__in=[existing[key] for key in stored])
         .order_by("item_id", "position")
         .values_list("item_id", "creator_id")
     ):
@@ -208,7 +227,7 @@ def items_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> Ups
         raise BatchRejected(sorted(errors, key=lambda e: e.index))
 
     existing = _existing(Item, community, {r["id"] for r in rows})
-    changed = bool(existing) and _items_change(rows, existing, creators)
+    changed = bool(existing) and _items_change(community, rows, existing, creators)
     fields = ["title", "url", "tags", "provenance", "published_at", "active"]
     items = Item.objects.bulk_create(
         [

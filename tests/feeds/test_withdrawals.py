@@ -220,6 +220,24 @@ def test_resending_an_unchanged_catalogue_keeps_the_cache_and_an_edit_is_shown_a
     assert "Renamed" in json.dumps(_feed(garden, "m4"))
 
 
+def test_editing_an_item_added_since_the_run_leaves_the_cache_alone(
+    garden: dict[str, Any],
+) -> None:
+    pointer = FeedPointer.objects.get(community=garden["community"])
+    fresh = {"id": "fresh", "title": "Fresh", "creators": ["c0"], "tags": ["calm"]}
+    assert _call(garden, "post", "items/", {"items": [fresh]}).json()["created"] == 1
+    Item.objects.filter(external_id="fresh").update(
+        created_at=garden["run"].finished_at + timedelta(minutes=2)
+    )
+    _call(garden, "post", "items/", {"items": [{**fresh, "title": "Fresh, edited"}]})
+    pointer.refresh_from_db()
+    assert pointer.revision == 0  # no stored feed can hold it
+    old = Item.objects.get(external_id="i0")
+    _call(garden, "post", "items/", {"items": [_item_row(old, title="Edited")]})
+    pointer.refresh_from_db()
+    assert pointer.revision == 1
+
+
 def test_an_edit_in_the_admin_counts_like_one_over_the_api(garden: dict[str, Any]) -> None:
     stored = _stored(garden, "m5")
     _warm(garden, ["m5"])
