@@ -48,7 +48,12 @@ from feeds.selectors import (
     member_feed_get,
     member_feed_row,
 )
-from feeds.services import AppCredentialInvalid, app_credential_create, app_credential_revoke
+from feeds.services import (
+    AppCredentialInvalid,
+    app_credential_create,
+    app_credential_revoke,
+    member_feeds_refresh_request,
+)
 from governance.apis import QueryIntegerField
 from governance.models import Community, Membership
 
@@ -333,6 +338,8 @@ class MemberFeedApi(APIView):
                 # A member who never set a choice has no mutes: no query to learn that.
                 mutes=Mutes() if choices_at is None else None,
             )
+            if feed.refresh_owed:  # refill the feed past entries withdrawn for good
+                member_feeds_refresh_request(community_id=community.pk, member_ids=[member.pk])
             # The row this page shows, and when it will change by itself (an entry ageing out).
             etag = etag_of(row.pk if row is not None else None, feed.valid_until)
             data = feed_data(feed)

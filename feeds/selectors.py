@@ -50,6 +50,9 @@ class Feed:
     valid_until: datetime | None = None
     """When an entry shown turns too old for the policy's ``older_than`` refusal (it will then
     be withdrawn); None: no entry will."""
+    refresh_owed: bool = False
+    """Entries were withdrawn that a fold-in refresh of the member removes from the stored
+    feed for good (:attr:`Withdrawn.refreshable`): ask for one to rank the feed full again."""
 
     @property
     def generated_at(self) -> datetime | None:
@@ -189,6 +192,11 @@ class Withdrawn:
     until: datetime | None = None
     """When the first of the other items turns too old for the policy's ``older_than``
     refusal; None: none will."""
+    refreshable: frozenset[int] = frozenset()
+    """Those of ``items`` that a fold-in refresh leaves out of the member's stored feed for
+    good (deactivated, a creator opted out, muted), so the feed is ranked full again; a
+    refresh ranks by the run's attributes, so items refused by what changed in them since
+    stay withdrawn when served until the next run."""
 
 
 def withdrawn_items(
@@ -208,19 +216,21 @@ def withdrawn_items(
     rules, excluded, max_days = _policy_refusals(run.policy_version.id, run.policy_sha256)
     mutes = mutes or Mutes()
     now = timezone.now()
-    withdrawn = set()
+    withdrawn, refreshable = set(), set()
     primary = []
     for item in items:
         credits = list(item.credits.all())  # prefetched, in credit order
         primary.append(credits[0].creator if credits else None)
         if (
             not item.active
-            or item.provenance in excluded
             or any(credit.creator.opted_out for credit in credits)
             or any(credit.creator_id in mutes.creators for credit in credits)
             or not mutes.tags.isdisjoint(item.tags or [])
         ):
+            refreshable.add(item.pk)
+        elif item.provenance in excluded:
             withdrawn.add(item.pk)
+    withdrawn |= refreshable
     if rules:
         attributes = ItemAttributes.from_records(
             [item.pk for item in items],
@@ -246,7 +256,7 @@ def withdrawn_items(
             if item.pk not in withdrawn and item.published_at is not None
         ]
         until = min(ages, default=None)
-    return Withdrawn(frozenset(withdrawn), until)
+    return Withdrawn(frozenset(withdrawn), until, frozenset(refreshable))
 
 
 def member_feed_get(
@@ -279,6 +289,7 @@ def member_feed_get(
         mutes = member_mutes(member=member)
     entries: list[FeedEntry] = []
     until: datetime | None = None
+    refresh_owed = False
     position = offset
     while len(entries) < wanted and position < total:
         stop = min(position + wanted - len(entries), total)
@@ -287,6 +298,7 @@ def member_feed_get(
         withdrawn = withdrawn_items(run=run, items=items, mutes=mutes)
         if withdrawn.until is not None and (until is None or withdrawn.until < until):
             until = withdrawn.until
+        refresh_owed = refresh_owed or bool(withdrawn.refreshable)
         for index in range(position, stop):
             item = by_id.get(ids[index])
             if item is None or item.pk in withdrawn.items:
@@ -307,4 +319,5 @@ def member_feed_get(
         entries=entries,
         next_offset=position if position < total else None,
         valid_until=until,
+        refresh_owed=refresh_owed,
     )

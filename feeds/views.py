@@ -18,7 +18,12 @@ from feeds.auth import community_for_credential_manager
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.models import Creator, FeedRun
 from feeds.selectors import FeedNotReady, current_run, feed_run_for_read, member_feed_get
-from feeds.services import AppCredentialInvalid, app_credential_create, app_credential_revoke
+from feeds.services import (
+    AppCredentialInvalid,
+    app_credential_create,
+    app_credential_revoke,
+    member_feeds_refresh_request,
+)
 from governance.models import Community, Membership, Proposal
 from governance.selectors import policy_of, policy_version_current
 from ranking.policy import policy_validate
@@ -77,6 +82,8 @@ def member_feed(request: HttpRequest, slug: str, member_external_id: str) -> Htt
         feed = None
     else:
         feed = member_feed_get(community=community, member=member, run=run)
+        if feed.refresh_owed:
+            member_feeds_refresh_request(community_id=community.pk, member_ids=[member.pk])
     return render(
         request, "feeds/member_feed.html", {"community": community, "member": member, "feed": feed}
     )

@@ -21,6 +21,7 @@ from feeds.selectors import (
     member_mutes,
     withdrawn_items,
 )
+from feeds.services import member_feeds_refresh_request
 from governance.models import Membership
 
 View = Callable[..., JsonResponse]
@@ -105,8 +106,10 @@ def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
     items = list(items_with_credits(item_ids).filter(external_id__startswith="at://"))
     withdrawn = withdrawn_items(
         run=run, items=items, mutes=member_mutes(member=member) if member else None
-    ).items
-    uris = {item.pk: item.external_id for item in items if item.pk not in withdrawn}
+    )
+    if personal and member is not None and withdrawn.refreshable:
+        member_feeds_refresh_request(community_id=community.pk, member_ids=[member.pk])
+    uris = {item.pk: item.external_id for item in items if item.pk not in withdrawn.items}
     posts = [uris[pk] for pk in item_ids if pk in uris]
     page = posts[offset : offset + limit]
     context = (

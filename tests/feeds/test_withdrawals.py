@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from feeds import fastpath, feedcache
+from feeds import apis, fastpath, feedcache
 from feeds.apis import _etag_current
 from feeds.bsky import did_key_of, service_jwt
 from feeds.models import (
@@ -40,7 +40,12 @@ from feeds.selectors import (
     member_feed_get,
     withdrawn_items,
 )
-from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from feeds.services import (
+    app_credential_create,
+    feed_run_execute,
+    feed_run_request,
+    member_feeds_refresh,
+)
 from governance.models import Membership
 from governance.services import community_create
 from ranking.policy import policy_validate
@@ -421,3 +426,39 @@ def test_walking_the_pages_yields_the_stored_feed_less_what_is_withdrawn_once_in
         assert page.next_offset is None or page.next_offset > offset
         offset = page.next_offset
     assert walked == expected
+
+
+def test_a_feed_with_entries_withdrawn_for_good_is_refreshed_full_and_then_left_alone(
+    garden: dict[str, Any],
+    settings: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    settings.COMMONFEED_FOLD_IN = True
+    requested: list[list[int]] = []
+    monkeypatch.setattr(
+        apis, "member_feeds_refresh_request", lambda **kw: requested.append(kw["member_ids"])
+    )
+    community, member = garden["community"], Membership.objects.get(external_id="m9")
+    stored = _stored(garden, "m9")
+    # Refused by what changed in the item: a refresh (which ranks by the run's attributes)
+    # would rank it again, so none is asked for.
+    tagged = Item.objects.get(external_id=stored[0])
+    _call(garden, "post", "items/", {"items": [_item_row(tagged, tags=["banned"])]})
+    shown = [e["item"]["external_id"] for e in _feed(garden, "m9")["items"]]
+    assert shown == stored[1:]
+    assert requested == []
+
+    # An opt-out: the stored feed keeps the creator's entries until a refresh drops them.
+    c2 = {f"i{k}" for k in range(2, 48, 4)}
+    _call(garden, "put", "creators/c2/choices/", {"opted_out": True})
+    shown = [e["item"]["external_id"] for e in _feed(garden, "m9")["items"]]
+    assert shown == [i for i in stored[1:] if i not in c2]
+    assert requested == [[member.pk]]
+    with django_capture_on_commit_callbacks(execute=True):
+        member_feeds_refresh(community=community, member_ids=[member.pk])
+    refreshed = _stored(garden, "m9")
+    assert refreshed != stored and not c2 & set(refreshed)
+    shown = [e["item"]["external_id"] for e in _feed(garden, "m9")["items"]]
+    assert shown == [i for i in refreshed if i != tagged.external_id]
+    assert requested == [[member.pk]], "nothing withdrawn for good is left: no second refresh"
