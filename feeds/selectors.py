@@ -15,7 +15,7 @@ from feeds.models import FeedPointer, FeedRun, Item, ItemCreator, MemberChoices,
 from governance.models import Community, Membership, PolicyVersion
 from governance.selectors import policy_of
 from ranking.effects import ItemAttributes
-from ranking.policy import CapShare, Exclude, OlderThanRefusal, RefusalRule
+from ranking.policy import CapShare, Exclude, OlderThanRefusal, Policy, RefusalRule
 from ranking.reasons import explain
 
 
@@ -51,8 +51,8 @@ class Feed:
     """When an entry shown turns too old for the policy's ``older_than`` refusal (it will then
     be withdrawn); None: no entry will."""
     refresh_owed: bool = False
-    """Entries were withdrawn that a fold-in refresh of the member removes from the stored
-    feed for good (:attr:`Withdrawn.refreshable`): ask for one to rank the feed full again."""
+    """Entries were withdrawn: a fold-in refresh of the member, which applies the same
+    refusals, would rank the stored feed full again without them."""
 
     @property
     def generated_at(self) -> datetime | None:
@@ -174,14 +174,18 @@ def _policy_refusals(
     ``older_than`` limit in days. Versions are immutable, and the hash is in the key, so an id
     reused after a restore cannot answer for another document."""
     policy = policy_of(PolicyVersion.objects.only("document").get(pk=policy_version_id))
-    excluded = frozenset(
+    days = [rule.days for rule in policy.refusals if isinstance(rule, OlderThanRefusal)]
+    return tuple(policy.refusals), excluded_provenance(policy), min(days) if days else None
+
+
+def excluded_provenance(policy: Policy) -> frozenset[str]:
+    """The provenance classes the policy never recommends: ``exclude``, or ``cap_share`` 0."""
+    return frozenset(
         name
         for name, treatment in policy.ranking.provenance.items()
         if isinstance(treatment, Exclude)
         or (isinstance(treatment, CapShare) and treatment.max_share == 0)
     )
-    days = [rule.days for rule in policy.refusals if isinstance(rule, OlderThanRefusal)]
-    return tuple(policy.refusals), excluded, min(days) if days else None
 
 
 @dataclass(frozen=True)
@@ -192,11 +196,6 @@ class Withdrawn:
     until: datetime | None = None
     """When the first of the other items turns too old for the policy's ``older_than``
     refusal; None: none will."""
-    refreshable: frozenset[int] = frozenset()
-    """Those of ``items`` that a fold-in refresh leaves out of the member's stored feed for
-    good (deactivated, a creator opted out, muted), so the feed is ranked full again; a
-    refresh ranks by the run's attributes, so items refused by what changed in them since
-    stay withdrawn when served until the next run."""
 
 
 def withdrawn_items(
@@ -216,21 +215,19 @@ def withdrawn_items(
     rules, excluded, max_days = _policy_refusals(run.policy_version.id, run.policy_sha256)
     mutes = mutes or Mutes()
     now = timezone.now()
-    withdrawn, refreshable = set(), set()
+    withdrawn = set()
     primary = []
     for item in items:
         credits = list(item.credits.all())  # prefetched, in credit order
         primary.append(credits[0].creator if credits else None)
         if (
             not item.active
+            or item.provenance in excluded
             or any(credit.creator.opted_out for credit in credits)
             or any(credit.creator_id in mutes.creators for credit in credits)
             or not mutes.tags.isdisjoint(item.tags or [])
         ):
-            refreshable.add(item.pk)
-        elif item.provenance in excluded:
             withdrawn.add(item.pk)
-    withdrawn |= refreshable
     if rules:
         attributes = ItemAttributes.from_records(
             [item.pk for item in items],
@@ -256,7 +253,7 @@ def withdrawn_items(
             if item.pk not in withdrawn and item.published_at is not None
         ]
         until = min(ages, default=None)
-    return Withdrawn(frozenset(withdrawn), until, frozenset(refreshable))
+    return Withdrawn(frozenset(withdrawn), until)
 
 
 def member_feed_get(
@@ -298,7 +295,7 @@ def member_feed_get(
         withdrawn = withdrawn_items(run=run, items=items, mutes=mutes)
         if withdrawn.until is not None and (until is None or withdrawn.until < until):
             until = withdrawn.until
-        refresh_owed = refresh_owed or bool(withdrawn.refreshable)
+        refresh_owed = refresh_owed or bool(withdrawn.items)
         for index in range(position, stop):
             item = by_id.get(ids[index])
             if item is None or item.pk in withdrawn.items:

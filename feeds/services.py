@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import secrets
@@ -18,7 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import F, Max, Q
 from django.utils import timezone
 
-from feeds import feedcache
+from feeds import feedcache, selectors
 from feeds.artifacts import artifact_load, artifact_save, artifacts_prune
 from feeds.auth import token_digest, token_generate
 from feeds.choices import RankingChoices, ranking_choices_load
@@ -781,7 +782,7 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
         held = list(
             FeedPointer.objects.select_for_update()
             .filter(community=community, run_id=run.pk)
-            .values_list("run_id", flat=True)
+            .values_list("revision", flat=True)
         )
         if not held:
             return FeedsRefreshed(run_id=run.pk, members=0, written=0, skipped="pointer_moved")
@@ -791,7 +792,8 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
             )
         )
         ids = sorted(members)
-        batch = refresh_feeds(prepared, **_refresh_inputs(community, ids))
+        refused = _refused_by_policy_now(community, (run.pk, held[0]), prepared.policy)
+        batch = refresh_feeds(prepared, **_refresh_inputs(community, ids, refused))
         ranked = time.perf_counter()
         MemberFeed.objects.filter(run_id=run.pk, member_id__in=ids).delete()
         _bulk_create_rows(run.pk, _feed_rows(batch))
@@ -811,11 +813,43 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
     return FeedsRefreshed(run_id=run.pk, members=len(ids), written=len(ids), seconds=seconds)
 
 
-def _refresh_inputs(community: Community, member_ids: list[int]) -> dict[str, object]:
+# Per worker process: each community's item attributes, as of the served run and pointer
+# revision they were read under (every change to them that a served feed can show bumps the
+# revision: feeds.feedcache.served_content_changed), and when they were read.
+_attributes_now: dict[int, tuple[tuple[int, int], ItemAttributes, float]] = {}
+
+
+def _refused_by_policy_now(
+    community: Community, served: tuple[int, int], policy: Policy
+) -> np.ndarray:
+    """Items the run's policy refuses by their attributes *now* (refusal rules, excluded
+    provenance), as ``feeds.selectors.withdrawn_items`` does when serving: a refresh must not
+    rank again what the page would withdraw. The attributes are read once per (run, pointer
+    revision) and process; ages are moved on to the present."""
+    excluded = selectors.excluded_provenance(policy)
+    if not policy.refusals and not excluded:
+        return np.zeros(0, dtype=np.int64)
+    cached = _attributes_now.get(community.pk)
+    if cached is None or cached[0] != served:
+        cached = (served, _load_item_attributes(community)[0], time.time())
+        _attributes_now[community.pk] = cached
+    _, attributes, read_at = cached
+    aged = dataclasses.replace(
+        attributes,
+        age_days=attributes.age_days + np.float32((time.time() - read_at) / 86_400),
+    )
+    codes = [code for code, name in enumerate(PROVENANCE_CLASSES) if name in excluded]
+    refused = aged.refused_by(policy.refusals) | np.isin(aged.provenance, codes)
+    return aged.item_ids[refused]
+
+
+def _refresh_inputs(
+    community: Community, member_ids: list[int], refused_by_policy: np.ndarray
+) -> dict[str, object]:
     """The members' current interactions and choices, as refresh_feeds takes them.
 
     Read by the same rules as a run (interaction weights, mutes resolved to items, refusals);
-    besides, items deactivated since the run are refused.
+    besides, items deactivated since the run and ``refused_by_policy`` are refused.
     """
     # By member alone: the ids are this community's memberships (the caller read them so), and
     # a filter on the community as well can lead the planner to bitmap-AND the community's
@@ -848,7 +882,7 @@ def _refresh_inputs(community: Community, member_ids: list[int]) -> dict[str, ob
         "weights": rows[:, 2].astype(np.float32),
         "member_blocks": choices.member_blocks,
         "no_personalisation_members": choices.no_personalisation_members,
-        "refused_items": np.concatenate([choices.refused_items, inactive]),
+        "refused_items": np.concatenate([choices.refused_items, inactive, refused_by_policy]),
     }
 
 

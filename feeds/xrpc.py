@@ -107,7 +107,7 @@ def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
     withdrawn = withdrawn_items(
         run=run, items=items, mutes=member_mutes(member=member) if member else None
     )
-    if personal and member is not None and withdrawn.refreshable:
+    if personal and member is not None and withdrawn.items:
         member_feeds_refresh_request(community_id=community.pk, member_ids=[member.pk])
     uris = {item.pk: item.external_id for item in items if item.pk not in withdrawn.items}
     posts = [uris[pk] for pk in item_ids if pk in uris]
