@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import secrets
@@ -16,7 +15,7 @@ import numpy as np
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import F, Max, Q
+from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 
 from feeds import feedcache, selectors
@@ -40,7 +39,16 @@ from governance.selectors import policy_of, policy_version_current
 from governance.services import audit_append
 from ranking.effects import ItemAttributes
 from ranking.feeds import FeedBatch, PreparedFeeds, prepare_feeds, refresh_feeds, score_feeds
-from ranking.policy import PROVENANCE_CLASSES, Exclude, Policy
+from ranking.policy import (
+    PROVENANCE_CLASSES,
+    CreatorRefusal,
+    Exclude,
+    ItemRefusal,
+    OlderThanRefusal,
+    Policy,
+    ProvenanceRefusal,
+    TagRefusal,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -782,7 +790,7 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
         held = list(
             FeedPointer.objects.select_for_update()
             .filter(community=community, run_id=run.pk)
-            .values_list("revision", flat=True)
+            .values_list("run_id", flat=True)
         )
         if not held:
             return FeedsRefreshed(run_id=run.pk, members=0, written=0, skipped="pointer_moved")
@@ -792,7 +800,7 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
             )
         )
         ids = sorted(members)
-        refused = _refused_by_policy_now(community, (run.pk, held[0]), prepared.policy)
+        refused = _refused_by_policy_now(community, prepared.policy)
         batch = refresh_feeds(prepared, **_refresh_inputs(community, ids, refused))
         ranked = time.perf_counter()
         MemberFeed.objects.filter(run_id=run.pk, member_id__in=ids).delete()
@@ -813,34 +821,47 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
     return FeedsRefreshed(run_id=run.pk, members=len(ids), written=len(ids), seconds=seconds)
 
 
-# Per worker process: each community's item attributes, as of the served run and pointer
-# revision they were read under (every change to them that a served feed can show bumps the
-# revision: feeds.feedcache.served_content_changed), and when they were read.
-_attributes_now: dict[int, tuple[tuple[int, int], ItemAttributes, float]] = {}
-
-
-def _refused_by_policy_now(
-    community: Community, served: tuple[int, int], policy: Policy
-) -> np.ndarray:
-    """Items the run's policy refuses by their attributes *now* (refusal rules, excluded
-    provenance), as ``feeds.selectors.withdrawn_items`` does when serving: a refresh must not
-    rank again what the page would withdraw. The attributes are read once per (run, pointer
-    revision) and process; ages are moved on to the present."""
+def _refused_by_policy_now(community: Community, policy: Policy) -> np.ndarray:
+    """Active items the run's policy refuses by their attributes *now*, as
+    ``ranking.effects.ItemAttributes.refused_by`` and the excluded provenance classes decide
+    (``feeds.selectors.withdrawn_items`` applies the same when serving): a refresh must not
+    rank again what the page would withdraw. One query, the rules as SQL conditions (tags by
+    JSON containment on PostgreSQL; elsewhere the tag rules are checked here)."""
     excluded = selectors.excluded_provenance(policy)
-    if not policy.refusals and not excluded:
+    tags = {r.tag for r in policy.refusals if isinstance(r, TagRefusal)}
+    creators = [r.creator for r in policy.refusals if isinstance(r, CreatorRefusal)]
+    items = [r.item for r in policy.refusals if isinstance(r, ItemRefusal)]
+    provenance = excluded | {
+        r.provenance for r in policy.refusals if isinstance(r, ProvenanceRefusal)
+    }
+    days = [r.days for r in policy.refusals if isinstance(r, OlderThanRefusal)]
+    if not (tags or creators or items or provenance or days):
         return np.zeros(0, dtype=np.int64)
-    cached = _attributes_now.get(community.pk)
-    if cached is None or cached[0] != served:
-        cached = (served, _load_item_attributes(community)[0], time.time())
-        _attributes_now[community.pk] = cached
-    _, attributes, read_at = cached
-    aged = dataclasses.replace(
-        attributes,
-        age_days=attributes.age_days + np.float32((time.time() - read_at) / 86_400),
-    )
-    codes = [code for code, name in enumerate(PROVENANCE_CLASSES) if name in excluded]
-    refused = aged.refused_by(policy.refusals) | np.isin(aged.provenance, codes)
-    return aged.item_ids[refused]
+    condition = Q(pk__in=[])
+    if items:
+        condition |= Q(external_id__in=items)
+    if provenance:
+        condition |= Q(provenance__in=sorted(provenance))
+    if days:
+        condition |= Q(published_at__lt=timezone.now() - timedelta(days=min(days)))
+    if creators:
+        condition |= Q(
+            Exists(
+                ItemCreator.objects.filter(
+                    item=OuterRef("pk"), position=0, creator__external_id__in=creators
+                )
+            )
+        )
+    in_sql = tags and connection.vendor == "postgresql"
+    for tag in tags if in_sql else ():
+        condition |= Q(tags__contains=[tag])
+    active = Item.objects.filter(community=community, active=True)
+    refused = set(active.filter(condition).values_list("pk", flat=True))
+    if tags and not in_sql:
+        refused.update(
+            pk for pk, item_tags in active.values_list("pk", "tags") if tags & set(item_tags or [])
+        )
+    return np.fromiter(sorted(refused), dtype=np.int64, count=len(refused))
 
 
 def _refresh_inputs(

@@ -12,6 +12,7 @@ import json
 from datetime import timedelta
 from typing import Any
 
+import numpy as np
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 from django.core.cache import caches
@@ -22,7 +23,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from feeds import apis, fastpath, feedcache
+from feeds import apis, fastpath, feedcache, services
 from feeds.apis import _etag_current
 from feeds.bsky import did_key_of, service_jwt
 from feeds.models import (
@@ -48,7 +49,7 @@ from feeds.services import (
 )
 from governance.models import Membership
 from governance.services import community_create
-from ranking.policy import policy_validate
+from ranking.policy import PROVENANCE_CLASSES, policy_validate
 from tests.factories import (
     CreatorFactory,
     ItemFactory,
@@ -462,3 +463,42 @@ def test_a_page_that_withdrew_entries_has_the_feed_refreshed_without_them_once(
     shown = [e["item"]["external_id"] for e in _feed(garden, "m9")["items"]]
     assert shown == refreshed
     assert requested == [[member.pk]]
+
+
+def test_a_refresh_refuses_by_the_same_rules_as_the_ranking_core() -> None:
+    policy = policy_validate(
+        {
+            "refusals": [
+                {"kind": "tag", "tag": "banned", "reason": "r"},
+                {"kind": "tag", "tag": "also banned", "reason": "r"},
+                {"kind": "creator", "creator": "c1", "reason": "r"},
+                {"kind": "item", "item": "i7", "reason": "r"},
+                {"kind": "provenance", "provenance": "ai_assisted", "reason": "r"},
+                {"kind": "older_than", "days": 30, "reason": "r"},
+                {"kind": "older_than", "days": 90, "reason": "r"},
+            ],
+            "ranking": {"provenance": {"unknown": {"action": "cap_share", "max_share": 0}}},
+        }
+    )
+    community = community_create(slug="rules", name="Rules", policy=policy)
+    creators = [CreatorFactory(community=community, external_id=f"c{i}") for i in range(3)]
+    now = timezone.now()
+    tag_sets = [["banned"], ["ok"], ["also banned", "ok"], [], ["bannedx"]]
+    classes = ["human", "ai_assisted", "ai_generated", "unknown"]
+    for i in range(60):
+        ItemFactory(
+            community=community,
+            external_id=f"i{i}",
+            tags=tag_sets[i % 5],
+            provenance=classes[i % 4],
+            published_at=None if i % 7 == 0 else now - timedelta(days=i),
+            active=i % 11 != 0,
+            # c1 refused as primary creator only: second credits of c1 stay.
+            by=[creators[i % 3], creators[(i + 1) % 3]],
+        )
+    attributes, _ = services._load_item_attributes(community)
+    excluded = [code for code, name in enumerate(PROVENANCE_CLASSES) if name == "unknown"]
+    expected = attributes.refused_by(policy.refusals) | np.isin(attributes.provenance, excluded)
+    got = services._refused_by_policy_now(community, policy)
+    assert sorted(got.tolist()) == sorted(attributes.item_ids[expected].tolist())
+    assert 0 < got.size < 60
