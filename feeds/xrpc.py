@@ -110,15 +110,21 @@ def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
     if personal and member is not None and withdrawn.items:
         member_feeds_refresh_request(community_id=community.pk, member_ids=[member.pk])
     uris = {item.pk: item.external_id for item in items if item.pk not in withdrawn.items}
-    posts = [uris[pk] for pk in item_ids if pk in uris]
-    page = posts[offset : offset + limit]
+    # The cursor's offset is a position in the stored list, as in the feed API: a post
+    # withdrawn between two pages shifts nothing, so none is skipped or repeated.
+    page, position = [], offset
+    while position < len(item_ids) and len(page) < limit:
+        uri = uris.get(item_ids[position])
+        position += 1
+        if uri is not None:
+            page.append(uri)
     context = (
         f"policy=v{run.policy_version.number};sha256={run.policy_sha256[:16]};run={run.pk};"
         f"{'personalised' if personal else 'community'}"
     )
     body: dict[str, Any] = {"feed": [{"post": post, "feedContext": context} for post in page]}
-    if offset + limit < len(posts):
-        body["cursor"] = cursor_encode(run.pk, offset + limit)
+    if any(pk in uris for pk in item_ids[position:]):
+        body["cursor"] = cursor_encode(run.pk, position)
     return JsonResponse(body)
 
 
