@@ -256,12 +256,15 @@ def served_content_changed(*, community: Community) -> None:
 
 @receiver(post_save, sender=Item, dispatch_uid="feeds.feedcache.item_saved")
 @receiver(post_save, sender=Creator, dispatch_uid="feeds.feedcache.creator_saved")
-def _catalogue_saved(*, instance: Item | Creator, created: bool = False, **kwargs: Any) -> None:
+def _catalogue_saved(
+    *, instance: Item | Creator, created: bool = False, raw: bool = False, **kwargs: Any
+) -> None:
     # Edits one row at a time (the admin, whose item form saves the item with its credits, a
     # shell) count like the API's bulk upserts, which call served_content_changed themselves.
-    # A new row is in nobody's feed yet. (No post_delete receiver: it would make Django load
-    # every item of a community it deletes, to send the signal.)
-    if not created:
+    # A new row is in nobody's feed yet, and a fixture being loaded (raw) touches nothing else.
+    # (No post_delete receiver: it would make Django load every item of a community it
+    # deletes, to send the signal.)
+    if not created and not raw:
         served_content_changed(community=instance.community)
 
 
