@@ -786,6 +786,9 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
         logger.error("fold-in: the artifact %s of run %s is missing", run.artifact, run.pk)
         return FeedsRefreshed(run_id=run.pk, members=0, written=0, skipped="no_artifact")
     loaded = time.perf_counter()
+    # Outside the pointer lock: a change that lands meanwhile bumps the pointer's revision, and
+    # the next page withdraws it and asks for another refresh.
+    refused = _refused_by_policy_now(community, prepared.policy)
     with transaction.atomic():
         held = list(
             FeedPointer.objects.select_for_update()
@@ -800,7 +803,6 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
             )
         )
         ids = sorted(members)
-        refused = _refused_by_policy_now(community, prepared.policy)
         batch = refresh_feeds(prepared, **_refresh_inputs(community, ids, refused))
         ranked = time.perf_counter()
         MemberFeed.objects.filter(run_id=run.pk, member_id__in=ids).delete()
