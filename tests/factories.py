@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +12,7 @@ import factory
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from feeds.models import Creator, Interaction, Item, ItemCreator
+from feeds.models import Creator, FeedRun, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
 from governance.services import community_create
 
@@ -114,3 +115,20 @@ def app_call(
         HTTP_AUTHORIZATION=f"Bearer {token}",
         **extra,
     )
+
+
+def run_computed(community: Community) -> FeedRun:
+    """Request a feed run and compute it here; returns it finished.
+
+    With committed data (``transaction=True`` tests) and a real worker running, the worker may
+    claim the run first, and computing it here then skips it: wait for the worker to finish.
+    """
+    from feeds.services import feed_run_execute, feed_run_request
+
+    run = feed_run_execute(run_id=feed_run_request(community=community).pk)
+    deadline = time.monotonic() + 60
+    while run.status != FeedRun.Status.FINISHED and time.monotonic() < deadline:
+        time.sleep(0.1)
+        run.refresh_from_db()
+    assert run.status == FeedRun.Status.FINISHED, run.error
+    return run

@@ -35,6 +35,7 @@ from tests.factories import (
     interact,
     make_community,
     members_who_interacted,
+    run_computed,
 )
 
 PERSONALISED = "Members with similar taste engaged with this."
@@ -49,13 +50,7 @@ def _garden(slug: str = "garden") -> dict[str, Any]:
         for i in range(48)
     ]
     members = members_who_interacted(community, items)
-    run = feed_run_execute(run_id=feed_run_request(community=community).pk)
-    # With a worker running (and committed data) the worker may claim the run first.
-    deadline = time.monotonic() + 60
-    while run.status != FeedRun.Status.FINISHED and time.monotonic() < deadline:
-        time.sleep(0.1)
-        run.refresh_from_db()
-    assert run.status == FeedRun.Status.FINISHED
+    run = run_computed(community)
     _, token = app_credential_create(
         community=community, name="app", scopes=["feeds:read", "events:write"]
     )

@@ -6,9 +6,9 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from feeds.models import Creator
-from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from feeds.services import app_credential_create
 from governance.models import Membership
-from tests.factories import make_community, small_catalogue
+from tests.factories import make_community, run_computed, small_catalogue
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -20,7 +20,7 @@ def test_a_visitor_sees_the_community_follows_a_member_feed_and_logs_into_the_ad
 ) -> None:
     community = make_community("garden")
     data = small_catalogue(community)
-    feed_run_execute(run_id=feed_run_request(community=community).pk)
+    run_computed(community)
     get_user_model().objects.create_superuser("admin", "admin@example.org", "a-long-password-1")
     member = data["members"][0]
 
@@ -61,7 +61,7 @@ def test_the_home_page_counts_interactions_live_until_a_run_records_them(client)
     assert "(at the last run)" not in before
     assert f"<dd>{live}</dd>" in before
 
-    run = feed_run_execute(run_id=feed_run_request(community=community).pk)
+    run = run_computed(community)
     # A stale figure from the run is shown as such, without a scan of the interactions table.
     run.stats = {**run.stats, "n_interactions": live + 1000}
     run.save(update_fields=["stats"])
@@ -79,7 +79,7 @@ def test_a_creator_opts_out_in_the_browser_and_apps_stop_getting_their_items(
     user = get_user_model().objects.create_user("maker", password="pw-maker-long-enough")
     Membership.objects.filter(pk=member.pk).update(user=user)
     Creator.objects.filter(pk=creator.pk).update(member=member)
-    feed_run_execute(run_id=feed_run_request(community=community).pk)
+    run_computed(community)
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
 
     def creators_shown() -> set[str]:
