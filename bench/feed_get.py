@@ -11,7 +11,9 @@ request with its Redis round trip (no near cache), as for an app that pulls many
 Starts gunicorn (config.wsgi through bench.bench_settings) on 127.0.0.1, warms the feed once,
 then runs wrk for the same duration, alternating for ``--rounds`` rounds, against (1)
 `GET /api/v1/communities/SLUG/feeds/MEMBER/` with a bearer token, served from the Redis fast
-path after the first request, and (2)
+path after the first request (``api``: in front of Django, as deployed), (2) with
+``--django-layer``, the same from a second server with ``COMMONFEED_WSGI_FASTPATH=false``
+(``api-django``: the fast path inside the view, after Django's handler and middleware), and (3)
 `/bench/bare/`, a Django view that returns the same bytes from memory with no authentication, no
 database and no cache. Reports requests/s, p50 and p99 latency, the ratio per round and its
 median, and the load average. The server runs with COMMONFEED_APP_RATE lifted (``--rate``):
@@ -21,6 +23,7 @@ every request is still counted against the credential, but none is refused.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -29,7 +32,9 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -67,6 +72,45 @@ def wrk(
     }
 
 
+@contextlib.contextmanager
+def _server(port: int, workers: int, env: dict[str, str]) -> Iterator[None]:
+    """gunicorn serving config.wsgi (as deployed) on ``port`` until the block ends."""
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gunicorn",
+            "-c",
+            "config/gunicorn.py",
+            "config.wsgi",
+            "-b",
+            f"127.0.0.1:{port}",
+            "-w",
+            str(workers),
+            "--log-level",
+            "warning",
+        ],
+        cwd=ROOT,
+        env=env,
+    )
+    try:
+        for _ in range(100):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/bench/bare/", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield
+    finally:
+        server.terminate()
+        server.wait()
+
+
+def _get(url: str, token: str) -> bytes:
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
+    return urllib.request.urlopen(request).read()  # type: ignore[no-any-return]
+
+
 def _rotating_paths_script(paths: list[str]) -> Path:
     """A wrk script that requests ``paths`` in turn."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
@@ -82,29 +126,37 @@ def _rotating_paths_script(paths: list[str]) -> Path:
 
 
 def cpu_probe(api_path: str, token: str, *, requests: int, rounds: int) -> None:
-    """CPU seconds per request of the API and the bare view, in this process (run with the
-    server's environment): the WSGI handler called directly, no network, no wrk. CPU time is
-    what a saturated server spends; unlike requests/s it barely moves with other load on the
-    machine. Prints JSON."""
+    """CPU seconds per request in this process (run with the server's environment), no network
+    and no wrk: the API through the deployed WSGI application (``config.wsgi``: the fast path in
+    front of Django), the API through Django's handler alone (the fast path inside the view),
+    and the bare view. CPU time is what a saturated server spends; unlike requests/s it barely
+    moves with other load on the machine. Prints JSON."""
     from django.core.handlers.wsgi import WSGIHandler
+
+    from config.wsgi import application
 
     handler = WSGIHandler()
 
-    def call(path: str, auth: str | None) -> bytes:
+    def call(app: Any, path: str, auth: str | None) -> bytes:
         status: list[str] = []
-        response = handler(wsgi_get(path, auth), lambda s, h: status.append(s))
+        response = app(wsgi_get(path, auth), lambda s, h: status.append(s))
         body = b"".join(response)
-        response.close()  # type: ignore[attr-defined]
+        getattr(response, "close", lambda: None)()
         assert status[0].startswith("200"), status
         return body
 
-    assert call(api_path, token) == call(api_path, token) == call("/bench/bare/", None)
-    cpu: dict[str, list[float]] = {"api": [], "bare": []}
+    sides = (
+        ("api", application, api_path, token),
+        ("api-django", handler, api_path, token),
+        ("bare", handler, "/bench/bare/", None),
+    )
+    assert len({call(app, path, auth) for _, app, path, auth in sides}) == 1
+    cpu: dict[str, list[float]] = {name: [] for name, *_ in sides}
     for _ in range(rounds):
-        for name, path, auth in (("api", api_path, token), ("bare", "/bench/bare/", None)):
+        for name, app, path, auth in sides:
             started = time.process_time()
             for _ in range(requests):
-                call(path, auth)
+                call(app, path, auth)
             cpu[name].append((time.process_time() - started) / requests * 1e6)
     print(json.dumps(cpu))
 
@@ -122,6 +174,12 @@ def main() -> None:
         "--cpu-requests", type=int, default=2000, help="requests per round of the CPU probe"
     )
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument(
+        "--django-layer",
+        action="store_true",
+        help="also serve the API from a second server with COMMONFEED_WSGI_FASTPATH=false (the "
+        "fast path inside the view, after Django's middleware), alternated with the others",
+    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--rate", default="100000000/min", help="COMMONFEED_APP_RATE to serve with")
     parser.add_argument(
@@ -154,76 +212,56 @@ def main() -> None:
         "COMMONFEED_APP_RATE": args.rate,
     }
     # The bare view must return the very bytes the API returns: fetch them with a first server.
-    for phase in ("fetch", "measure"):
-        server = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-c",
-                "config/gunicorn.py",
-                "config.wsgi",
-                "-b",
-                f"127.0.0.1:{args.port}",
-                "-w",
-                str(args.workers),
-                "--log-level",
-                "warning",
-            ],
-            cwd=ROOT,
-            env=env,
-        )
-        try:
-            for _ in range(100):
-                try:
-                    urllib.request.urlopen(f"{base}/bench/bare/", timeout=1)
-                    break
-                except OSError:
-                    time.sleep(0.1)
-            request = urllib.request.Request(api, headers={"Authorization": f"Bearer {token}"})
-            body = urllib.request.urlopen(request).read()
-            if phase == "fetch":
-                body_file.write_bytes(body)
-                continue
-            bare = urllib.request.urlopen(f"{base}/bench/bare/").read()
-            assert bare == body, "the bare view must serve the same bytes"
-            script = bare_script = None
-            if len(members) > 1:
-                paths = [f"/api/v1/communities/{args.slug}/feeds/{m.external_id}/" for m in members]
+    with _server(args.port, args.workers, env):
+        body_file.write_bytes(_get(api, token))
+    servers = {"api": (args.port, env)}
+    if args.django_layer:
+        # The same server but for COMMONFEED_WSGI_FASTPATH: the fast path inside the view.
+        servers["api-django"] = (args.port + 1, {**env, "COMMONFEED_WSGI_FASTPATH": "false"})
+    with contextlib.ExitStack() as stack:
+        for port, server_env in servers.values():
+            stack.enter_context(_server(port, args.workers, server_env))
+        urls = {
+            name: api.replace(base, f"http://127.0.0.1:{port}")
+            for name, (port, _) in servers.items()
+        }
+        for url in urls.values():
+            assert _get(url, token) == body_file.read_bytes()
+        bare = urllib.request.urlopen(f"{base}/bench/bare/").read()
+        assert bare == body_file.read_bytes(), "the bare view must serve the same bytes"
+        body = bare
+        scripts: dict[str, Path | None] = dict.fromkeys([*servers, "bare"])
+        if len(members) > 1:
+            paths = [f"/api/v1/communities/{args.slug}/feeds/{m.external_id}/" for m in members]
+            for url in urls.values():
+                server_base = url.removesuffix(api.removeprefix(base))
                 for path in paths:  # each page through the database path once: Redis has them
-                    urllib.request.urlopen(
-                        urllib.request.Request(
-                            base + path, headers={"Authorization": f"Bearer {token}"}
-                        )
-                    ).read()
-                # wrk runs the same Lua per request on both sides (it costs wrk CPU on the
-                # same cores); the bare view ignores the query string.
-                script = _rotating_paths_script(paths)
-                bare_script = _rotating_paths_script(
-                    [f"/bench/bare/?member={m.external_id}" for m in members]
-                )
-            # Alternate the two for several rounds: on a shared machine the load drifts, and a
-            # ratio of two runs taken minutes apart would measure the drift.
-            rounds: list[dict[str, dict[str, float]]] = []
-            for _ in range(args.rounds):
-                rounds.append(
-                    {
-                        name: wrk(
-                            url,
-                            connections=args.connections,
-                            seconds=args.seconds,
-                            token=auth,
-                            script=lua,
-                        )
-                        for name, url, auth, lua in (
-                            ("api", api, token, script),
-                            ("bare", f"{base}/bench/bare/", None, bare_script),
-                        )
-                    }
-                )
-        finally:
-            server.terminate()
-            server.wait()
+                    _get(server_base + path, token)
+            # wrk runs the same Lua per request on every side (it costs wrk CPU on the same
+            # cores); the bare view ignores the query string.
+            for name in servers:
+                scripts[name] = _rotating_paths_script(paths)
+            scripts["bare"] = _rotating_paths_script(
+                [f"/bench/bare/?member={m.external_id}" for m in members]
+            )
+        targets = [(name, url, token) for name, url in urls.items()]
+        targets.append(("bare", f"{base}/bench/bare/", None))
+        # Alternate the sides for several rounds: on a shared machine the load drifts, and a
+        # ratio of two runs taken minutes apart would measure the drift.
+        rounds: list[dict[str, dict[str, float]]] = []
+        for _ in range(args.rounds):
+            rounds.append(
+                {
+                    name: wrk(
+                        url,
+                        connections=args.connections,
+                        seconds=args.seconds,
+                        token=auth,
+                        script=scripts[name],
+                    )
+                    for name, url, auth in targets
+                }
+            )
     print(
         f"{len(members)} member feed(s) in turn, "
         f"{len(body)} bytes per response, {args.connections} connections, "
@@ -232,12 +270,15 @@ def main() -> None:
     for i, results in enumerate(rounds, start=1):
         for name, r in results.items():
             print(
-                f"round {i} {name:5} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms"
+                f"round {i} {name:10} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms"
                 f"  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']:.0f}"
             )
-        print(f"round {i} ratio api/bare: {results['api']['rps'] / results['bare']['rps']:.2f}")
-    ratios = sorted(r["api"]["rps"] / r["bare"]["rps"] for r in rounds)
-    print(f"median ratio api/bare: {ratios[len(ratios) // 2]:.2f}")
+        for name in servers:
+            ratio = results[name]["rps"] / results["bare"]["rps"]
+            print(f"round {i} ratio {name}/bare: {ratio:.2f}")
+    for name in servers:
+        ratios = sorted(r[name]["rps"] / r["bare"]["rps"] for r in rounds)
+        print(f"median ratio {name}/bare: {ratios[len(ratios) // 2]:.2f}")
     probe = subprocess.run(
         [
             sys.executable,
@@ -255,10 +296,11 @@ def main() -> None:
         check=True,
     )
     cpu = json.loads(probe.stdout.strip().splitlines()[-1])
-    api_cpu, bare_cpu = sorted(cpu["api"])[args.rounds // 2], sorted(cpu["bare"])[args.rounds // 2]
+    medians = {name: sorted(values)[args.rounds // 2] for name, values in cpu.items()}
     print(
         f"CPU per request in process (median of {args.rounds} rounds of {args.cpu_requests}): "
-        f"api {api_cpu:.0f} us, bare {bare_cpu:.0f} us, ratio bare/api {bare_cpu / api_cpu:.2f}"
+        + ", ".join(f"{name} {value:.0f} us" for name, value in medians.items())
+        + f"; ratio bare/api {medians['bare'] / medians['api']:.2f}"
     )
     print(f"load average (1, 5, 15 min) after the run: {os.getloadavg()}")
 

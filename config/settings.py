@@ -322,6 +322,11 @@ COMMONFEED_FEED_NEAR_CACHE_SECONDS = env_int("COMMONFEED_FEED_NEAR_CACHE_SECONDS
 COMMONFEED_FEED_NEAR_CACHE_BYTES = env_int(
     "COMMONFEED_FEED_NEAR_CACHE_BYTES", 16 * 1024 * 1024, minimum=0
 )
+# The feed GET's fast path runs in front of Django under WSGI (config/wsgi.py installs
+# feeds.fastpath.WSGIFastPath): a cache hit skips Django's request handling and middleware, whose
+# checks (ALLOWED_HOSTS, HTTPS redirect) and headers it reproduces. False: hits are answered by
+# the fast path inside the view, after Django's middleware, as under ASGI.
+COMMONFEED_WSGI_FASTPATH = env_bool("COMMONFEED_WSGI_FASTPATH", True)
 # A policy proposal's impact preview (feeds.impact): an offline evaluation of current vs proposed
 # policy on the community's data, reused until it is this old, on at most this many members (a
 # seeded sample beyond that keeps it to seconds).

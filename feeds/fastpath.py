@@ -38,6 +38,14 @@ requests served and the limit is never exceeded; a thread's unused reservation a
 window can make the credential's other threads hit the limit up to ``lease - 1`` requests early
 (at most 0.05 % of the rate per thread). Without the near cache each request reserves one.
 
+In front of Django (``WSGIFastPath``, installed by ``config/wsgi.py``): under WSGI the same
+``_serve`` runs before Django's handler, so a hit also skips Django's request signals, URL
+resolution and middleware stack, which cost more than the rest of the request (see
+docs/benchmarks.md, "Feed GET"). It runs the middleware whose effect on the answer matters (the
+host check and HTTPS redirect of Common and Security middleware, and the headers those and
+XFrameOptions add) and hands everything else to Django. Under ASGI, in tests through Django's
+client, or with ``COMMONFEED_WSGI_FASTPATH=false``, the wrapped view answers hits instead.
+
 Why not DRF on the hot path: its request wrapping, negotiation, authentication, permission and
 throttle classes cost more per request than everything this module does (see
 docs/benchmarks.md, "Feed GET"). Why not a separate URL: clients, the schema and the tests see
@@ -47,6 +55,7 @@ one endpoint; drf-spectacular documents the wrapped view from its ``cls`` as bef
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -59,6 +68,8 @@ from django.views.decorators.csrf import csrf_exempt
 
 from feeds import feedcache, redis_wire, throttling
 from feeds.cursors import cursor_decode
+
+logger = logging.getLogger(__name__)
 
 # Only canonical values take the fast path; DRF parses (or refuses) anything else.
 _LIMIT = re.compile(r"[1-9][0-9]{0,3}")
@@ -144,11 +155,14 @@ def wrap(view: View) -> View:
     allow = ", ".join(instance.allowed_methods)
 
     def member_feed(request: HttpRequest, slug: str, member_external_id: str) -> HttpResponseBase:
-        if request.method == "GET":
+        # A request WSGIFastPath already tried (and counted) goes straight to the database path.
+        if request.method == "GET" and TRIED_KEY not in request.META:
             response = _serve(request, slug, member_external_id, allow)
             if response is not None:
                 return response
         return view(request, slug=slug, member_external_id=member_external_id)
+
+    member_feed.fastpath_allow = allow  # type: ignore[attr-defined]  # read by WSGIFastPath
 
     # drf-spectacular and Django's tooling read the view class from these.
     for attr in ("cls", "initkwargs", "view_class", "view_initkwargs", "__doc__", "__module__"):
@@ -208,7 +222,7 @@ def _serve(
     if store is None:
         if not feedcache.available():
             # Redis failed a moment ago: the DRF throttle should not try it again either.
-            setattr(request, throttling.COUNTED_ATTR, throttling.UNCOUNTED)
+            request.META[throttling.COUNTED_KEY] = throttling.UNCOUNTED
         return None
     header = request.META.get("HTTP_AUTHORIZATION", "")
     if not header.startswith("Bearer cf_"):
@@ -250,7 +264,7 @@ def _serve(
                 and page is not None
             ):
                 lease[0] -= 1
-                setattr(request, throttling.COUNTED_ATTR, int(lease[2]))
+                request.META[throttling.COUNTED_KEY] = int(lease[2])
                 return _respond(
                     request, slug, credential, pointer, page, pinned=pinned, allow=allow
                 )
@@ -289,7 +303,7 @@ def _serve(
             )
     except Exception as exc:  # any cache outage degrades to the database
         feedcache.failed(exc)
-        setattr(request, throttling.COUNTED_ATTR, throttling.UNCOUNTED)
+        request.META[throttling.COUNTED_KEY] = throttling.UNCOUNTED
         return None
     if lease is not None:
         lease[0] -= 1
@@ -297,7 +311,7 @@ def _serve(
     else:
         # This request is the first of the block just reserved; the rest are this thread's.
         first = count - reserve + 1
-    setattr(request, throttling.COUNTED_ATTR, first if first <= rate else count)
+    request.META[throttling.COUNTED_KEY] = first if first <= rate else count
     if near is not None:
         now = time.monotonic()
         expires = now + near_seconds
@@ -354,3 +368,165 @@ def _respond(
         content_type="application/json",
         headers={"ETag": etag, "Cache-Control": "private, no-cache", "Allow": allow},
     )
+
+
+# Set in the environ by WSGIFastPath when it has tried (and counted) a request it then hands on.
+TRIED_KEY = "commonfeed.fastpath_tried"
+
+# The middleware (settings.MIDDLEWARE) whose effect on a fast-path answer WSGIFastPath
+# reproduces. Security, Common and XFrameOptions add headers or refuse requests: WSGIFastPath
+# runs their own process_request / process_response. The others do nothing to this request:
+# WhiteNoise serves only STATIC_URL; sessions, CSRF (the view is exempt), authentication and
+# messages change a response only once the view has used them, which the fast path never does.
+# With any other middleware in the list, WSGIFastPath stands aside and Django serves every
+# request (the fast path inside the view still answers hits).
+_UNDERSTOOD_MIDDLEWARE = frozenset(
+    {
+        "django.middleware.security.SecurityMiddleware",
+        "whitenoise.middleware.WhiteNoiseMiddleware",
+        "django.contrib.sessions.middleware.SessionMiddleware",
+        "django.middleware.common.CommonMiddleware",
+        "django.middleware.csrf.CsrfViewMiddleware",
+        "django.contrib.auth.middleware.AuthenticationMiddleware",
+        "django.contrib.messages.middleware.MessageMiddleware",
+        "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    }
+)
+_RESPONSE_MIDDLEWARE = (
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+)
+
+
+class _Route:
+    """What WSGIFastPath needs from the URLconf and settings, resolved once per process."""
+
+    def __init__(self) -> None:
+        from django.urls import URLPattern, get_resolver
+        from django.utils.module_loading import import_string
+
+        self.pattern: Any = None
+        self.earlier: list[Any] = []  # patterns Django tries first: any match hands over
+        self.allow = ""
+        self.request_middleware: list[Any] = []
+        self.response_middleware: list[Any] = []
+        unknown = set(settings.MIDDLEWARE) - _UNDERSTOOD_MIDDLEWARE
+        if unknown:
+            logger.warning("feed fast path: Django serves every feed GET (%s)", sorted(unknown))
+            return
+        for entry in get_resolver().url_patterns:
+            allow = getattr(getattr(entry, "callback", None), "fastpath_allow", None)
+            if isinstance(entry, URLPattern) and allow is not None:
+                self.pattern, self.allow = entry.pattern, allow
+                break
+            self.earlier.append(entry.pattern)
+        else:
+            logger.warning("feed fast path: the feed URL is not a top-level pattern")
+            return
+
+        def unused(request: HttpRequest) -> HttpResponseBase:
+            raise AssertionError("WSGIFastPath never calls a middleware's next layer")
+
+        # In the order Django applies them: requests top-down, responses bottom-up.
+        instances = {
+            name: import_string(name)(unused)
+            for name in settings.MIDDLEWARE
+            if name in _RESPONSE_MIDDLEWARE
+        }
+        self.request_middleware = [
+            instances[name]
+            for name in settings.MIDDLEWARE
+            if name in instances and hasattr(instances[name], "process_request")
+        ]
+        self.response_middleware = [
+            instances[name] for name in reversed(settings.MIDDLEWARE) if name in instances
+        ]
+
+    def match(self, path: str) -> dict[str, Any] | None:
+        """The view's keyword arguments when Django would route ``path`` to the feed view."""
+        if self.pattern is None or not path.startswith("/") or not path.isascii():
+            return None
+        path = path[1:]  # what the root resolver's ``^/`` leaves to its patterns
+        if any(earlier.match(path) is not None for earlier in self.earlier):
+            return None
+        found = self.pattern.match(path)
+        if found is None or found[0]:
+            return None
+        return found[2]
+
+
+class WSGIFastPath:
+    """WSGI middleware that answers feed GET cache hits before Django's handler runs.
+
+    A hit then costs what the fast path does and no more: no request signals (which check the
+    database connections), no URL resolution, no pass through eight middleware layers. It
+    is the same ``_serve`` as the view's: the same Redis records, the same count against the
+    credential's rate, the same bytes and headers. Django's own code still decides what it
+    decides for every request: ``WSGIRequest`` parses the environ, ``get_host()`` checks
+    ``ALLOWED_HOSTS``, and Security, Common and XFrameOptions middleware run their
+    ``process_request`` (HTTPS redirect, refused user agents) and ``process_response`` (the
+    security headers, ``Content-Length``). Anything but a hit (a miss, a redirect, a bad host, an
+    error) goes to Django unchanged, marked as already counted, and the view does not try the
+    fast path again. WhiteNoise serves static files the same way, in front of Django.
+
+    ``config/wsgi.py`` installs it; ``COMMONFEED_WSGI_FASTPATH=false`` leaves it out (the fast
+    path inside the view then answers hits, as under ASGI).
+    """
+
+    def __init__(self, application: Callable[..., Any]) -> None:
+        self.application = application
+        self._route: _Route | None = None
+        self._lock = threading.Lock()
+
+    def route(self) -> _Route:
+        route = self._route
+        if route is None:
+            with self._lock:
+                if self._route is None:
+                    self._route = _Route()
+                route = self._route
+        return route
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Any:
+        if environ.get("REQUEST_METHOD") == "GET" and environ.get("HTTP_AUTHORIZATION"):
+            route = self.route()
+            kwargs = route.match(environ.get("PATH_INFO", ""))
+            if kwargs is not None:
+                try:
+                    response = self._answer(route, environ, kwargs)
+                except Exception:
+                    # Django serves it and, if the error is still there, reports it as usual.
+                    logger.exception("feed fast path failed; handing the request to Django")
+                    environ.pop(TRIED_KEY, None)
+                    response = None
+                if response is not None:
+                    start_response(
+                        f"{response.status_code} {response.reason_phrase}", [*response.items()]
+                    )
+                    return [response.content]
+        return self.application(environ, start_response)
+
+    def _answer(
+        self, route: _Route, environ: dict[str, Any], kwargs: dict[str, Any]
+    ) -> HttpResponseBase | None:
+        from django.core.exceptions import DisallowedHost, PermissionDenied
+        from django.core.handlers.wsgi import WSGIRequest
+
+        request = WSGIRequest(environ)
+        try:
+            # CommonMiddleware's checks ALLOWED_HOSTS (get_host()), as in Django.
+            for middleware in route.request_middleware:
+                if middleware.process_request(request) is not None:
+                    return None  # a redirect: Django's to make
+        except (DisallowedHost, PermissionDenied):
+            return None  # Django answers 400 / 403 and logs it as it always does
+        environ[TRIED_KEY] = True
+        response: HttpResponseBase | None = _serve(
+            request, kwargs["slug"], kwargs["member_external_id"], route.allow
+        )
+        if response is None:
+            return None
+        for middleware in route.response_middleware:
+            response = middleware.process_response(request, response)
+        return response

@@ -45,9 +45,11 @@ BACKOFF_SECONDS = 5.0
 _down_until = 0.0
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# Set on the Django request by the feed's fast path once it has counted the request: the count
-# (an int), or UNCOUNTED when Redis failed it and the request goes on unthrottled.
-COUNTED_ATTR = "_commonfeed_throttle_count"
+# Set in the request's WSGI environ (``request.META``) by the feed's fast path once it has counted
+# the request: the count (an int), or UNCOUNTED when Redis failed it and the request goes on
+# unthrottled. The environ, not the request object: the fast path in front of Django
+# (``feeds.fastpath.WSGIFastPath``) counts before Django makes its request from that environ.
+COUNTED_KEY = "commonfeed.throttle_count"
 UNCOUNTED = -1
 
 
@@ -78,7 +80,7 @@ class AppCredentialRateThrottle(BaseThrottle):
             return True  # Not an app request (e.g. a moderator's session): not this throttle's.
         limit, period = current_rate()
         key = throttle_key(principal.credential.secret_sha256)
-        counted = getattr(request._request, COUNTED_ATTR, None)
+        counted = request._request.META.get(COUNTED_KEY)
         if counted == UNCOUNTED or time.monotonic() < _down_until:
             return True
         try:

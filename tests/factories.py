@@ -132,3 +132,42 @@ def run_computed(community: Community) -> FeedRun:
         run.refresh_from_db()
     assert run.status == FeedRun.Status.FINISHED, run.error
     return run
+
+
+class WSGIClient:
+    """GET requests through ``feeds.fastpath.WSGIFastPath`` in front of Django's test handler:
+    what ``config/wsgi.py`` deploys, with the test client's handling of the database
+    connection. ``get`` takes the test client's arguments and returns a response with the same
+    ``status_code``, headers, ``content`` and ``json()``; ``django_calls`` counts the requests
+    that reached Django."""
+
+    def __init__(self) -> None:
+        from django.test.client import ClientHandler, RequestFactory
+
+        from feeds.fastpath import WSGIFastPath
+
+        self.factory = RequestFactory()
+        self.django_calls = 0
+        handler = ClientHandler(enforce_csrf_checks=False)
+
+        def django_app(environ: dict[str, Any], start_response: Any) -> Any:
+            self.django_calls += 1
+            response = handler(environ)
+            start_response(f"{response.status_code} {response.reason_phrase}", [*response.items()])
+            return response
+
+        self.app = WSGIFastPath(django_app)
+
+    def get(self, path: str, **extra: Any) -> Any:
+        from django.http import HttpResponse
+
+        environ = dict(self.factory.get(path, **extra).environ)
+        started: list[tuple[str, list[tuple[str, str]]]] = []
+        body = b"".join(self.app(environ, lambda *reply: started.append(reply)))
+        status, headers = started[0]
+        response = HttpResponse(body, status=int(status[:3]))
+        del response["Content-Type"]
+        for name, value in headers:
+            response[name] = value
+        response.json = lambda: json.loads(body)  # type: ignore[attr-defined]
+        return response

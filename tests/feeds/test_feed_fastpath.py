@@ -1,5 +1,9 @@
 """The feed GET's Redis fast path (feeds.fastpath): same answers as the database path, no SQL.
 
+Every test here runs with requests sent both ways the fast path is deployed: through Django's
+handler (the fast path inside the view, as under ASGI) and through ``WSGIFastPath`` in front of
+it (as ``config/wsgi.py`` serves them).
+
 These need the default cache to be Redis (REDIS_URL set); with the embedded mode's local-memory
 cache there is no fast path and they are skipped (test_feed_api.py covers that mode).
 """
@@ -24,7 +28,7 @@ from feeds.services import (
     feed_run_execute,
     feed_run_request,
 )
-from tests.factories import make_community, small_catalogue
+from tests.factories import WSGIClient, make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db
 
@@ -47,6 +51,12 @@ def near_cache(request: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> 
     fastpath._near.clear(0)
     fastpath._near.keys.clear()
     return near
+
+
+@pytest.fixture(params=["django", "wsgi"])
+def client(request: Any) -> Any:
+    """Django's test client, or the same requests through WSGIFastPath first."""
+    return Client() if request.param == "django" else WSGIClient()
 
 
 class _Spy:
