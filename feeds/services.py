@@ -42,7 +42,6 @@ from ranking.feeds import FeedBatch, PreparedFeeds, prepare_feeds, refresh_feeds
 from ranking.policy import (
     PROVENANCE_CLASSES,
     CreatorRefusal,
-    Exclude,
     ItemRefusal,
     OlderThanRefusal,
     Policy,
@@ -639,16 +638,14 @@ def _community_popular(
 ) -> tuple[list[int], list[float]]:
     """The community's non-personalised feed: items most members engaged with, best first.
 
-    It obeys the same hard refusals as members' feeds (community rules, excluded provenance,
-    creators who opted out) and leaves out the interactions of members who refused training.
+    It obeys the same hard refusals as members' feeds (community rules, provenance classes shut
+    out by ``exclude`` or a share of 0, creators who opted out) and leaves out the interactions
+    of members who refused training.
     """
     positive = (data.weights > 0) & ~np.isin(data.member_ids, choices.no_training_members)
     items, counts = _members_per_item(data.member_ids[positive], data.item_ids[positive])
-    excluded = [
-        code
-        for code, name in enumerate(PROVENANCE_CLASSES)
-        if isinstance(policy.ranking.provenance.get(name), Exclude)
-    ]
+    shut_out = selectors.excluded_provenance(policy)  # "exclude", or a share of 0
+    excluded = [code for code, name in enumerate(PROVENANCE_CLASSES) if name in shut_out]
     refused = attributes.refused_by(policy.refusals) | np.isin(attributes.provenance, excluded)
     allowed = np.setdiff1d(
         attributes.item_ids[~refused], choices.refused_items, assume_unique=False

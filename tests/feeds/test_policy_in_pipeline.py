@@ -117,3 +117,22 @@ def test_a_policy_needing_item_attributes_works_on_a_community_without_tags() ->
     run = feed_run_execute(run_id=feed_run_request(community=community).pk)
     assert run.status == FeedRun.Status.FINISHED
     assert Item.objects.filter(community=community).count() == 1
+
+
+@pytest.mark.parametrize(
+    "treatment", [{"action": "exclude"}, {"action": "cap_share", "max_share": 0}]
+)
+def test_the_runs_fallback_feed_leaves_out_a_provenance_class_the_policy_shuts_out(
+    treatment: dict[str, Any],
+) -> None:
+    # A share of 0 shuts a class out as surely as "exclude": served pages drop both, so the
+    # fallback stored with the run (for members without a personal feed) must not hold either.
+    garden = _community(policy_validate({"ranking": {"provenance": {"ai_generated": treatment}}}))
+    run: FeedRun = garden["run"]
+    ai = set(
+        Item.objects.filter(community=garden["community"], provenance="ai_generated").values_list(
+            "pk", flat=True
+        )
+    )
+    assert run.fallback_item_ids and ai
+    assert not ai & set(run.fallback_item_ids)
