@@ -156,6 +156,12 @@ def page_key(*, slug: str, member: str, pinned: int | None, offset: int, limit: 
     return f"cf:page:{slug}:{pinned or 0}:{offset}:{limit or 0}:{member}"
 
 
+def skeleton_key(*, slug: str, viewer: str, pinned: int | None, offset: int, limit: int) -> str:
+    """A Bluesky feed skeleton page (``feeds.xrpc``): ``viewer`` is the member's external id
+    (their DID), or empty for the community skeleton everyone else gets."""
+    return f"cf:skel:{slug}:{pinned or 0}:{offset}:{limit}:{viewer}"
+
+
 def _fence(client: Redis) -> None:
     """Call after a write that makes a record stale, before telling anyone it is done.
 

@@ -2,34 +2,39 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
+from datetime import datetime
 from functools import wraps
 from typing import Any
 
 from django.conf import settings
-from django.http import HttpRequest, JsonResponse
+from django.core.serializers.json import DjangoJSONEncoder
+from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from feeds import bsky
+from feeds import bsky, feedcache
 from feeds.cursors import cursor_decode, cursor_encode
-from feeds.models import BlueskyFeed, MemberFeed
+from feeds.models import BlueskyFeed, FeedRun
 from feeds.selectors import (
     FeedNotReady,
     FeedRunGone,
     feed_run_for_read,
     items_with_credits,
+    member_feed_row,
     member_mutes,
     withdrawn_items,
 )
 from feeds.services import member_feeds_refresh_request
 from governance.models import Membership
 
-View = Callable[..., JsonResponse]
+View = Callable[..., HttpResponse]
 
 
 def xrpc(view: View) -> View:
     @wraps(view)
-    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> JsonResponse:
+    def wrapped(request: HttpRequest, *args: Any, **kwargs: Any) -> HttpResponse:
         if not settings.BSKY_SERVICE_DID:
             return _error(501, "MethodNotImplemented", "This server publishes no Bluesky feeds.")
         try:
@@ -55,7 +60,7 @@ def describe_feed_generator(request: HttpRequest) -> JsonResponse:
 
 @require_GET
 @xrpc
-def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
+def get_feed_skeleton(request: HttpRequest) -> HttpResponse:
     uri = request.GET.get("feed")
     if not uri:
         raise bsky.XrpcError(400, "InvalidRequest", "The feed parameter is required.")
@@ -87,28 +92,64 @@ def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
         run_id, offset = cursor_decode(request.GET.get("cursor"))
     except ValueError:
         raise bsky.XrpcError(400, "InvalidRequest", "Not a cursor this feed issued.") from None
-    try:
-        run = feed_run_for_read(community=community, run_id=run_id)
-    except FeedNotReady:
-        return JsonResponse({"feed": []})
-    except FeedRunGone:
-        raise bsky.XrpcError(400, "InvalidRequest", "This cursor has expired.") from None
-
     member = (
         Membership.objects.filter(community=community, external_id=viewer_did).first()
         if viewer_did
         else None
     )
-    row = MemberFeed.objects.filter(run=run, member=member).first() if member else None
+    # Everyone who is not a member (or not signed in) gets the same community skeleton, cached
+    # under an empty viewer (no member's external id is empty).
+    viewer = member.external_id if member is not None else ""
+    # Read before the feed row, as the feed API does: a skeleton rendered from a row that a
+    # fold-in refresh (or a change of mutes) replaces meanwhile is then never cached.
+    guard = feedcache.page_guard(slug=community.slug, member=viewer)
+    try:
+        run = feed_run_for_read(community=community, run_id=run_id, member=member)
+    except FeedNotReady:
+        return JsonResponse({"feed": []})
+    except FeedRunGone:
+        raise bsky.XrpcError(400, "InvalidRequest", "This cursor has expired.") from None
+
+    # What the skeleton depends on besides the run and the pointer's revision (which the
+    # cache's stamp names): the member's feed row and the time they last changed choices.
+    choices_at = getattr(run, "member_choices_at", None)
+    validator = (
+        f"{getattr(run, 'member_feed_id', None) or 0}."
+        f"{int(choices_at.timestamp() * 1_000_000) if choices_at else 0}"
+    )
+    key = feedcache.skeleton_key(
+        slug=community.slug, viewer=viewer, pinned=run_id, offset=offset, limit=limit
+    )
+    cached = feedcache.page_get(key, run=run)
+    if cached is not None and cached[0] == validator:
+        return HttpResponse(cached[1], content_type="application/json")
+
+    body, until = _skeleton(
+        run=run, community_id=community.pk, member=member, offset=offset, limit=limit
+    )
+    rendered = json.dumps(body, cls=DjangoJSONEncoder).encode()
+    ttl = feedcache.TIMEOUT_SECONDS
+    if until is not None:
+        ttl = int((until - timezone.now()).total_seconds())
+    feedcache.page_set(key, run=run, etag=validator, body=rendered, guard=guard, ttl=ttl)
+    return HttpResponse(rendered, content_type="application/json")
+
+
+def _skeleton(
+    *, run: FeedRun, community_id: int, member: Membership | None, offset: int, limit: int
+) -> tuple[dict[str, Any], datetime | None]:
+    """The skeleton page from position ``offset`` of the member's stored feed (the community's
+    without one), and when it changes by itself (an entry ageing out), or None."""
+    row = member_feed_row(run=run, member=member) if member is not None else None
     personal = row is not None and bool(row.item_ids)
-    item_ids: list[int] = row.item_ids if personal else run.fallback_item_ids
+    item_ids: list[int] = row.item_ids if personal else run.fallback_item_ids  # type: ignore[union-attr]
     # Only items that are Bluesky posts can go into a skeleton, and none refused since the run.
     items = list(items_with_credits(item_ids).filter(external_id__startswith="at://"))
     withdrawn = withdrawn_items(
         run=run, items=items, mutes=member_mutes(member=member) if member else None
     )
     if personal and member is not None and withdrawn.items:
-        member_feeds_refresh_request(community_id=community.pk, member_ids=[member.pk])
+        member_feeds_refresh_request(community_id=community_id, member_ids=[member.pk])
     uris = {item.pk: item.external_id for item in items if item.pk not in withdrawn.items}
     # The cursor's offset is a position in the stored list, as in the feed API: a post
     # withdrawn between two pages shifts nothing, so none is skipped or repeated.
@@ -125,7 +166,7 @@ def get_feed_skeleton(request: HttpRequest) -> JsonResponse:
     body: dict[str, Any] = {"feed": [{"post": post, "feedContext": context} for post in page]}
     if any(pk in uris for pk in item_ids[position:]):
         body["cursor"] = cursor_encode(run.pk, position)
-    return JsonResponse(body)
+    return body, withdrawn.until
 
 
 @require_GET

@@ -7,15 +7,23 @@ from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from feeds.bsky import did_key_of, service_jwt
-from feeds.models import BlueskyFeed, Interaction
-from feeds.services import feed_run_execute, feed_run_request
+from feeds.models import BlueskyFeed, Interaction, Item
+from feeds.services import (
+    app_credential_create,
+    feed_run_execute,
+    feed_run_request,
+    member_feeds_refresh,
+)
 from tests.factories import (
     CreatorFactory,
     ItemFactory,
     MembershipFactory,
+    app_call,
     interact,
     make_community,
 )
@@ -229,3 +237,77 @@ def test_the_validator_rejects_what_the_lexicon_forbids() -> None:
         validate_output(SKELETON, {"feed": [{"post": "at://a/b/c", "feedContext": "x" * 2001}]})
     with pytest.raises(LexiconError):
         validate_output(DESCRIBE, {"feeds": []})
+
+
+# --- The skeleton cache ---------------------------------------------------------------------
+
+
+def _posts(response: Any) -> list[str]:
+    assert response.status_code == 200, response.content
+    return [entry["post"] for entry in response.json()["feed"]]
+
+
+def _queries(client: Client, token: str | None = None, **params: Any) -> tuple[Any, int]:
+    with CaptureQueriesContext(connection) as queries:
+        response = _skeleton(client, token, **params)
+    return response, len(queries)
+
+
+@pytest.mark.parametrize("signed_in", [False, True])
+def test_a_repeated_skeleton_comes_from_the_cache_with_the_same_bytes(
+    client: Client, garden: dict[str, Any], viewer_key: ec.EllipticCurvePrivateKey, signed_in: bool
+) -> None:
+    token = (
+        service_jwt(iss=garden["viewer"].external_id, private_key=viewer_key) if signed_in else None
+    )
+    cold, cold_queries = _queries(client, token, limit=10)
+    warm, warm_queries = _queries(client, token, limit=10)
+    assert warm.content == cold.content and warm["Content-Type"] == "application/json"
+    # The feed record, (the viewer's membership,) the run: no items, credits, row or mutes.
+    assert warm_queries == (3 if signed_in else 2) < cold_queries
+    validate_output(SKELETON, warm.json())
+
+
+def test_a_cached_skeleton_follows_a_refresh_of_the_viewers_feed(
+    client: Client,
+    garden: dict[str, Any],
+    viewer_key: ec.EllipticCurvePrivateKey,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    viewer = garden["viewer"]
+    token = service_jwt(iss=viewer.external_id, private_key=viewer_key)
+    top = _posts(_skeleton(client, token, limit=10))[0]
+    assert _posts(_skeleton(client, token, limit=10))[0] == top  # cached now
+    # The viewer engages with the top post; their refreshed feed no longer offers it.
+    interact(viewer, Item.objects.get(community=garden["community"], external_id=top))
+    with django_capture_on_commit_callbacks(execute=True):
+        member_feeds_refresh(community=garden["community"], member_ids=[viewer.pk])
+    assert top not in _posts(_skeleton(client, token, limit=10))
+
+
+def test_a_cached_skeleton_follows_the_viewers_mutes_and_an_opt_out(
+    client: Client,
+    garden: dict[str, Any],
+    viewer_key: ec.EllipticCurvePrivateKey,
+    django_capture_on_commit_callbacks: Any,
+) -> None:
+    community = garden["community"]
+    token = service_jwt(iss=garden["viewer"].external_id, private_key=viewer_key)
+    _, app = app_credential_create(community=community, name="app", scopes=["events:write"])
+    creator = garden["posts"][0].credits.get().creator  # every post's creator
+    for auth in (token, None):
+        assert _posts(_skeleton(client, auth)) == _posts(_skeleton(client, auth))  # cached
+    with django_capture_on_commit_callbacks(execute=True):
+        response = app_call(
+            client,
+            app,
+            "put",
+            f"garden/members/{garden['viewer'].external_id}/choices/",
+            {"muted_creators": [creator.external_id]},
+        )
+    assert response.status_code == 200, response.content
+    assert _posts(_skeleton(client, token)) == []
+    assert _posts(_skeleton(client)), "the community skeleton is not the viewer's"
+    creator.opted_out = True
+    creator.save()
+    assert _posts(_skeleton(client)) == []
