@@ -12,9 +12,10 @@ Then it calls ``config.wsgi``'s application in process (no network) for two view
 (the community skeleton) and a member signed in with a service JWT (their own skeleton), a
 page of 30 posts each, and for each in two ways, alternated in rounds:
 
-* ``cached``: as shipped; the skeleton page is cached after the first request (feed record,
-  membership and run from PostgreSQL, the page from Redis);
-* ``rendered``: the same requests with the skeleton cache's read answering "no page", so every
+* ``cached``: as shipped; the skeleton page is cached after the first request (the feed record
+  and the viewer's membership from PostgreSQL; the page, checked against the community's
+  pointer record, from Redis);
+* ``rendered``: the same requests with the skeleton cache's reads answering "no page", so every
   request renders the skeleton from the database as every request did before the cache (items,
   credits, the withdrawal check, mutes) and writes it again.
 
@@ -132,7 +133,7 @@ def main() -> None:
             iss=did_key_of(VIEWER_KEY.public_key()), private_key=VIEWER_KEY
         ),
     }
-    real_get = feedcache.page_get
+    real_get, real_cached = feedcache.page_get, feedcache.skeleton_cached
 
     def call(token: str | None) -> bytes:
         environ = wsgi_get("/xrpc/app.bsky.feed.getFeedSkeleton", None, query)
@@ -146,7 +147,9 @@ def main() -> None:
         return body
 
     def way(name: str) -> None:
-        feedcache.page_get = real_get if name == "cached" else (lambda key, *, run: None)
+        cached = name == "cached"
+        feedcache.page_get = real_get if cached else (lambda key, *, run: None)
+        feedcache.skeleton_cached = real_cached if cached else (lambda *, community, key: None)
 
     queries: dict[tuple[str, str], int] = {}
     for viewer, token in viewers.items():

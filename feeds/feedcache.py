@@ -162,6 +162,38 @@ def skeleton_key(*, slug: str, viewer: str, pinned: int | None, offset: int, lim
     return f"cf:skel:{slug}:{pinned or 0}:{offset}:{limit}:{viewer}"
 
 
+def skeleton_cached(*, community: Community, key: str) -> bytes | None:
+    """A cached skeleton page (``skeleton_key``) that is current, from Redis alone: one round
+    trip reads the community's pointer record and the page, and the page is served only if its
+    stamp is the pointer's (the generation and revision served now; with a cursor, only while
+    the cursor's generation is the one served, as in the feed API's fast path). A viewer's
+    refreshed feed and changed mutes delete their pages (``member_pages_invalidate``), and
+    pages are only written under the viewer's revision (``page_set``): nothing else to check.
+
+    None without Redis, on a miss, or when anything does not match: the database decides.
+    """
+    store = redis_store()
+    if store is None:
+        return None
+    client, backend = store
+    try:
+        pointer, page = client.mget(
+            [backend.make_key(pointer_key(community.slug)), backend.make_key(key)]
+        )
+    except Exception as exc:
+        failed(exc)
+        return None
+    if not isinstance(pointer, bytes) or not isinstance(page, bytes):
+        return None
+    identity, _, generation = pointer.partition(b"|")
+    if identity != community_identity(community).encode():
+        return None  # another community that had this slug
+    # A page under a cursor's key carries the stamp of the generation the cursor pins: it
+    # matches only while that generation is the one served (older ones may have been pruned).
+    header, _, body = page.partition(b"\n")
+    return body if header.partition(b"|")[0] == generation else None
+
+
 def _fence(client: Redis) -> None:
     """Call after a write that makes a record stale, before telling anyone it is done.
 

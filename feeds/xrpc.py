@@ -100,6 +100,13 @@ def get_feed_skeleton(request: HttpRequest) -> HttpResponse:
     # Everyone who is not a member (or not signed in) gets the same community skeleton, cached
     # under an empty viewer (no member's external id is empty).
     viewer = member.external_id if member is not None else ""
+    key = feedcache.skeleton_key(
+        slug=community.slug, viewer=viewer, pinned=run_id, offset=offset, limit=limit
+    )
+    cached = feedcache.skeleton_cached(community=community, key=key)
+    if cached is not None:  # current by the pointer Redis holds: no query for the run
+        return HttpResponse(cached, content_type="application/json")
+
     # Read before the feed row, as the feed API does: a skeleton rendered from a row that a
     # fold-in refresh (or a change of mutes) replaces meanwhile is then never cached.
     guard = feedcache.page_guard(slug=community.slug, member=viewer)
@@ -109,6 +116,8 @@ def get_feed_skeleton(request: HttpRequest) -> HttpResponse:
         return JsonResponse({"feed": []})
     except FeedRunGone:
         raise bsky.XrpcError(400, "InvalidRequest", "This cursor has expired.") from None
+    if run_id is None:  # the record skeleton_cached checks pages against
+        feedcache.pointer_publish(community=community, run=run)
 
     # What the skeleton depends on besides the run and the pointer's revision (which the
     # cache's stamp names): the member's feed row and the time they last changed choices.
@@ -117,12 +126,9 @@ def get_feed_skeleton(request: HttpRequest) -> HttpResponse:
         f"{getattr(run, 'member_feed_id', None) or 0}."
         f"{int(choices_at.timestamp() * 1_000_000) if choices_at else 0}"
     )
-    key = feedcache.skeleton_key(
-        slug=community.slug, viewer=viewer, pinned=run_id, offset=offset, limit=limit
-    )
-    cached = feedcache.page_get(key, run=run)
-    if cached is not None and cached[0] == validator:
-        return HttpResponse(cached[1], content_type="application/json")
+    page = feedcache.page_get(key, run=run)
+    if page is not None and page[0] == validator:
+        return HttpResponse(page[1], content_type="application/json")
 
     body, until = _skeleton(
         run=run, community_id=community.pk, member=member, offset=offset, limit=limit
