@@ -63,6 +63,16 @@ def celery_worker(
     worker_stop(process)
 
 
+@pytest.fixture(autouse=True)
+def redis_reachable() -> None:
+    """Each test starts with Redis taken as reachable. After a failed call the feed cache and
+    the throttle leave Redis alone for a few seconds (a back-off, module state); a test that
+    made one fail, on purpose or not, must not turn the next test's cache off."""
+    from feeds import feedcache, throttling
+
+    feedcache._down_until = throttling._down_until = 0.0
+
+
 @pytest.fixture
 def ml_100k() -> Path:
     if not ML_100K.is_dir():

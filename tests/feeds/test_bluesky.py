@@ -55,29 +55,36 @@ def viewer_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP256K1())
 
 
-@pytest.fixture
-def garden(viewer_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
-    """A community whose items are Bluesky posts; one member is the viewer's DID."""
+def _published(viewer_did: str | None, *, author: str, posts: int, members: int) -> dict[str, Any]:
+    """A community ``garden`` whose items are Bluesky posts by ``did:plc:<author>N``, published
+    as the feed ``garden``, with one run; its first member is ``viewer_did`` (if given)."""
     community = make_community("garden")
     creator = CreatorFactory(community=community)
-    posts = [
+    items = [
         ItemFactory(
             community=community,
-            external_id=f"at://did:plc:author{i % 3}/app.bsky.feed.post/{i}",
+            external_id=f"at://did:plc:{author}{i % 3}/app.bsky.feed.post/{i}",
             by=[creator],
         )
-        for i in range(40)
+        for i in range(posts)
     ]
     # Items that are not posts must never reach a skeleton.
     ItemFactory(community=community, external_id="https://example.org/not-a-post", by=[creator])
-    viewer = MembershipFactory(community=community, external_id=did_key_of(viewer_key.public_key()))
-    others = [MembershipFactory(community=community) for _ in range(15)]
-    for m, member in enumerate([viewer, *others]):
+    people = [MembershipFactory(community=community) for _ in range(members)]
+    if viewer_did is not None:
+        people.insert(0, MembershipFactory(community=community, external_id=viewer_did))
+    for m, member in enumerate(people):
         for k in range(6):
-            interact(member, posts[(m * 5 + k * 3) % 40])
+            interact(member, items[(m * 5 + k * 3) % posts])
     feed_run_execute(run_id=feed_run_request(community=community).pk)
     BlueskyFeed.objects.create(community=community, rkey="garden", display_name="Garden")
-    return {"community": community, "viewer": viewer, "posts": posts}
+    return {"community": community, "viewer": people[0], "posts": items}
+
+
+@pytest.fixture
+def garden(viewer_key: ec.EllipticCurvePrivateKey) -> dict[str, Any]:
+    """A community whose items are Bluesky posts; one member is the viewer's DID."""
+    return _published(did_key_of(viewer_key.public_key()), author="author", posts=40, members=15)
 
 
 def _skeleton(client: Client, token: str | None = None, **params: Any) -> Any:
@@ -331,22 +338,7 @@ def test_a_community_that_takes_over_a_slug_never_gets_the_old_ones_cached_skele
     # holds what it held for the old one.
     Community.objects.filter(pk=garden["community"].pk).update(slug="old-garden")
     BlueskyFeed.objects.filter(rkey="garden").delete()
-    community = make_community("garden")
-    creator = CreatorFactory(community=community)
-    posts = [
-        ItemFactory(
-            community=community,
-            external_id=f"at://did:plc:newcomer/app.bsky.feed.post/{i}",
-            by=[creator],
-        )
-        for i in range(12)
-    ]
-    for m in range(6):
-        member = MembershipFactory(community=community)
-        for k in range(4):
-            interact(member, posts[(m * 3 + k) % 12])
-    feed_run_execute(run_id=feed_run_request(community=community).pk)
-    BlueskyFeed.objects.create(community=community, rkey="garden", display_name="Garden")
+    _published(None, author="newcomer", posts=12, members=6)
     if store and old_pointer:
         store[0].set(pointer_key, old_pointer)
 
