@@ -54,7 +54,7 @@ from feeds.services import (
     app_credential_revoke,
     member_feeds_refresh_request,
 )
-from governance.apis import QueryIntegerField
+from governance.apis import QueryIntegerField, QuerySerializer
 from governance.models import Community, Membership
 
 
@@ -247,7 +247,7 @@ class MemberFeedApi(APIView):
     def as_view(cls, **initkwargs: Any) -> Any:
         return fastpath.wrap(super().as_view(**initkwargs))
 
-    class InputSerializer(serializers.Serializer[Any]):
+    class InputSerializer(QuerySerializer):
         limit = QueryIntegerField(
             min_value=1, max_value=1000, required=False, help_text="Entries per page."
         )

@@ -176,6 +176,8 @@ def _params(request: HttpRequest) -> tuple[int | None, int, int | None] | None:
     if not request.META.get("QUERY_STRING"):
         return None, 0, None
     query = request.GET
+    if len(query.getlist("limit")) > 1 or len(query.getlist("cursor")) > 1:
+        return None  # a repeated parameter: DRF answers 400
     limit_raw, cursor = query.get("limit"), query.get("cursor")
     limit = None
     if limit_raw is not None:

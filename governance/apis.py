@@ -102,6 +102,22 @@ class QueryIntegerField(serializers.IntegerField):
         return super().get_value(dictionary)
 
 
+class QuerySerializer(serializers.Serializer[Any]):
+    """Validates ``request.query_params``. A parameter given more than once is an error: the
+    schema documents one value, and DRF would silently keep the last."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        if hasattr(data, "getlist"):
+            repeated = {
+                name: ["Give this parameter once."]
+                for name in self.fields
+                if len(data.getlist(name)) > 1
+            }
+            if repeated:
+                raise serializers.ValidationError(repeated)
+        return super().to_internal_value(data)
+
+
 def _errors(*statuses: int) -> dict[int, Any]:
     return {status: GovernanceErrorOutput for status in statuses}
 
@@ -198,7 +214,7 @@ class AuditLogApi(GovernanceApi):
     permission_classes = [AllowAny]
     authentication_classes: list[Any] = []
 
-    class InputSerializer(serializers.Serializer[Any]):
+    class InputSerializer(QuerySerializer):
         # Blank means "any", as the page's filter form sends it.
         action = serializers.CharField(
             required=False,

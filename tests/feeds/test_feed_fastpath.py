@@ -260,7 +260,10 @@ def test_a_cached_page_of_a_pruned_generation_is_not_served(client: Client) -> N
     assert gone.json()["error"] == "gone"
 
 
-@pytest.mark.parametrize("query", ["limit=03", "limit=3.0", "limit=0", "cursor=%20", "limit=1001"])
+@pytest.mark.parametrize(
+    "query",
+    ["limit=03", "limit=3.0", "limit=0", "cursor=%20", "limit=1001", "limit=3&limit=3"],
+)
 def test_unusual_parameters_get_the_database_paths_answer(client: Client, query: str) -> None:
     community, data = _computed()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
@@ -269,6 +272,16 @@ def test_unusual_parameters_get_the_database_paths_answer(client: Client, query:
     second, queries = _counted(client, url, token)
     assert queries > 0
     assert (second.status_code, second.content) == (first.status_code, first.content)
+
+
+def test_a_parameter_given_twice_is_a_400_even_when_the_page_is_cached(client: Client) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    member = data["members"][0].external_id
+    assert _get(client, _url(community.slug, member, "limit=3"), token).status_code == 200
+    twice = _get(client, _url(community.slug, member, "limit=3&limit=3"), token)
+    assert twice.status_code == 400
+    assert twice.json()["detail"]["limit"] == ["Give this parameter once."]
 
 
 def test_the_packed_commands_are_the_resp_of_mget_incrby_expire_pttl() -> None:
