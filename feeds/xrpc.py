@@ -61,6 +61,9 @@ def describe_feed_generator(request: HttpRequest) -> JsonResponse:
 @require_GET
 @xrpc
 def get_feed_skeleton(request: HttpRequest) -> HttpResponse:
+    for name in ("feed", "limit", "cursor"):
+        if len(request.GET.getlist(name)) > 1:
+            raise bsky.XrpcError(400, "InvalidRequest", f"Give {name} once.")
     uri = request.GET.get("feed")
     if not uri:
         raise bsky.XrpcError(400, "InvalidRequest", "The feed parameter is required.")

@@ -199,10 +199,12 @@ def test_an_unknown_feed_is_the_lexicons_unknownfeed_error(
         {"feed": FEED_URI, "limit": "101"},
         {"feed": FEED_URI, "limit": "x"},
         {"feed": FEED_URI, "cursor": "garbage"},
+        {"feed": FEED_URI, "limit": ["5", "6"]},
+        {"feed": [FEED_URI, FEED_URI]},
     ],
 )
 def test_bad_parameters_are_400_invalid_request(
-    client: Client, garden: dict[str, Any], params: dict[str, str]
+    client: Client, garden: dict[str, Any], params: dict[str, Any]
 ) -> None:
     response = client.get(f"/xrpc/{SKELETON}", params)
     assert response.status_code == 400
