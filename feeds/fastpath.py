@@ -265,11 +265,16 @@ def _serve(
                 and pointer is not None
                 and page is not None
             ):
-                lease[0] -= 1
-                request.META[throttling.COUNTED_KEY] = int(lease[2])
-                return _respond(
+                response = _respond(
                     request, slug, credential, pointer, page, pinned=pinned, allow=allow
                 )
+                if response is not None:
+                    lease[0] -= 1
+                    request.META[throttling.COUNTED_KEY] = int(lease[2])
+                    return response
+                # The records this thread holds disagree: most often a page that was just
+                # rewritten, whose invalidation push is still on its way. Ask Redis, not the
+                # database (the request is counted once, below, from the same lease).
     rate, period = throttling.current_rate()
     # A thread that still holds a token spends it and reserves none; without the near cache
     # nothing is held between requests, so each reserves exactly one.

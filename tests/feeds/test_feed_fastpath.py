@@ -344,6 +344,26 @@ def _warmed(client: Client) -> tuple[Any, str, str]:
     return credential, token, url
 
 
+@near_only
+def test_a_stale_page_in_the_near_cache_sends_the_request_to_redis_not_the_database(
+    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when a page was rewritten in Redis and its invalidation push has not reached this
+    # thread yet: the thread holds the current pointer and a page of an older stamp.
+    _, token, url = _warmed(client)
+    fresh = _get(client, url, token)
+    stale = [key for key, (value, _) in fastpath._near.values.items() if b"\n" in value]
+    assert len(stale) == 1
+    value, expires = fastpath._near.values[stale[0]]
+    fastpath._near.values[stale[0]] = (b"0.old.0|" + value.partition(b"|")[2], expires)
+    spy = _Spy(monkeypatch)
+
+    response, queries = _counted(client, url, token)
+
+    assert (response.status_code, response.content) == (200, fresh.content)
+    assert queries == 0 and spy.calls == 1
+
+
 def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
     client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
