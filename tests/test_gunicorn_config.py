@@ -24,7 +24,9 @@ def test_freezing_moves_the_loaded_application_out_of_reach_of_collections() -> 
         frozen = freeze_loaded_objects()
         # Django, DRF and every view module: far more than a bare interpreter's few thousand.
         assert frozen > 50_000
-        assert gc.get_freeze_count() == frozen
+        # It returns the count it froze; a frozen object freed since (another thread's) lowers
+        # the count, never raises it.
+        assert 0 <= frozen - gc.get_freeze_count() < 1_000
         # Collections still run on what was created later: a cycle made now is freed.
         cycle: list[object] = []
         cycle.append(cycle)
