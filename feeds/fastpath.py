@@ -522,7 +522,7 @@ class WSGIFastPath:
 
         request = WSGIRequest(environ)
         try:
-            # CommonMiddleware's checks ALLOWED_HOSTS (get_host()), as in Django.
+            # CommonMiddleware's process_request checks ALLOWED_HOSTS (get_host()), as in Django.
             for middleware in route.request_middleware:
                 if middleware.process_request(request) is not None:
                     return None  # a redirect: Django's to make
