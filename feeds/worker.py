@@ -15,7 +15,11 @@ BASE_DIR = Path(settings.BASE_DIR)
 
 
 def worker_command(
-    *, loglevel: str = "INFO", queue: str | None = None, beat: bool = False
+    *,
+    loglevel: str = "INFO",
+    queue: str | None = None,
+    beat: bool = False,
+    name: str | None = None,
 ) -> list[str]:
     embedded_beat = (
         # One process runs the periodic tasks too (closing proposals, reconciling runs): fine
@@ -36,7 +40,7 @@ def worker_command(
         "-Q",
         queue or settings.CELERY_TASK_DEFAULT_QUEUE,
         "-n",
-        f"commonfeed-{os.getpid()}@%h",
+        name or f"commonfeed-{os.getpid()}@%h",
         *embedded_beat,
     ]
 
@@ -48,17 +52,18 @@ def worker_start(
     loglevel: str = "INFO",
     queue: str | None = None,
     beat: bool = False,
+    name: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a worker in its own process with the same settings as this process.
 
     ``env`` entries override this process's environment (tests point the worker at the test
-    database this way).
+    database this way). ``name`` is the worker's node name (``celery -n``), for remote control.
     """
     full_env = {**os.environ, **(env or {})}
     full_env.setdefault("DJANGO_SETTINGS_MODULE", os.environ.get("DJANGO_SETTINGS_MODULE", ""))
     out = open(log_path, "ab") if log_path else None  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        worker_command(loglevel=loglevel, queue=queue, beat=beat),
+        worker_command(loglevel=loglevel, queue=queue, beat=beat, name=name),
         cwd=BASE_DIR,
         env=full_env,
         stdout=out,
