@@ -5,6 +5,7 @@ from governance import views
 app_name = "governance"
 
 urlpatterns = [
+    path("c/<slug:slug>/", views.community_root, name="community"),
     path("c/<slug:slug>/governance/", views.governance_home, name="home"),
     path("c/<slug:slug>/governance/history/", views.policy_history, name="history"),
     path("c/<slug:slug>/audit/", views.audit_log, name="audit"),

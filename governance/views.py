@@ -16,7 +16,7 @@ from django.core.paginator import Paginator
 from django.db import IntegrityError
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
-from django.urls import reverse, reverse_lazy
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
@@ -44,8 +44,6 @@ from governance.selectors import (
     proposals_of,
 )
 from ranking.policy import PolicyError, canonical_json, policy_json_schema, policy_validate
-
-LOGIN_URL = reverse_lazy("login")
 
 
 def _json(value: Any) -> str:
@@ -103,6 +101,13 @@ def _ballot_context(
         "choices": Ballot.Choice.choices,
         "poll_ms": _tally_poll_ms(),
     }
+
+
+def community_root(request: HttpRequest, slug: str) -> HttpResponse:
+    """``/c/<slug>/``: the community's page is its governance home (policy, charter,
+    proposals; its navigation leads to the rest)."""
+    community = get_object_or_404(Community, slug=slug)
+    return redirect("governance:home", community.slug)
 
 
 def governance_home(request: HttpRequest, slug: str) -> HttpResponse:
@@ -180,7 +185,7 @@ def _proposal_form_page(
     )
 
 
-@login_required(login_url=LOGIN_URL)
+@login_required
 def proposal_new(request: HttpRequest, slug: str) -> HttpResponse:
     community = get_object_or_404(Community, slug=slug)
     kind = _proposal_kind(request)
@@ -219,7 +224,7 @@ def proposal_new(request: HttpRequest, slug: str) -> HttpResponse:
     )
 
 
-@login_required(login_url=LOGIN_URL)
+@login_required
 def proposal_edit(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     """The author, moderators and admins edit a draft (the same editor as a new proposal)."""
     community = get_object_or_404(Community, slug=slug)
@@ -360,9 +365,7 @@ def proposal_vote(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     if not request.user.is_authenticated:
         # Not @login_required: htmx would follow its 302 and swap the login page into the ballot
         # area. htmx gets HX-Redirect instead (a full-page visit); plain posts get the 302.
-        to_login = redirect_to_login(
-            reverse("governance:proposal", args=[slug, pk]), login_url=LOGIN_URL
-        )
+        to_login = redirect_to_login(reverse("governance:proposal", args=[slug, pk]))
         if _is_htmx(request):
             return HttpResponse(status=204, headers={"HX-Redirect": to_login.url})
         return to_login
@@ -411,7 +414,7 @@ def proposal_vote(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 
 
 @require_POST
-@login_required(login_url=LOGIN_URL)
+@login_required
 def proposal_transition(request: HttpRequest, slug: str, pk: int, action: str) -> HttpResponse:
     community = get_object_or_404(Community, slug=slug)
     proposal = get_object_or_404(Proposal, community=community, pk=pk)
@@ -517,7 +520,7 @@ def _members_page(
     )
 
 
-@login_required(login_url=LOGIN_URL)
+@login_required
 def members(request: HttpRequest, slug: str) -> HttpResponse:
     """Admins list the members and add an existing user as a member."""
     community = get_object_or_404(Community, slug=slug)
@@ -559,7 +562,7 @@ def _managed_member(request: HttpRequest, slug: str, pk: int) -> Any:
 
 
 @require_POST
-@login_required(login_url=LOGIN_URL)
+@login_required
 def member_role(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     """Admins change a member's role (not the last admin's: see membership_set_role)."""
     found = _managed_member(request, slug, pk)
@@ -581,7 +584,7 @@ def member_role(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
 
 
 @require_POST
-@login_required(login_url=LOGIN_URL)
+@login_required
 def member_remove(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     """Admins remove a member (see membership_remove for what goes with them and when not)."""
     found = _managed_member(request, slug, pk)

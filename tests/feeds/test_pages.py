@@ -13,7 +13,7 @@ from tests.factories import make_community, run_computed, small_catalogue
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-def test_a_visitor_sees_the_community_follows_a_member_feed_and_logs_into_the_admin(
+def test_a_visitor_sees_the_community_follows_a_member_feed_and_signs_in_and_opens_the_admin(
     live_server,
     page,
     tmp_path: Path,
@@ -38,10 +38,13 @@ def test_a_visitor_sees_the_community_follows_a_member_feed_and_logs_into_the_ad
     assert rows.first.locator("td").first.inner_text() == "1"
     page.screenshot(path=str(tmp_path / "member-feed.png"), full_page=True)
 
-    page.click("text=Admin")
+    # Staff sign in on the site's page; the header then leads to the admin.
+    assert page.locator("header.site >> text=Admin").count() == 0
+    page.click("header.site >> text=Sign in")
     page.fill("#id_username", "admin")
     page.fill("#id_password", "a-long-password-1")
-    page.click("input[type=submit]")
+    page.click("button[type=submit]")
+    page.click("header.site >> text=Admin")
     page.wait_for_url(live_server.url + "/admin/")
     assert "Feed runs" in page.content()
 

@@ -177,4 +177,4 @@ def test_the_login_page_signs_a_member_in(garden) -> None:  # type: ignore[no-un
         reverse("login"), {"username": "vi", "password": "pw-vi", "next": target}
     )
     assert response.status_code == 302 and response.url == target
-    assert "signed in as vi" in client.get(target).content.decode()
+    assert "Signed in as vi" in client.get(target).content.decode()
