@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import timedelta
 
 import pytest
@@ -178,3 +179,25 @@ def test_the_login_page_signs_a_member_in(garden) -> None:  # type: ignore[no-un
     )
     assert response.status_code == 302 and response.url == target
     assert "Signed in as vi" in client.get(target).content.decode()
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/c/plot/governance/",
+        "/c/plot/governance/history/",
+        "/c/plot/audit/",
+        "/c/plot/proposals/new/",
+        "/c/plot/proposals/new/?kind=charter",
+        "/c/plot/feed-runs/",
+        "/c/plot/apps/",
+        "/c/plot/settings/",
+    ],
+)
+def test_page_titles_are_plain_text(garden, path: str) -> None:  # type: ignore[no-untyped-def]
+    # A tag inside <title> is text to the browser: a script put there never runs.
+    html = _client("mo").get(path).content.decode()
+    titles = re.findall(r"<title>(.*?)</title>", html, flags=re.S)
+    assert len(titles) == 1 and "<" not in titles[0] and titles[0].endswith("Plot")
+    if "proposals/new" in path:
+        assert html.count("commonfeed/editor.js") == 1
