@@ -109,3 +109,15 @@ def test_a_creator_opts_out_in_the_browser_and_apps_stop_getting_their_items(
     assert page.locator("#opt-out button").inner_text() == "Recommend my items again"
     page.screenshot(path=str(tmp_path / "creator-opted-out.png"), full_page=True)
     assert creator.external_id not in creators_shown()  # no feed run in between
+
+
+def test_a_feed_entry_s_reasons_read_as_sentences(client) -> None:
+    community = make_community("garden")
+    data = small_catalogue(community)
+    community.items.update(provenance="ai_generated")  # labelled by the default policy
+    run_computed(community)
+    member = data["members"][0]
+
+    html = client.get(f"/c/garden/members/{member.external_id}/feed/").content.decode()
+    assert "Labelled: AI-generated." in html
+    assert ".;" not in html and ". Labelled: AI-generated." in html
