@@ -23,6 +23,7 @@ class MemberChoicesForm(forms.Form):
         required=False,
         widget=forms.CheckboxSelectMultiple,
         label="Never show me these creators",
+        help_text="Creators of what you engaged with and of what your feed shows you now.",
     )
     muted_tags = forms.CharField(
         required=False,

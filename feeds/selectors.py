@@ -7,11 +7,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from django.db.models import OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from feeds.models import FeedPointer, FeedRun, Item, ItemCreator, MemberChoices, MemberFeed
+from feeds.models import (
+    Creator,
+    FeedPointer,
+    FeedRun,
+    Interaction,
+    Item,
+    ItemCreator,
+    MemberChoices,
+    MemberFeed,
+)
 from governance.models import Community, Membership, PolicyVersion
 from governance.selectors import policy_of
 from ranking.effects import ItemAttributes
@@ -126,6 +135,27 @@ def member_feed_row(*, run: FeedRun, member: Membership) -> MemberFeed | None:
     """The member's stored feed row in ``run``. A fold-in refresh replaces the row, so its id
     is also the feed's revision within the run (ETags name it)."""
     return MemberFeed.objects.filter(run=run, member=member).first()
+
+
+def creators_a_member_may_mute(
+    *, community: Community, member: Membership, muted: Sequence[int] = ()
+) -> QuerySet[Creator]:
+    """The creators a member's settings page offers to mute, by name: those credited on items
+    the member interacted with or on items of the feed they are served now (what they most
+    likely want gone), and those they muted already."""
+    served = (
+        MemberFeed.objects.filter(run__pointed_by__community=community, member=member)
+        .values_list("item_ids", flat=True)
+        .first()
+    )
+    met = Interaction.objects.filter(member=member).values("item_id")
+    credited = ItemCreator.objects.filter(item_id__in=met).values("creator_id")
+    shown = ItemCreator.objects.filter(item_id__in=list(served or [])).values("creator_id")
+    return (
+        Creator.objects.filter(community=community)
+        .filter(Q(pk__in=credited) | Q(pk__in=shown) | Q(pk__in=list(muted)))
+        .order_by("name", "pk")
+    )
 
 
 def items_with_credits(item_ids: Sequence[int]) -> QuerySet[Item]:

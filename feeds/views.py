@@ -8,7 +8,7 @@ from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.exceptions import PermissionDenied
-from django.db.models import Count, F, Q
+from django.db.models import Count, F
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
@@ -17,7 +17,13 @@ from feeds import choices, creators, impact, runs
 from feeds.auth import community_for_credential_manager
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.models import Creator, FeedRun
-from feeds.selectors import FeedNotReady, current_run, feed_run_for_read, member_feed_get
+from feeds.selectors import (
+    FeedNotReady,
+    creators_a_member_may_mute,
+    current_run,
+    feed_run_for_read,
+    member_feed_get,
+)
 from feeds.services import (
     AppCredentialInvalid,
     app_credential_create,
@@ -98,13 +104,8 @@ def member_settings(request: HttpRequest, slug: str) -> HttpResponse:
     current_muted = (
         set() if current._state.adding else set(current.muted_creators.values_list("pk", flat=True))
     )
-    # Offer the creators the member has met, and whoever they muted already.
-    creators = (
-        Creator.objects.filter(
-            Q(items__interactions__member=member) | Q(pk__in=current_muted), community=community
-        )
-        .distinct()
-        .order_by("name")
+    creators = creators_a_member_may_mute(
+        community=community, member=member, muted=sorted(current_muted)
     )
     if request.method == "POST" and "delete" in request.POST:
         deletion = DataDeletionForm(request.POST)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from django.test import Client
 
-from feeds.models import FeedRun, Interaction, Item
+from feeds.models import Creator, FeedRun, Interaction, Item
 from feeds.services import app_credential_create, feed_run_execute, feed_run_request
 from governance.models import AuditEntry
 from tests.factories import (
@@ -16,6 +16,7 @@ from tests.factories import (
     ItemFactory,
     MembershipFactory,
     app_call,
+    interact,
     make_community,
     members_who_interacted,
 )
@@ -180,7 +181,7 @@ def test_a_member_sets_their_choices_on_their_settings_page(
     page = client.get("/c/garden/settings/")
     assert page.status_code == 200
     assert b"Personalise my feed" in page.content
-    # Only creators the member has met are offered.
+    # No feed served yet: only creators the member has met are offered.
     offered = set(
         page.context["form"].fields["muted_creators"].queryset.values_list("external_id", flat=True)
     )
@@ -198,6 +199,43 @@ def test_a_member_sets_their_choices_on_their_settings_page(
         "muted_creators": ["c1"],
         "muted_tags": ["loud", "sad"],
     }
+
+
+def test_the_settings_page_offers_to_mute_the_creators_of_the_feed_served_now(
+    client: Client, garden: dict[str, Any], django_capture_on_commit_callbacks: Any
+) -> None:
+    member = _logged_in_member(client, garden)
+    # A creator this member never met, whom the others like: the feed recommends them.
+    stranger = CreatorFactory(community=garden["community"], external_id="c9", name="Stranger")
+    for n in range(3):
+        item = ItemFactory(community=garden["community"], external_id=f"s{n}", by=[stranger])
+        for other in garden["members"][1:]:
+            interact(other, item)
+    offered = _offered(client)
+    assert "c9" not in offered and offered <= {"c0", "c1", "c2", "c3"}
+
+    _recompute(garden)
+    assert {"external_id": "c9", "name": "Stranger"} in [
+        c for entry in _feed(garden, member.external_id) for c in entry["creators"]
+    ]
+    assert "c9" in _offered(client)
+    c9 = Creator.objects.get(community=garden["community"], external_id="c9")
+    with django_capture_on_commit_callbacks(execute=True):  # drops the cached pages
+        response = client.post(
+            "/c/garden/settings/", {"personalise": "on", "muted_creators": [c9.pk]}
+        )
+    assert response.status_code == 302
+    assert all(
+        "c9" not in [c["external_id"] for c in entry["creators"]]
+        for entry in _feed(garden, member.external_id)
+    )
+
+
+def _offered(client: Client) -> set[str]:
+    page = client.get("/c/garden/settings/")
+    assert page.status_code == 200
+    field = page.context["form"].fields["muted_creators"]
+    return set(field.queryset.values_list("external_id", flat=True))
 
 
 def test_deleting_activity_on_the_page_needs_confirmation(
