@@ -13,7 +13,7 @@ from django.urls import reverse
 from governance.models import Ballot, Proposal
 from governance.proposal_services import ballot_cast, proposal_close, proposal_ratify
 from governance.services import membership_create
-from tests.governance.proposal_helpers import make_voting_community, open_proposal
+from tests.governance.proposal_helpers import make_voting_community, open_proposal, set_charter
 
 pytestmark = pytest.mark.django_db
 
@@ -47,6 +47,15 @@ def test_the_governance_home_shows_the_policy_in_plain_words(garden) -> None:  #
     assert "AI-generated items are ranked normally and labelled" in body
     assert "The community refuses nothing" in body
     assert '"schema_version"' not in body  # not raw JSON
+
+
+@pytest.mark.parametrize(
+    "hours,words", [(1, "Voting lasts 1 hour;"), (72, "Voting lasts 72 hours;")]
+)
+def test_the_governance_home_gives_the_voting_period(garden, hours: int, words: str) -> None:  # type: ignore[no-untyped-def]
+    community, _moderator, _ = garden
+    set_charter(community, voting_period_hours=hours)
+    assert words in Client().get(reverse("governance:home", args=[community.slug])).content.decode()
 
 
 def test_a_moderator_proposes_opens_and_a_member_votes_through_the_pages(garden) -> None:  # type: ignore[no-untyped-def]
