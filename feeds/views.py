@@ -31,7 +31,7 @@ from feeds.services import (
     member_feeds_refresh_request,
 )
 from governance.models import Community, Membership, Proposal
-from governance.selectors import policy_of, policy_version_current
+from governance.selectors import membership_of_user, policy_of, policy_version_current
 from ranking.policy import policy_validate
 
 # What the member is told after a change: with fold-in on, their served feed is refreshed within
@@ -56,9 +56,17 @@ def home(request: HttpRequest) -> HttpResponse:
     communities = Community.objects.annotate(
         member_count=Count("memberships", distinct=True),
     ).order_by("slug")
+    # A member's feed reveals their taste: links go to the viewer's own feed and, for the
+    # community's moderators and admins, to a few members' feeds.
+    viewing = (
+        {m.community_id: m for m in Membership.objects.filter(user=request.user)}
+        if request.user.is_authenticated
+        else {}
+    )
     rows = []
     for community in communities:
         run = current_run(community=community)
+        viewer = viewing.get(community.pk)
         # Counting a large community's interactions costs a scan on every view; the current run
         # already recorded how many it trained on.
         counted = (run.stats or {}).get("n_interactions") if run else None
@@ -72,15 +80,30 @@ def home(request: HttpRequest) -> HttpResponse:
                     counted if counted is not None else community.interactions.count()
                 ),
                 "interactions_at_run": counted is not None,
-                "sample_members": list(community.memberships.order_by("id")[:5]),
+                "viewer": viewer,
+                "sample_members": (
+                    list(community.memberships.order_by("id")[:5])
+                    if viewer is not None and viewer.role != Membership.Role.MEMBER
+                    else []
+                ),
                 "last_runs": list(FeedRun.objects.filter(community=community)[:3]),
             }
         )
     return render(request, "feeds/home.html", {"rows": rows})
 
 
+@login_required
 def member_feed(request: HttpRequest, slug: str, member_external_id: str) -> HttpResponse:
+    """A member's feed with its reasons in words: for the member and the community's
+    moderators and admins (a feed reveals its member's taste)."""
     community = get_object_or_404(Community, slug=slug)
+    viewer = membership_of_user(community=community, user=request.user)
+    if viewer is None or (
+        viewer.role == Membership.Role.MEMBER and viewer.external_id != member_external_id
+    ):
+        raise PermissionDenied(
+            "Only the member and the community's moderators and admins see a member's feed."
+        )
     member = get_object_or_404(Membership, community=community, external_id=member_external_id)
     try:
         run = feed_run_for_read(community=community)

@@ -118,7 +118,8 @@ class Command(BaseCommand):
                 self.style.SUCCESS("\nCommonfeed is ready.\n")
                 + f"  Home:   {base}/\n"
                 + f"  Admin:  {base}/admin/   user: admin   password: {password}\n"
-                + f"  A feed: {base}/c/{slug}/members/{member_id}/feed/\n"
+                + f"  A feed: {base}/c/{slug}/members/{member_id}/feed/   (signed in: members see"
+                + " their own, moderators and admins anyone's)\n"
                 + f'  API:    curl -H "Authorization: Bearer {token}" '
                 + f"{base}/api/v1/communities/{slug}/feeds/{member_id}/\n"
                 + f"  Govern: {base}/c/{slug}/governance/   sign in at {base}/accounts/login/ as\n"
