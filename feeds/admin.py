@@ -6,6 +6,7 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from feeds import feedcache
+from feeds.choices import creator_member_link_audit
 from feeds.models import (
     AppCredential,
     BlueskyFeed,
@@ -56,6 +57,23 @@ class CreatorAdmin(_ServedContentAdmin):
     list_filter = ["community"]
     search_fields = ["name", "external_id"]
     raw_id_fields = ["member"]
+
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        # The member account reads the creator dashboard and opts the creator out: audited, as
+        # when an app sets it (feeds.ingest.creators_upsert).
+        with transaction.atomic():
+            before = (
+                Creator.objects.filter(pk=obj.pk).values_list("member__external_id", flat=True)
+                if change
+                else []
+            )
+            previous = next(iter(before), None)
+            super().save_model(request, obj, form, change)
+            member = obj.member.external_id if obj.member is not None else None
+            if member != previous:
+                creator_member_link_audit(
+                    creator=obj, member=member, previous=previous, actor=request.user
+                )
 
 
 @admin.register(Interaction)

@@ -443,6 +443,13 @@ class MemberRow(RowSerializer):
 class CreatorRow(RowSerializer):
     id = ExternalIdField(help_text="The app's id for the creator.")
     name = StrictCharField(max_length=200)
+    member = ExternalIdField(
+        required=False,
+        allow_null=True,
+        help_text="The creator's own member account (an existing member's id): it may read the "
+        "creator dashboard and opt the creator out of recommendation. null unlinks; left out, "
+        "the link stays as it is.",
+    )
 
 
 class ItemRow(RowSerializer):

@@ -149,6 +149,21 @@ def creator_choices_set(
     return creator
 
 
+def creator_member_link_audit(
+    *, creator: Creator, member: str | None, previous: str | None, actor: Any = None
+) -> None:
+    """Audit a change of the creator's member account (``member``, ``previous``: the external
+    ids, or None): that account reads the creator dashboard and opts the creator out. Call in
+    the transaction that changes it."""
+    audit_append(
+        community=creator.community,
+        actor=actor,
+        action="creator.member_linked",
+        obj=creator,
+        payload={"creator": creator.external_id, "member": member, "previous": previous},
+    )
+
+
 @dataclass(frozen=True)
 class RankingChoices:
     """Everyone's choices as the arrays ``ranking.feeds.compute_feeds`` takes."""

@@ -19,6 +19,7 @@ from django.db.models import Max
 from django.utils import timezone
 
 from feeds import feedcache
+from feeds.choices import creator_member_link_audit
 from feeds.models import Creator, FeedRun, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
 
@@ -137,8 +138,16 @@ def members_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> U
 
 @transaction.atomic
 def creators_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> UpsertResult:
-    """Create creators by external id, or update their name."""
+    """Create creators by external id, or update their name; rows with ``member`` link the
+    creator to that member's account (None unlinks), each change audited."""
     errors = _duplicate_ids(rows, "id")
+    linking = [(index, r) for index, r in enumerate(rows) if "member" in r]
+    accounts = _existing(Membership, community, {r["member"] for _, r in linking if r["member"]})
+    errors += [
+        RowError(index, "member", f"unknown member {r['member']!r}")
+        for index, r in linking
+        if r["member"] and r["member"] not in accounts
+    ]
     if errors:
         raise BatchRejected(errors)
     existing = _existing(Creator, community, {r["id"] for r in rows})
@@ -156,7 +165,37 @@ def creators_upsert(*, community: Community, rows: Sequence[dict[str, Any]]) -> 
     )
     if renamed:  # served pages show the names; rows first, then the pointer, like every writer
         feedcache.served_content_changed(community=community)
+    if linking:
+        _creators_link(community, {r["id"]: accounts.get(r["member"]) for _, r in linking})
     return UpsertResult(created=len(rows) - len(existing), updated=len(existing))
+
+
+def _creators_link(community: Community, links: dict[str, int | None]) -> None:
+    """Set each creator's member account; audit the ones that change (``creator.member_linked``):
+    the link lets that account read the creator dashboard and opt the creator out."""
+    creators = list(
+        Creator.objects.filter(community=community, external_id__in=links)
+        .select_related("member")
+        .order_by("external_id")
+    )
+    changed = [c for c in creators if c.member_id != links[c.external_id]]
+    if not changed:
+        return
+    names = dict(
+        Membership.objects.filter(pk__in={v for v in links.values() if v}).values_list(
+            "pk", "external_id"
+        )
+    )
+    for creator in changed:
+        previous = creator.member.external_id if creator.member is not None else None
+        creator.member_id = links[creator.external_id]
+        creator.community = community
+        creator_member_link_audit(
+            creator=creator,
+            member=names.get(creator.member_id) if creator.member_id else None,
+            previous=previous,
+        )
+    Creator.objects.bulk_update(changed, ["member"])
 
 
 def _items_change(

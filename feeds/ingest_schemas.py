@@ -117,6 +117,8 @@ class MemberRow(TypedDict):
 class CreatorRow(TypedDict):
     id: ExternalId
     name: Name
+    # The member account of the creator (their dashboard and opt-out); null unlinks.
+    member: NotRequired[ExternalId | None]
 
 
 @with_config(_ROW)

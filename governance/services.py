@@ -40,6 +40,7 @@ ACTIONS: Final = frozenset(
         "member.choices_changed",
         "member.data_deleted",
         "creator.choices_changed",
+        "creator.member_linked",
         "app_credential.created",
         "app_credential.revoked",
         "proposal.created",

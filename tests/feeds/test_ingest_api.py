@@ -7,13 +7,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test import Client
 
 from feeds import ingest, ingest_schemas
 from feeds.models import Creator, Interaction, Item, ItemCreator
 from feeds.services import app_credential_create, feed_run_execute, feed_run_request
-from governance.models import Membership
+from governance.models import AuditEntry, Membership
 from tests.factories import make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db
@@ -110,6 +111,94 @@ def test_an_item_naming_an_unknown_creator_rejects_the_whole_batch(app: App) -> 
         {"index": 1, "field": "creators", "message": "unknown creator(s): ghost"}
     ]
     assert not Item.objects.filter(external_id__startswith="new-").exists()
+
+
+def test_a_creator_is_linked_to_their_member_account_and_each_change_audited(
+    app: App, client: Client
+) -> None:
+    _catalogue(app)
+
+    def links() -> dict[str, str | None]:
+        return {
+            c.external_id: c.member.external_id if c.member else None
+            for c in Creator.objects.filter(community=app.community).select_related("member")
+        }
+
+    def entries() -> list[dict[str, Any]]:
+        return [
+            json.loads(e.payload_json)
+            for e in AuditEntry.objects.filter(
+                community=app.community, action="creator.member_linked"
+            ).order_by("seq")
+        ]
+
+    batch = [{"id": "c1", "name": "Ada", "member": "m1"}, {"id": "c2", "name": "Bo"}]
+    assert app.post("creators", batch).json() == {"created": 0, "updated": 2}
+    assert links() == {"c1": "m1", "c2": None}
+    assert app.post("creators", batch).status_code == 200  # the same again: no change, no entry
+    assert entries() == [{"creator": "c1", "member": "m1", "previous": None}]
+
+    # The member's account now reads the creator's dashboard.
+    user = get_user_model().objects.create_user("ada", password="a-long-password-1")
+    Membership.objects.filter(community=app.community, external_id="m1").update(user=user)
+    client.force_login(user)
+    assert client.get("/c/alpha/creators/c1/").status_code == 200
+    assert client.get("/c/alpha/creators/c2/").status_code == 403
+
+    # Left out, the link stays; another member takes it over; null unlinks.
+    assert app.post("creators", [{"id": "c1", "name": "Ada L."}]).status_code == 200
+    assert links()["c1"] == "m1"
+    assert app.post("creators", [{"id": "c1", "name": "Ada", "member": "m2"}]).status_code == 200
+    assert app.post("creators", [{"id": "c1", "name": "Ada", "member": None}]).status_code == 200
+    assert links()["c1"] is None
+    assert entries()[1:] == [
+        {"creator": "c1", "member": "m2", "previous": "m1"},
+        {"creator": "c1", "member": None, "previous": "m2"},
+    ]
+
+
+def test_linking_a_creator_in_the_admin_is_audited_too(app: App, client: Client) -> None:
+    _catalogue(app)
+    creator = Creator.objects.get(community=app.community, external_id="c2")
+    member = Membership.objects.get(community=app.community, external_id="m2")
+    root = get_user_model().objects.create_superuser("root", "root@example.org", "pw")
+    client.force_login(root)
+    response = client.post(
+        f"/admin/feeds/creator/{creator.pk}/change/",
+        {"community": app.community.pk, "external_id": "c2", "name": "Bo", "member": member.pk},
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
+    entry = AuditEntry.objects.get(community=app.community, action="creator.member_linked")
+    assert json.loads(entry.payload_json) == {"creator": "c2", "member": "m2", "previous": None}
+    assert entry.actor_id == root.pk
+    # Saving without changing the link writes no entry.
+    client.post(
+        f"/admin/feeds/creator/{creator.pk}/change/",
+        {"community": app.community.pk, "external_id": "c2", "name": "Bo!", "member": member.pk},
+    )
+    assert AuditEntry.objects.filter(action="creator.member_linked").count() == 1
+
+
+def test_linking_a_creator_to_an_unknown_member_rejects_the_whole_batch(app: App) -> None:
+    _catalogue(app)
+    response = app.post(
+        "creators",
+        [
+            {"id": "c1", "name": "Renamed", "member": "m0"},
+            {"id": "c3", "name": "New", "member": "ghost"},
+            {"id": "c4", "name": "Bad", "member": 7},
+        ],
+    )
+    assert response.status_code == 400
+    rows = response.json()["rows"]
+    assert {(r["index"], r["field"]) for r in rows} == {(2, "member")}
+    assert app.post("creators", [{"id": "c3", "name": "New", "member": "ghost"}]).json()[
+        "rows"
+    ] == [{"index": 0, "field": "member", "message": "unknown member 'ghost'"}]
+    assert Creator.objects.get(external_id="c1").name == "Ada"
+    assert Creator.objects.get(external_id="c1").member is None
+    assert not Creator.objects.filter(external_id="c3").exists()
+    assert not AuditEntry.objects.filter(action="creator.member_linked").exists()
 
 
 def test_events_are_recorded_once_however_often_the_batch_is_sent(app: App) -> None:

@@ -56,6 +56,7 @@ def test_quickstart_seeds_computes_feeds_in_a_worker_and_prints_the_login(tmp_pa
     for name in ("moderator", "alice", "bob", "carol"):
         assert f"          {name} / " in out
     assert "(admin, member " in out  # carol manages the members page
+    assert "; creator c" in out and "dashboard /c/demo/creators/c" in out  # bob is a creator too
     # The run was done by the worker process, whose log shows the task.
     log = (tmp_path / "worker.log").read_text()
     assert "feeds.tasks.recompute_community_feeds[" in log

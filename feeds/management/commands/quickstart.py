@@ -7,8 +7,10 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count
 
-from feeds.models import AppCredential
+from feeds.ingest import creators_upsert
+from feeds.models import AppCredential, Creator
 from feeds.services import app_credential_create, app_credential_revoke
 from feeds.worker import worker_start, worker_stop
 from governance.charter import Charter
@@ -17,8 +19,8 @@ from governance.services import community_create, membership_set_role
 
 
 def _demo_logins(community: Community) -> list[tuple[str, str, str]]:
-    """Sign-in accounts for four demo members (a moderator, two voters and a community admin
-    who manages the members page), new passwords."""
+    """Sign-in accounts for four demo members (a moderator, two voters, one of them also a
+    creator, and a community admin who manages the members page), new passwords."""
     people = []
     user_model = get_user_model()
     members = list(community.memberships.order_by("id")[:4])
@@ -42,8 +44,38 @@ def _demo_logins(community: Community) -> list[tuple[str, str, str]]:
         Membership.objects.filter(pk=member.pk).update(user=user)
         if member.role != role:
             membership_set_role(membership=member, role=role, actor=None, actor_label="quickstart")
-        people.append((name, password, f"{role}, member {member.external_id}"))
+        about = f"{role}, member {member.external_id}"
+        if name == "bob":
+            creator = _demo_creator(community)
+            if creator is not None:
+                creators_upsert(
+                    community=community,
+                    rows=[
+                        {
+                            "id": creator.external_id,
+                            "name": creator.name,
+                            "member": member.external_id,
+                        }
+                    ],
+                )
+                about += (
+                    f"; creator {creator.external_id}, dashboard "
+                    f"/c/{community.slug}/creators/{creator.external_id}/"
+                )
+        people.append((name, password, about))
     return people
+
+
+def _demo_creator(community: Community) -> Creator | None:
+    """The creator bob speaks for: one from the middle of the pack by items credited, so the
+    dashboard has both exposure and reasons why it is not more."""
+    creators = list(
+        Creator.objects.filter(community=community)
+        .annotate(credited=Count("credits"))
+        .filter(credited__gt=0)
+        .order_by("-credited", "external_id")
+    )
+    return creators[len(creators) // 2] if creators else None
 
 
 class Command(BaseCommand):
