@@ -63,6 +63,9 @@ def home(request: HttpRequest) -> HttpResponse:
         if request.user.is_authenticated
         else {}
     )
+    speaking_for: dict[int, list[Creator]] = {}
+    for creator in Creator.objects.filter(member__in=viewing.values()).order_by("name"):
+        speaking_for.setdefault(creator.community_id, []).append(creator)
     rows = []
     for community in communities:
         run = current_run(community=community)
@@ -81,6 +84,7 @@ def home(request: HttpRequest) -> HttpResponse:
                 ),
                 "interactions_at_run": counted is not None,
                 "viewer": viewer,
+                "creator_profiles": speaking_for.get(community.pk, []),
                 "sample_members": (
                     list(community.memberships.order_by("id")[:5])
                     if viewer is not None and viewer.role != Membership.Role.MEMBER

@@ -144,6 +144,8 @@ def test_a_creator_is_linked_to_their_member_account_and_each_change_audited(
     client.force_login(user)
     assert client.get("/c/alpha/creators/c1/").status_code == 200
     assert client.get("/c/alpha/creators/c2/").status_code == 403
+    home = client.get("/").content.decode()
+    assert 'href="/c/alpha/creators/c1/"' in home and "/c/alpha/creators/c2/" not in home
 
     # Left out, the link stays; another member takes it over; null unlinks.
     assert app.post("creators", [{"id": "c1", "name": "Ada L."}]).status_code == 200
