@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -111,3 +112,27 @@ def test_a_member_signs_in_from_the_header_sets_their_choices_and_signs_out(
     # Signed out: the settings page sends them to sign in again.
     page.goto(f"{live_server.url}/c/garden/settings/")
     page.wait_for_url(f"{live_server.url}/accounts/login/?next=/c/garden/settings/")
+
+
+def test_refusals_and_missing_pages_are_explained_on_the_site_s_pages(
+    client: Client, member: Membership
+) -> None:
+    client.force_login(member.user)
+    refused = client.get("/c/garden/members/someone-else/feed/")
+    assert refused.status_code == 403
+    body = refused.content.decode()
+    assert '<header class="site">' in body and "Signed in as mira" in body
+    assert "Only the member and the community&#x27;s moderators and admins" in body
+
+    missing = client.get("/c/nowhere/")
+    assert missing.status_code == 404
+    assert '<header class="site">' in missing.content.decode()
+    assert "There is nothing at <code>/c/nowhere/</code>" in missing.content.decode()
+
+
+def test_a_server_error_page_renders_without_a_request_context(rf: Any) -> None:
+    from django.views.defaults import server_error
+
+    response = server_error(rf.get("/"))
+    assert response.status_code == 500
+    assert "Something went wrong on our side" in response.content.decode()
