@@ -118,7 +118,9 @@ def member_feed(request: HttpRequest, slug: str, member_external_id: str) -> Htt
         if feed.refresh_owed:
             member_feeds_refresh_request(community_id=community.pk, member_ids=[member.pk])
     return render(
-        request, "feeds/member_feed.html", {"community": community, "member": member, "feed": feed}
+        request,
+        "feeds/member_feed.html",
+        {"community": community, "member": member, "feed": feed, "own": viewer.pk == member.pk},
     )
 
 

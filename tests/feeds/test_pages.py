@@ -88,7 +88,8 @@ def test_a_member_s_feed_page_is_for_the_member_and_the_moderators(client) -> No
     anonymous = client.get(page)
     assert anonymous.status_code == 302 and anonymous.url.startswith("/accounts/login/")
     client.force_login(_user_of(community, "member", mine))
-    assert client.get(page).status_code == 200
+    own = client.get(page)
+    assert own.status_code == 200 and 'href="/c/garden/settings/"' in own.content.decode()
     assert client.get(f"/c/garden/members/{theirs.external_id}/feed/").status_code == 403
     # No hint whether another member exists.
     assert client.get("/c/garden/members/nobody/feed/").status_code == 403
@@ -97,7 +98,9 @@ def test_a_member_s_feed_page_is_for_the_member_and_the_moderators(client) -> No
 
     for role in ("moderator", "admin"):
         client.force_login(_user_of(community, role))
-        assert client.get(f"/c/garden/members/{theirs.external_id}/feed/").status_code == 200
+        theirs_page = client.get(f"/c/garden/members/{theirs.external_id}/feed/")
+        assert theirs_page.status_code == 200
+        assert 'href="/c/garden/settings/"' not in theirs_page.content.decode()  # not theirs
         assert f"/c/garden/members/{theirs.external_id}/feed/" in client.get("/").content.decode()
 
     client.force_login(get_user_model().objects.create_user("outsider", password="x"))
