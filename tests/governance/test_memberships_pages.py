@@ -74,6 +74,10 @@ def test_an_admin_sees_every_member_with_role_and_join_date(garden) -> None:  # 
     assert 'class="role role-moderator">Moderator<' in body
     assert people["mem"].joined_at.strftime("%Y-%m-%d") in body
     assert "3 members" in body
+    # Each member links their feed, which admins may read.
+    feed = reverse("member-feed", args=["garden", people["mem"].external_id])
+    assert f'href="{feed}"' in body
+    assert _client("ada").get(feed).status_code == 200
     assert "ext-mo" not in _client("ada").get(_members_url(), {"q": "ext-me"}).content.decode()
     # The governance pages link the members page for admins only.
     home = reverse("governance:home", args=["garden"])
