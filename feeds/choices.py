@@ -149,6 +149,31 @@ def creator_choices_set(
     return creator
 
 
+@transaction.atomic
+def creator_member_set(
+    *, creator: Creator, member: Membership | None, actor: AbstractBaseUser | None
+) -> bool:
+    """Make ``member`` the creator's account (None: no account); audited if it changes.
+    Returns whether it changed."""
+    if member is not None and member.community_id != creator.community_id:
+        raise ValueError("the member belongs to another community")
+    locked = Creator.objects.select_for_update().only("member_id").get(pk=creator.pk)
+    if locked.member_id == (member.pk if member is not None else None):
+        return False
+    previous = (
+        Membership.objects.filter(pk=locked.member_id).values_list("external_id", flat=True).first()
+    )
+    Creator.objects.filter(pk=creator.pk).update(member=member)
+    creator.member = member
+    creator_member_link_audit(
+        creator=creator,
+        member=member.external_id if member is not None else None,
+        previous=previous,
+        actor=actor,
+    )
+    return True
+
+
 def creator_member_link_audit(
     *, creator: Creator, member: str | None, previous: str | None, actor: Any = None
 ) -> None:

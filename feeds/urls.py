@@ -17,6 +17,11 @@ urlpatterns = [
         views.creator_dashboard,
         name="creator-dashboard",
     ),
+    path(
+        "c/<slug:slug>/creators/<str:creator_external_id>/account/",
+        views.creator_account,
+        name="creator-account",
+    ),
     path("c/<slug:slug>/proposals/<int:pk>/impact/", views.proposal_impact, name="proposal-impact"),
     path("c/<slug:slug>/apps/", views.app_credentials, name="app-credentials"),
     path("c/<slug:slug>/feed-runs/", views.feed_runs, name="feed-runs"),

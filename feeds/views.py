@@ -340,12 +340,65 @@ def creator_dashboard(request: HttpRequest, slug: str, creator_external_id: str)
             "them, and the next feed run ranks them for everyone.",
         )
         return redirect("creator-dashboard", slug=slug, creator_external_id=creator_external_id)
+    return _creator_dashboard(request, community, creator, viewer)
+
+
+def _creator_dashboard(
+    request: HttpRequest,
+    community: Community,
+    creator: Creator,
+    viewer: Membership,
+    *,
+    account_error: str = "",
+    status: int = 200,
+) -> HttpResponse:
     report = creators.creator_report(community=community, creator=creator)
     return render(
         request,
         "feeds/creator_dashboard.html",
-        {"community": community, "creator": creator, "report": report, "is_creator": is_creator},
+        {
+            "community": community,
+            "creator": creator,
+            "report": report,
+            "is_creator": creator.member_id == viewer.pk,
+            "may_link": viewer.role == Membership.Role.ADMIN,
+            "account_error": account_error,
+        },
+        status=status,
     )
+
+
+@login_required
+@require_POST
+def creator_account(request: HttpRequest, slug: str, creator_external_id: str) -> HttpResponse:
+    """The community's admins say which member account speaks for a creator (it reads the
+    dashboard and may opt the creator out); blank unlinks. Audited."""
+    community = get_object_or_404(Community, slug=slug)
+    creator = get_object_or_404(Creator, community=community, external_id=creator_external_id)
+    viewer = Membership.objects.filter(community=community, user=request.user).first()
+    if viewer is None or viewer.role != Membership.Role.ADMIN:
+        raise PermissionDenied("Only the community's admins link a creator to an account.")
+    wanted = request.POST.get("member", "").strip()
+    member = None
+    if wanted:
+        member = Membership.objects.filter(community=community, external_id=wanted).first()
+        if member is None:
+            return _creator_dashboard(
+                request,
+                community,
+                creator,
+                viewer,
+                account_error=f"No member {wanted!r} in {community.name}.",
+                status=400,
+            )
+    if choices.creator_member_set(creator=creator, member=member, actor=request.user):
+        messages.success(
+            request,
+            f"{creator.name} now speaks through member {member.external_id}."
+            if member is not None
+            else f"{creator.name} has no account now.",
+        )
+    return redirect("creator-dashboard", slug=slug, creator_external_id=creator_external_id)
 
 
 # Labels of the run metrics (keys of feeds.runs.run_metrics), in the order shown.

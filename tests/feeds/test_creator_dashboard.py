@@ -192,3 +192,44 @@ def test_the_creator_opts_out_from_the_page_and_only_the_creator_can(studio) -> 
     cre.post(url, {"opted_out": "false"})
     creator.refresh_from_db()
     assert not creator.opted_out
+
+
+def test_an_admin_links_the_creator_to_an_account_on_the_page(studio, django_user_model) -> None:  # type: ignore[no-untyped-def]
+    creator, community = studio["creator"], studio["community"]
+    admin = django_user_model.objects.create_user(username="adm")
+    Membership.objects.filter(pk=studio["members"][4].pk).update(user=admin, role="admin")
+    page = reverse("creator-dashboard", args=["studio", creator.external_id])
+    account = reverse("creator-account", args=["studio", creator.external_id])
+    mem = studio["members"][2]  # user "mem", a plain member so far
+
+    assert 'id="account"' in _client(admin).get(page).content.decode()
+    assert (
+        'id="account"'
+        not in _client(django_user_model.objects.get(username="mod")).get(page).content.decode()
+    )
+    # Moderators and the creator may read the page, not change its account.
+    for username in ("mod", "cre", "mem"):
+        user = django_user_model.objects.get(username=username)
+        assert _client(user).post(account, {"member": mem.external_id}).status_code == 403
+
+    bad = _client(admin).post(account, {"member": "ghost"})
+    assert bad.status_code == 400 and "No member &#x27;ghost&#x27;" in bad.content.decode()
+    creator.refresh_from_db()
+    assert creator.member_id == studio["members"][0].pk
+
+    assert _client(admin).post(account, {"member": mem.external_id}).status_code == 302
+    creator.refresh_from_db()
+    assert creator.member_id == mem.pk
+    entry = AuditEntry.objects.filter(community=community, action="creator.member_linked").get()
+    assert entry.actor_id == admin.pk
+    # The new account sees the opt-out; the old one no longer sees the page.
+    assert (
+        'id="opt-out"'
+        in _client(django_user_model.objects.get(username="mem")).get(page).content.decode()
+    )
+    assert _client(django_user_model.objects.get(username="cre")).get(page).status_code == 403
+
+    assert _client(admin).post(account, {"member": ""}).status_code == 302
+    creator.refresh_from_db()
+    assert creator.member is None
+    assert AuditEntry.objects.filter(action="creator.member_linked").count() == 2
