@@ -1,12 +1,13 @@
 from typing import Any
 
+from django import forms
 from django.contrib import admin
 from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from feeds import feedcache
-from feeds.choices import creator_member_link_audit
+from feeds.choices import creator_member_set
 from feeds.models import (
     AppCredential,
     BlueskyFeed,
@@ -51,29 +52,40 @@ class ItemAdmin(_ServedContentAdmin):
     inlines = [ItemCreatorInline]
 
 
+class CreatorAdminForm(forms.ModelForm):  # type: ignore[type-arg]
+    class Meta:
+        model = Creator
+        # Not opted_out: only the creator opts out (audited, on their dashboard or the API).
+        fields = ["community", "external_id", "name", "member", "placeholder"]
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean() or {}
+        member, community = data.get("member"), data.get("community")
+        if member is not None and community is not None and member.community_id != community.pk:
+            self.add_error("member", "This member belongs to another community.")
+        return data
+
+
 @admin.register(Creator)
 class CreatorAdmin(_ServedContentAdmin):
+    form = CreatorAdminForm
+    readonly_fields = ["opted_out"]
     list_display = ["name", "external_id", "community"]
     list_filter = ["community"]
     search_fields = ["name", "external_id"]
     raw_id_fields = ["member"]
 
     def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
-        # The member account reads the creator dashboard and opts the creator out: audited, as
-        # when an app sets it (feeds.ingest.creators_upsert).
+        # The member account reads the creator dashboard and opts the creator out: it changes
+        # through the audited service, as on the dashboard.
+        member = obj.member
         with transaction.atomic():
-            before = (
-                Creator.objects.filter(pk=obj.pk).values_list("member__external_id", flat=True)
-                if change
-                else []
-            )
-            previous = next(iter(before), None)
+            if change:
+                obj.member_id = Creator.objects.values_list("member_id", flat=True).get(pk=obj.pk)
+            else:
+                obj.member = None
             super().save_model(request, obj, form, change)
-            member = obj.member.external_id if obj.member is not None else None
-            if member != previous:
-                creator_member_link_audit(
-                    creator=obj, member=member, previous=previous, actor=request.user
-                )
+            creator_member_set(creator=obj, member=member, actor=request.user)
 
 
 @admin.register(Interaction)

@@ -162,6 +162,7 @@ def test_a_creator_is_linked_to_their_member_account_and_each_change_audited(
 def test_linking_a_creator_in_the_admin_is_audited_too(app: App, client: Client) -> None:
     _catalogue(app)
     creator = Creator.objects.get(community=app.community, external_id="c2")
+    Creator.objects.filter(pk=creator.pk).update(opted_out=True)  # the creator's own choice
     member = Membership.objects.get(community=app.community, external_id="m2")
     root = get_user_model().objects.create_superuser("root", "root@example.org", "pw")
     client.force_login(root)
@@ -173,12 +174,22 @@ def test_linking_a_creator_in_the_admin_is_audited_too(app: App, client: Client)
     entry = AuditEntry.objects.get(community=app.community, action="creator.member_linked")
     assert json.loads(entry.payload_json) == {"creator": "c2", "member": "m2", "previous": None}
     assert entry.actor_id == root.pk
+    assert Creator.objects.get(pk=creator.pk).opted_out  # only the creator changes that
     # Saving without changing the link writes no entry.
     client.post(
         f"/admin/feeds/creator/{creator.pk}/change/",
         {"community": app.community.pk, "external_id": "c2", "name": "Bo!", "member": member.pk},
     )
     assert AuditEntry.objects.filter(action="creator.member_linked").count() == 1
+    # A member of another community is a form error, not a link.
+    stranger = Membership.objects.create(community=make_community("beta"), external_id="x")
+    refused = client.post(
+        f"/admin/feeds/creator/{creator.pk}/change/",
+        {"community": app.community.pk, "external_id": "c2", "name": "Bo", "member": stranger.pk},
+    )
+    assert refused.status_code == 200 and "belongs to another community" in refused.content.decode()
+    creator.refresh_from_db()
+    assert creator.member_id == member.pk
 
 
 def test_linking_a_creator_to_an_unknown_member_rejects_the_whole_batch(app: App) -> None:
