@@ -319,7 +319,7 @@ def creator_dashboard(request: HttpRequest, slug: str, creator_external_id: str)
     to the creator record), the community's moderators and admins."""
     community = get_object_or_404(Community, slug=slug)
     creator = get_object_or_404(Creator, community=community, external_id=creator_external_id)
-    viewer = Membership.objects.filter(community=community, user=request.user).first()
+    viewer = membership_of_user(community=community, user=request.user)
     is_creator = viewer is not None and creator.member_id == viewer.pk
     if not is_creator and (viewer is None or viewer.role == Membership.Role.MEMBER):
         raise PermissionDenied("Only the creator and the community's moderators see this page.")
@@ -375,7 +375,7 @@ def creator_account(request: HttpRequest, slug: str, creator_external_id: str) -
     dashboard and may opt the creator out); blank unlinks. Audited."""
     community = get_object_or_404(Community, slug=slug)
     creator = get_object_or_404(Creator, community=community, external_id=creator_external_id)
-    viewer = Membership.objects.filter(community=community, user=request.user).first()
+    viewer = membership_of_user(community=community, user=request.user)
     if viewer is None or viewer.role != Membership.Role.ADMIN:
         raise PermissionDenied("Only the community's admins link a creator to an account.")
     wanted = request.POST.get("member", "").strip()
