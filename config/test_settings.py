@@ -10,3 +10,6 @@ os.environ.setdefault("DEBUG", "true")
 os.environ.setdefault("SECRET_KEY", "test-only-secret-key-not-for-production-use-0123456789")
 
 from config.settings import *  # noqa: F403
+
+# PBKDF2's many rounds cost a third of the governance tests; the suite tests logins, not hashing.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ranking.effects import quota_required
 from ranking.policy import Policy
 
 _PROVENANCE = {
@@ -12,6 +13,10 @@ _PROVENANCE = {
     "ai_generated": "AI-generated items",
     "unknown": "Items of unknown provenance",
 }
+
+
+def _per_ten(quota: float) -> str:
+    return f"{quota_required(quota, 10)} of any 10 entries in a row"
 
 
 def _treatment(treatment: Any) -> str:
@@ -61,12 +66,14 @@ def policy_describe(policy: Policy) -> dict[str, Any]:
         ranking_lines.append(f"At most {ranking.creator_cap} items per creator in a feed.")
     if ranking.long_tail_quota:
         ranking_lines.append(
-            f"At least {ranking.long_tail_quota:.0%} of a feed goes to long-tail creators."
+            f"At least {ranking.long_tail_quota:.0%} of any stretch of a feed, its first page "
+            f"included, goes to long-tail creators ({_per_ten(ranking.long_tail_quota)})."
         )
     if ranking.new_creator_quota:
         ranking_lines.append(
-            f"At least {ranking.new_creator_quota:.0%} of a feed goes to new creators (first "
-            f"item younger than {ranking.new_creator_days} days)."
+            f"At least {ranking.new_creator_quota:.0%} of any stretch of a feed, its first page "
+            f"included, goes to new creators (first item younger than "
+            f"{ranking.new_creator_days} days; {_per_ten(ranking.new_creator_quota)})."
         )
     if ranking.diversity:
         ranking_lines.append(f"Feeds are diversified (trade-off {ranking.diversity:g}).")

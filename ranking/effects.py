@@ -13,9 +13,10 @@ member's candidate pool (item indices and base scores, e.g. the ALS top-200) int
    score. With all three off the adjusted score *is* the base score.
 3. **Greedy selection** over the ``n`` feed positions, vectorised across members: each position
    takes the best remaining candidate that keeps the per-creator cap and the provenance share
-   caps, restricted to long-tail / new-creator items when a quota could otherwise no longer be
-   met (both quotas are met whenever the pool allows it, unless provenance share caps bind: see
-   :func:`_greedy`), and scored by maximal marginal relevance when ``diversity > 0``.
+   caps, restricted to long-tail / new-creator items where a quota falls due, so that every run
+   of consecutive entries (every prefix, every page) holds its share whenever the pool allows it
+   (unless provenance share caps bind: see :func:`_greedy`), and scored by maximal marginal
+   relevance when ``diversity > 0``.
 
 Every output entry carries a reason bitmask (:class:`ranking.reasons.Reason`).
 
@@ -59,6 +60,7 @@ __all__ = [
     "RankedFeeds",
     "apply_policy",
     "blocked_mask",
+    "quota_required",
 ]
 
 PROVENANCE_CODES: dict[str, int] = {name: code for code, name in enumerate(PROVENANCE_CLASSES)}
@@ -820,34 +822,52 @@ def _rank_capped(
     return picks, extra
 
 
+QUOTA_EPSILON = 1e-9
+"""Slack on ``q * j`` before it is floored, so that shares such as 0.3 of 10 count as 3."""
+
+
+def quota_required(quota: float, length: int) -> int:
+    """Items of a quota's group that any ``length`` consecutive entries of a feed must hold.
+
+    ``floor(quota * length)``: a quota of 0.3 asks for 3 of any 10 entries in a row, 1 of any
+    4, none of any 3.
+    """
+    return math.floor(quota * length + QUOTA_EPSILON)
+
+
+def _quota_start(quota: float, m: int) -> npt.NDArray[np.float64]:
+    """The window state of each row before its first entry (see :func:`_greedy`)."""
+    return np.full(m, 1.0 - quota if quota > 0 else np.inf, dtype=np.float64)
+
+
+def _quota_due(
+    state: npt.NDArray[np.float64], quota: float, position: int
+) -> npt.NDArray[np.bool_]:
+    """Whether the entry at ``position`` must be of the group for every window to keep it."""
+    due: npt.NDArray[np.bool_] = state - quota * position <= QUOTA_EPSILON
+    return due
+
+
 def _quota_restriction(
     eligible: BoolArray,
     long_tail: BoolArray,
     new: BoolArray,
-    need_lt: Int64Array,
-    need_new: Int64Array,
-    remaining: int,
+    due_lt: BoolArray,
+    due_new: BoolArray,
 ) -> tuple[BoolArray, BoolArray]:
-    """Which candidates a position may take in rows whose owed quota items fill what is left.
+    """Which candidates a position may take in rows where a quota is due (or both are next).
 
-    For rows with ``need_lt + need_new >= remaining > 0``: only items that help an owed quota,
-    and only long-tail (new-creator) items when that quota alone fills the positions left;
-    failing that, items of any tight quota; failing that, any eligible item. Returns the allowed
-    mask and whether the row was restricted (for the reason bits). See :func:`_greedy`.
+    Rows with a quota due now keep items of every due group; failing that, of any due group.
+    Rows where neither is due now but both are at the next position keep items of either
+    group, so that the two never fall due together. Failing all that, any eligible item.
+    Returns the allowed mask and whether the row was restricted (for the reason bits).
     """
-    tight_lt = (need_lt >= remaining) & (need_lt > 0)
-    tight_new = (need_new >= remaining) & (need_new > 0)
-    helps = (long_tail & (need_lt > 0)[:, None]) | (new & (need_new > 0)[:, None])
-    every_tight = np.where(tight_lt[:, None], long_tail, True) & np.where(
-        tight_new[:, None], new, True
+    any_due = (due_lt | due_new)[:, None]
+    every = np.where(due_lt[:, None], long_tail, True) & np.where(due_new[:, None], new, True)
+    first: BoolArray = eligible & np.where(any_due, every, long_tail | new)
+    second: BoolArray = eligible & np.where(
+        any_due, (due_lt[:, None] & long_tail) | (due_new[:, None] & new), False
     )
-    first: BoolArray = eligible & every_tight & helps
-    any_tight = np.where(
-        (tight_lt | tight_new)[:, None],
-        (tight_lt[:, None] & long_tail) | (tight_new[:, None] & new),
-        helps,
-    )
-    second: BoolArray = eligible & any_tight
     use_first: BoolArray = np.asarray(first.any(axis=1))
     use_second: BoolArray = ~use_first & np.asarray(second.any(axis=1))
     allowed: BoolArray = np.where(
@@ -878,20 +898,24 @@ def _greedy(
     Returns the chosen column of each position (``-1`` when nothing is left) and the reason
     bits the selection adds (raised by quota, cap or diversity).
 
-    Quotas. With ``a`` long-tail and ``b`` new-creator items still owed and ``r`` positions
-    left, a position may only take an item that helps an owed quota when ``a + b >= r``, only
-    a long-tail item when ``a >= r`` and only a new-creator item when ``b >= r`` (items of
-    creators that are both count for both). Both kinds are properties of the *creator*, so
-    under the creator cap each pick lowers its own kind's remaining capacity by exactly one,
-    and a state can still meet both quotas iff ``a <= B + L``, ``b <= B + N`` and
-    ``max(a, b, a + b - B) <= r`` (``B``, ``L``, ``N``: capacity of both / long tail only / new
-    only). Each rule above keeps that condition true, so **whenever some feed of the pool
-    meets both quotas (one, or both together) under the creator cap, the feed chosen meets
-    them**, whatever the scores and diversity. When the pool cannot meet them, a single active
-    quota still gets ``min(quota, capacity)`` items; with both active and not jointly feasible
-    nothing more is promised than the rules above. Provenance share caps are not part of that
-    reasoning: when they bind, quotas are best effort (a share cap can hide the items a quota
-    needs).
+    Quotas hold in every run of consecutive entries: any ``j`` entries in a row hold at least
+    ``floor(q * j)`` items of the group (:func:`quota_required`), so every prefix does, and so
+    does every page a cursor cuts from the feed, whatever its offset and length. For each group
+    and row one number carries every window's state: ``S = min over c of (c + 1 + q * p_c)``,
+    where ``p_c`` is the position of the group's ``c``-th latest item (``p_0 = -1``, the start).
+    The windows ending at position ``t`` all keep the quota without a group item at ``t`` iff
+    ``S - q * t > 0``; taking a group item at ``t`` makes ``S = 1 + min(q * t, S)``. A position
+    is restricted to the group only when its quota is due there, so a single quota costs the
+    least relevance the windows allow; when both quotas are active, a position where both fall
+    due at the next one takes an item of either, so that they never fall due together.
+
+    Both kinds are properties of the *creator*, and a due position takes the best group item
+    the caps allow, so **a single quota is met in every window that ends before the pool's
+    group items run out under the creator cap**, whatever the scores and diversity; every
+    prefix of ``k`` entries holds at least ``min(floor(q * k), capacity)`` of them. With both
+    quotas active, each is met where items of both kinds allow it (two due at once take an item
+    of both, else one of either). Provenance share caps are not part of that reasoning: when
+    they bind, quotas are best effort (a share cap can hide the items a quota needs).
     """
     m, width = items.shape
     rows = np.arange(m)
@@ -905,8 +929,10 @@ def _greedy(
     provenance = catalogue.provenance[safe].astype(np.int64)
     share_capped = bool(np.any(limit < n))
     cap = params.creator_cap
-    quota_lt = math.ceil(params.long_tail_quota * n - 1e-9)
-    quota_new = math.ceil(params.new_creator_quota * n - 1e-9)
+    quota_lt = params.long_tail_quota
+    quota_new = params.new_creator_quota
+    state_lt = _quota_start(quota_lt, m)
+    state_new = _quota_start(quota_new, m)
 
     available = valid.copy()
     # Whether the caps still let the candidate in: False once its creator has ``cap`` picks in
@@ -915,8 +941,6 @@ def _greedy(
     open_caps = valid & (limit[provenance] > 0) if share_capped else valid.copy()
     picked_creator = np.full((m, n), -1, dtype=np.int64)
     class_count = np.zeros((m, len(PROVENANCE_CLASSES)), dtype=np.int64)
-    taken_lt = np.zeros(m, dtype=np.int64)
-    taken_new = np.zeros(m, dtype=np.int64)
     picks = np.full((m, n), -1, dtype=np.int64)
     extra = np.zeros((m, n), dtype=np.int32)
 
@@ -930,25 +954,27 @@ def _greedy(
         max_similarity = np.zeros((m, width), dtype=np.float32)
 
     for k in range(n):
-        remaining = n - k
         eligible = available & open_caps if cap is not None or share_capped else available
         allowed = eligible
         forced = np.zeros(m, dtype=bool)
         if quota_lt or quota_new:
-            need_lt = np.maximum(quota_lt - taken_lt, 0)
-            need_new = np.maximum(quota_new - taken_new, 0)
-            # Only rows where the owed items fill the positions left are restricted (a tight
-            # quota implies this); everywhere else every eligible candidate is allowed.
-            bound = np.flatnonzero((need_lt + need_new >= remaining) & (need_lt + need_new > 0))
+            due_lt = _quota_due(state_lt, quota_lt, k)
+            due_new = _quota_due(state_new, quota_new, k)
+            if quota_lt and quota_new:
+                both_next = _quota_due(state_lt, quota_lt, k + 1) & _quota_due(
+                    state_new, quota_new, k + 1
+                )
+                bound = np.flatnonzero(due_lt | due_new | both_next)
+            else:
+                bound = np.flatnonzero(due_lt | due_new)
             if bound.size:
                 allowed = eligible.copy()
                 allowed[bound], forced[bound] = _quota_restriction(
                     eligible[bound],
                     long_tail[bound],
                     new[bound],
-                    need_lt[bound],
-                    need_new[bound],
-                    remaining,
+                    due_lt[bound],
+                    due_new[bound],
                 )
         if relevance is not None and max_similarity is not None:
             weight = params.diversity
@@ -990,8 +1016,12 @@ def _greedy(
             full = np.flatnonzero(got & (class_count[rows, taken_class] >= limit[taken_class]))
             if full.size:
                 open_caps[full] &= provenance[full] != taken_class[full, None]
-        taken_lt += got & long_tail[rows, pick]
-        taken_new += got & new[rows, pick]
+        if quota_lt:
+            hit = got & long_tail[rows, pick]
+            state_lt[hit] = 1.0 + np.minimum(quota_lt * k, state_lt[hit])
+        if quota_new:
+            hit = got & new[rows, pick]
+            state_new[hit] = 1.0 + np.minimum(quota_new * k, state_new[hit])
         if pool_vectors is not None and max_similarity is not None:
             chosen_vectors = pool_vectors[rows, pick]  # [m, d]
             similarity = np.einsum("mwd,md->mw", pool_vectors, chosen_vectors)

@@ -183,11 +183,13 @@ class RankingParams(_Section):
     creator_cap: int | None = Field(None, ge=1, le=10_000)
     """At most this many items of the same primary creator per feed; ``None`` = no cap."""
     long_tail_quota: float = Field(0.0, ge=0.0, le=1.0)
-    """At least ``ceil(long_tail_quota * n)`` of a feed's ``n`` slots go to items of long-tail
-    creators (outside the top 20 % of creators by interactions), whenever there are enough."""
+    """Any ``j`` consecutive entries of a feed (its first ``j``, any page) hold at least
+    ``floor(long_tail_quota * j)`` items of long-tail creators (outside the top 20 % of creators
+    by interactions), whenever there are enough (:func:`ranking.effects.quota_required`)."""
     new_creator_quota: float = Field(0.0, ge=0.0, le=1.0)
-    """At least ``ceil(new_creator_quota * n)`` slots go to items of new creators (whose first
-    item is younger than ``new_creator_days``), whenever there are enough."""
+    """Any ``j`` consecutive entries hold at least ``floor(new_creator_quota * j)`` items of new
+    creators (whose first item is younger than ``new_creator_days``), whenever there are
+    enough."""
     new_creator_days: int = Field(90, ge=1, le=36_500)
     """Age in days of a creator's first item below which the creator counts as new."""
     diversity: float = Field(0.0, ge=0.0, le=1.0)

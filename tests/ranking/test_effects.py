@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -9,7 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy.sparse import csr_matrix
 
@@ -227,16 +228,36 @@ def test_a_share_cap_limits_a_provenance_class() -> None:
     assert feeds.items.tolist() == [[0, 1, 3, 5]]  # floor(0.5 * 4) = 2 AI-generated items
 
 
-def test_the_long_tail_quota_raises_long_tail_items_at_the_end() -> None:
+def test_the_long_tail_quota_raises_long_tail_items_where_every_window_needs_them() -> None:
     # Creator 0 has all the interactions: with 3 creators, ceil(0.6) = 1 is the head.
     catalogue = Catalogue.build(6, creator=[0, 0, 0, 0, 1, 2], popularity=[9, 9, 9, 9, 1, 1])
     assert catalogue.creator_long_tail.tolist() == [False, True, True]
 
     feeds = run(*DESCENDING, catalogue, neutral(long_tail_quota=0.5), n=4)
 
-    assert feeds.items.tolist() == [[0, 1, 4, 5]]
-    assert feeds.reasons[0, 2] & Reason.RAISED_LONG_TAIL
+    # Any 2 entries in a row hold floor(0.5 * 2) = 1 long-tail item, the first two included.
+    assert feeds.items.tolist() == [[0, 4, 1, 5]]
+    assert feeds.reasons[0, 1] & Reason.RAISED_LONG_TAIL
     assert feeds.reasons[0, 3] & Reason.RAISED_LONG_TAIL
+    assert not feeds.reasons[0, 2] & Reason.RAISED_LONG_TAIL
+
+
+def test_a_quota_of_three_tenths_raises_an_item_at_every_fourth_place_at_the_latest() -> None:
+    # Creators 0..3 are the head (of 20, by interactions); items 0..29 are theirs, best first.
+    creator = [k % 4 for k in range(30)] + [4 + k for k in range(16)]
+    popularity = [100] * 30 + [1] * 16
+    catalogue = Catalogue.build(46, creator=creator, popularity=popularity)
+    scores = [[float(100 - k) for k in range(46)]]
+
+    feeds = run([list(range(46))], scores, catalogue, neutral(long_tail_quota=0.3), n=20)
+
+    tail = catalogue.creator_long_tail[catalogue.creator[feeds.items[0]]]
+    assert np.flatnonzero(tail).tolist() == [3, 6, 9, 13, 16, 19]
+    for start in range(20):
+        for end in range(start + 1, 21):
+            assert tail[start:end].sum() >= effects.quota_required(0.3, end - start)
+    raised = (feeds.reasons[0] & Reason.RAISED_LONG_TAIL) != 0
+    assert np.array_equal(raised, tail)
 
 
 def test_the_new_creator_quota_uses_the_age_of_the_creators_first_item() -> None:
@@ -456,6 +477,8 @@ def worlds(draw: st.DrawFn, *, quota: str = "any", share: bool = True) -> World:
         long_tail = draw(st.sampled_from([0.0, draw(st.floats(0.0, 1.0))]))
     if quota in ("any", "new"):
         new = draw(st.sampled_from([0.0, draw(st.floats(0.0, 1.0))]))
+    if quota == "both_half":
+        long_tail, new = draw(st.floats(0.0, 0.5)), draw(st.floats(0.0, 0.5))
     params = RankingParams(
         popularity_penalty=draw(st.sampled_from([0.0, draw(st.floats(0.0, 3.0))])),
         creator_cap=draw(st.none() | st.integers(1, 3)),
@@ -639,39 +662,95 @@ def quota_capacity(world: World, row: int, group: np.ndarray) -> int:
     return sum(c if cap is None else min(c, cap) for c in per_creator.values())
 
 
-@SETTINGS
-@given(world=worlds(quota="long_tail", share=False))
-def test_the_long_tail_quota_is_met_whenever_it_can_be(world: World) -> None:
-    feeds = feeds_of(world)
-    quota = math.ceil(world.params.long_tail_quota * world.n - 1e-9)
-    group = world.catalogue.creator_long_tail
-
-    for row in range(world.items.shape[0]):
-        chosen = [i for i in feeds.items[row].tolist() if i >= 0]
-        got = sum(
-            1
-            for i in chosen
-            if world.catalogue.creator[i] >= 0 and group[world.catalogue.creator[i]]
-        )
-        assert got >= min(quota, quota_capacity(world, row, group))
+def group_flags(world: World, row: int, group: np.ndarray) -> np.ndarray:
+    """Whether each filled entry of the row's feed is an item of ``group``'s creators."""
+    creators = world.catalogue.creator[[i for i in feeds_of(world).items[row] if i >= 0]]
+    return np.array([c >= 0 and bool(group[c]) for c in creators], dtype=bool)
 
 
-@SETTINGS
-@given(world=worlds(quota="new", share=False))
-def test_the_new_creator_quota_is_met_whenever_it_can_be(world: World) -> None:
-    feeds = feeds_of(world)
-    quota = math.ceil(world.params.new_creator_quota * world.n - 1e-9)
+def assert_windows_keep_the_quota(flags: np.ndarray, quota: float, capacity: int) -> None:
+    """Every run of consecutive entries holds ``floor(quota * length)`` group items, up to the
+    last group item when the feed took every one the caps allow, and every prefix of ``k``
+    entries at least ``min(floor(quota * k), capacity)``."""
+    exhausted = int(flags.sum()) >= capacity
+    last = int(np.flatnonzero(flags).max(initial=-1))
+    for start in range(flags.size):
+        for end in range(start + 1, flags.size + 1):
+            if exhausted and end - 1 > last:
+                break
+            assert flags[start:end].sum() >= effects.quota_required(quota, end - start), (
+                f"entries {start}..{end - 1} hold {flags[start:end].sum()} of the group"
+            )
+    for k in range(1, flags.size + 1):
+        assert flags[:k].sum() >= min(effects.quota_required(quota, k), capacity)
+
+
+def new_creators(world: World) -> np.ndarray:
     with np.errstate(invalid="ignore"):
-        group = world.catalogue.creator_first_age_days < world.params.new_creator_days
+        flags: np.ndarray = world.catalogue.creator_first_age_days < world.params.new_creator_days
+    return flags
 
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world=worlds(quota="long_tail", share=False), n=st.integers(0, 20))
+def test_the_long_tail_quota_holds_in_every_window_whenever_it_can(world: World, n: int) -> None:
+    world = dataclasses.replace(world, n=n)
+    group = world.catalogue.creator_long_tail
     for row in range(world.items.shape[0]):
-        chosen = [i for i in feeds.items[row].tolist() if i >= 0]
-        got = sum(
-            1
-            for i in chosen
-            if world.catalogue.creator[i] >= 0 and group[world.catalogue.creator[i]]
+        assert_windows_keep_the_quota(
+            group_flags(world, row, group),
+            world.params.long_tail_quota,
+            quota_capacity(world, row, group),
         )
-        assert got >= min(quota, quota_capacity(world, row, group))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world=worlds(quota="new", share=False), n=st.integers(0, 20))
+def test_the_new_creator_quota_holds_in_every_window_whenever_it_can(world: World, n: int) -> None:
+    world = dataclasses.replace(world, n=n)
+    group = new_creators(world)
+    for row in range(world.items.shape[0]):
+        assert_windows_keep_the_quota(
+            group_flags(world, row, group),
+            world.params.new_creator_quota,
+            quota_capacity(world, row, group),
+        )
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(world=worlds(quota="both_half", share=False), n=st.integers(0, 20))
+def test_two_quotas_of_at_most_half_both_hold_in_every_window(world: World, n: int) -> None:
+    world = dataclasses.replace(world, n=n)
+    for group, quota in (
+        (world.catalogue.creator_long_tail, world.params.long_tail_quota),
+        (new_creators(world), world.params.new_creator_quota),
+    ):
+        for row in range(world.items.shape[0]):
+            assert_windows_keep_the_quota(
+                group_flags(world, row, group), quota, quota_capacity(world, row, group)
+            )
+
+
+@SETTINGS
+@given(world=worlds(quota="any"))
+def test_only_entries_a_quota_raised_carry_its_reason(world: World) -> None:
+    feeds = feeds_of(world)
+    without = feeds_of(
+        world, world.params.model_copy(update={"long_tail_quota": 0.0, "new_creator_quota": 0.0})
+    )
+    raised = (feeds.reasons & (Reason.RAISED_LONG_TAIL | Reason.RAISED_NEW_CREATOR)) != 0
+    assert not np.any(raised & (feeds.items < 0))
+    if world.params.long_tail_quota == 0 and world.params.new_creator_quota == 0:
+        assert not raised.any()
+        assert np.array_equal(feeds.items, without.items)
+    for row in range(feeds.items.shape[0]):
+        for k in np.flatnonzero(raised[row]):
+            creator = world.catalogue.creator[feeds.items[row, k]]
+            assert creator >= 0
+            if feeds.reasons[row, k] & Reason.RAISED_LONG_TAIL:
+                assert world.catalogue.creator_long_tail[creator]
+            if feeds.reasons[row, k] & Reason.RAISED_NEW_CREATOR:
+                assert new_creators(world)[creator]
 
 
 @SETTINGS
@@ -786,13 +865,14 @@ def quota_pools(draw: st.DrawFn) -> QuotaPool:
         creator_interactions=interactions[:present],
         creator_first_age_days=first_age[:present],
     )
-    n = draw(st.integers(1, 10))
-    quota_lt = draw(st.integers(1, n))
-    quota_new = draw(st.integers(1, n))
+    n = draw(st.integers(1, 16))
+    # Two quotas never fall due at once while each is at most a half (see ranking.effects).
+    quota_lt = draw(st.integers(1, n // 2 + 1))
+    quota_new = draw(st.integers(1, n // 2 + 1))
     params = NEUTRAL.model_copy(
         update={
-            "long_tail_quota": quota_lt / n,
-            "new_creator_quota": quota_new / n,
+            "long_tail_quota": min(quota_lt / n, 0.5),
+            "new_creator_quota": min(quota_new / n, 0.5),
             "new_creator_days": 90,
             "creator_cap": draw(st.none() | st.integers(1, 3)),
             "popularity_penalty": draw(st.sampled_from([0.0, 0.5])),
@@ -809,39 +889,21 @@ def quota_pools(draw: st.DrawFn) -> QuotaPool:
     return QuotaPool(catalogue, params, items, scores, n, quota_lt, quota_new, vectors)
 
 
-def quotas_feasible(pool: QuotaPool, row: int) -> bool:
-    """Whether some feed of at most ``n`` of the row's items meets both quotas under the cap.
-
-    Brute force over how many items of each creator kind (long tail and new, long tail only,
-    new only) the feed takes, each at most what the creator cap lets the row give.
-    """
-    catalogue, cap = pool.catalogue, pool.params.creator_cap
-    tail = catalogue.creator_long_tail
-    new = catalogue.creator_first_age_days < pool.params.new_creator_days
-    per_creator = Counter(int(catalogue.creator[i]) for i in pool.items[row])
+def pool_capacity(pool: QuotaPool, row: int, group: np.ndarray) -> int:
+    """How many items of ``group``'s creators the row's pool can give under the creator cap."""
+    per_creator = Counter(int(pool.catalogue.creator[i]) for i in pool.items[row])
     per_creator.pop(-1, None)
-
-    def capacity(kind: np.ndarray) -> int:
-        return sum(
-            count if cap is None else min(count, cap)
-            for creator, count in per_creator.items()
-            if kind[creator]
-        )
-
-    both, tail_only, new_only = capacity(tail & new), capacity(tail & ~new), capacity(new & ~tail)
-    return any(
-        b + t >= pool.quota_lt and b + w >= pool.quota_new and b + t + w <= pool.n
-        for b in range(both + 1)
-        for t in range(tail_only + 1)
-        for w in range(new_only + 1)
+    cap = pool.params.creator_cap
+    return sum(
+        count if cap is None else min(count, cap)
+        for creator, count in per_creator.items()
+        if group[creator]
     )
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(pool=quota_pools())
-def test_both_quotas_are_met_whenever_the_pool_allows_it(pool: QuotaPool) -> None:
-    feasible = [quotas_feasible(pool, row) for row in range(pool.items.shape[0])]
-    assume(any(feasible))
+def test_both_quotas_hold_in_every_window_while_their_items_last(pool: QuotaPool) -> None:
     tail = pool.catalogue.creator_long_tail
     new = pool.catalogue.creator_first_age_days < pool.params.new_creator_days
 
@@ -854,7 +916,11 @@ def test_both_quotas_are_met_whenever_the_pool_allows_it(pool: QuotaPool) -> Non
         item_vectors=pool.vectors,
     )
 
-    for row in np.flatnonzero(feasible):
+    for row in range(pool.items.shape[0]):
         creators = [int(pool.catalogue.creator[i]) for i in feeds.items[row] if i >= 0]
-        assert sum(1 for c in creators if c >= 0 and tail[c]) >= pool.quota_lt
-        assert sum(1 for c in creators if c >= 0 and new[c]) >= pool.quota_new
+        for group, quota in (
+            (tail, pool.params.long_tail_quota),
+            (new, pool.params.new_creator_quota),
+        ):
+            flags = np.array([c >= 0 and bool(group[c]) for c in creators], dtype=bool)
+            assert_windows_keep_the_quota(flags, quota, pool_capacity(pool, row, group))
