@@ -9,6 +9,17 @@ interaction matrix the policy asks for, fit ALS, take each member's top
 the others, the policy's fallback for members who refuse personalisation) and cut them to a feed
 with :func:`ranking.effects.apply_policy`. Everything is vectorised over members; the only loop is
 over chunks of members, to bound memory.
+
+Cold start. ALS can only score items somebody interacted with. With ``candidates.new_items`` above
+0, the :data:`NEW_ITEMS_CONSIDERED` newest candidates nobody has interacted with positively are
+candidates too: each gets a vector in the model's factor space, the mean of the factors of its
+creator's other items, else of the items sharing its tags, else of all items; a member's score for
+it is the dot product with their factors, as for any item, so the best ``new_items`` of them join
+the member's ALS candidates on the same scale. Members without history get the newest ones at a
+score below any popular item. They go through the same refusals, blocks, caps and quotas, and
+their entries say so (:attr:`Reason.NEW_FROM_KNOWN_CREATOR` /
+:attr:`Reason.NEW_FROM_UNSEEN_CREATOR`), so a new-creator quota can be met by items nobody has
+interacted with yet.
 """
 
 from __future__ import annotations
@@ -49,6 +60,11 @@ __all__ = [
 
 DEFAULT_CHUNK_SIZE = 10_000
 """Members ranked per vectorised batch; bounds peak memory at ``O(chunk x candidates)``."""
+
+NEW_ITEMS_CONSIDERED = 1_000
+"""How many of the newest items nobody has interacted with are scored for each member when the
+policy's ``candidates.new_items`` is above 0 (bounds the cost at ``O(members x this x
+factors)``)."""
 
 
 @dataclass(frozen=True)
@@ -165,6 +181,8 @@ def _needs_attributes(policy: Policy) -> list[str]:
         needs.append("ranking.provenance")
     if policy.fallback.kind == "newest" or policy.fallback.creator_cap is not None:
         needs.append("fallback")
+    if policy.candidates.new_items > 0:
+        needs.append("candidates.new_items")
     return needs
 
 
@@ -257,6 +275,15 @@ class PreparedFeeds:
     """int64 ``[model.n_users]``: the member id of each row of ``model.user_factors``."""
     metadata: dict[str, object]
     """JSON-ready facts about the preparation (sizes, ``fit_seconds``, route counts)."""
+    new_items: npt.NDArray[np.int64] = dataclasses.field(
+        default_factory=lambda: np.empty(0, dtype=np.int64)
+    )
+    """int64 ``[c]``: catalogue indices of the cold-start candidates, newest first (empty when
+    the policy's ``candidates.new_items`` is 0)."""
+    new_item_vectors: npt.NDArray[np.float32] = dataclasses.field(
+        default_factory=lambda: np.empty((0, 0), dtype=np.float32)
+    )
+    """float32 ``[c, factors]``: their estimated factors (see the module's "Cold start")."""
 
     def __len__(self) -> int:
         return int(self.targets.size)
@@ -272,6 +299,8 @@ class PreparedFeeds:
             "popularity": self.popularity,
             "candidates": self.candidates,
             "fit_member_ids": self.fit_member_ids,
+            "new_items": self.new_items,
+            "new_item_vectors": self.new_item_vectors,
         }
         for name in ("seen", "train", "extra_blocks"):
             matrix: csr_matrix = getattr(self, name)
@@ -369,6 +398,11 @@ class PreparedFeeds:
             model=model,
             fit_member_ids=arrays["fit_member_ids"].astype(np.int64, copy=False),
             metadata=dict(header["metadata"]),
+            # Archives written before cold start have neither.
+            new_items=arrays.get("new_items", np.empty(0)).astype(np.int64, copy=False),
+            new_item_vectors=arrays.get("new_item_vectors", np.empty((0, 0))).astype(
+                np.float32, copy=False
+            ),
         )
 
 
@@ -671,6 +705,9 @@ def prepare_feeds(
         started = time.perf_counter()
         model = ALSModel(params, num_threads=num_threads).fit(train_fit)
         fit_seconds = time.perf_counter() - started
+    new_items, new_item_vectors = _new_item_candidates(
+        policy, space, candidates, popularity, catalogue, item_attributes, model
+    )
     personal = with_history & ~refusing & (model is not None)
     recalculated = personal.copy()
     recalculated[personal] = untrained[rows[personal]]
@@ -699,6 +736,7 @@ def prepare_feeds(
         "recalculated_members": int(recalculated.sum()),
         "refused_items": int(catalogue.refused.sum()),
         "pool_size": int(pool),
+        "new_item_candidates": int(new_items.size),
     }
     return PreparedFeeds(
         policy=policy,
@@ -720,6 +758,8 @@ def prepare_feeds(
         model=model,
         fit_member_ids=np.asarray(member_vocab.ids[fit_rows], dtype=np.int64),
         metadata=metadata,
+        new_items=new_items,
+        new_item_vectors=new_item_vectors,
     )
 
 
@@ -768,6 +808,11 @@ def score_feeds(
         item_vectors = np.zeros((len(space), policy.model.factors), dtype=np.float32)
         if model is not None:
             item_vectors[: prepared.n_model_items] = model.item_factors
+        if prepared.new_items.size:
+            item_vectors[prepared.new_items] = prepared.new_item_vectors
+    new_per_member = policy.candidates.new_items if prepared.new_items.size else 0
+    is_new = np.zeros(len(space) + 1, dtype=bool)  # the extra entry: padding (-1)
+    is_new[prepared.new_items] = True
 
     out_items = np.full((m, n), -1, dtype=np.int64)
     out_scores = np.full((m, n), -np.inf, dtype=np.float32)
@@ -791,8 +836,36 @@ def score_feeds(
             source=int(source),
             item_vectors=item_vectors,
         )
+        reasons = ranked.reasons
+        new = is_new[ranked.items]
+        if new.any():
+            known = _engaged_with_creator(prepared.seen[start + chunk], ranked.items, catalogue)
+            told = np.where(known, Reason.NEW_FROM_KNOWN_CREATOR, Reason.NEW_FROM_UNSEEN_CREATOR)
+            reasons = np.where(new, (reasons & ~_SOURCE_BITS) | told, reasons).astype(np.int32)
         out_items[chunk], out_scores[chunk] = ranked.items, ranked.scores
-        out_base[chunk], out_reasons[chunk] = ranked.base_scores, ranked.reasons
+        out_base[chunk], out_reasons[chunk] = ranked.base_scores, reasons
+
+    def with_new_items(
+        pool_items: npt.NDArray[np.int64],
+        pool_scores: npt.NDArray[np.float32],
+        factors: npt.NDArray[np.float32] | None,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """The pool with each member's best new items appended (the newest, without factors)."""
+        if not new_per_member:
+            return pool_items, pool_scores
+        m = pool_items.shape[0]
+        if factors is None:
+            k = min(new_per_member, prepared.new_items.size)
+            extra = np.broadcast_to(prepared.new_items[:k], (m, k))
+            extra_scores = np.zeros((m, k), dtype=np.float32)
+        else:
+            scores = np.asarray(factors, dtype=np.float32) @ prepared.new_item_vectors.T
+            column, extra_scores = _top_k(scores, new_per_member)
+            extra = np.where(column >= 0, prepared.new_items[np.maximum(column, 0)], -1)
+        return (
+            np.hstack([pool_items, extra]).astype(np.int64, copy=False),
+            np.hstack([pool_scores, extra_scores]).astype(np.float32, copy=False),
+        )
 
     scorable, popularity = prepared.scorable, prepared.popularity
     by_popularity = scorable[np.lexsort((scorable, -popularity[scorable]))]
@@ -819,15 +892,19 @@ def score_feeds(
         fitted = model
 
         def trained(rows: npt.NDArray[np.int64]) -> Pool:
-            return fitted.recommend(
+            items, scores = fitted.recommend(
                 prepared.model_rows[rows],
                 _model_query(prepared, fitted, rows),
                 pool,
                 allowed_items=allowed,
             )
+            factors = fitted.user_factors[prepared.model_rows[rows]] if new_per_member else None
+            return with_new_items(items, scores, factors)
 
         def recalculated(rows: npt.NDArray[np.int64]) -> Pool:
-            return _recalculated(fitted, prepared.train, prepared.seen, rows, scorable, pool)
+            factors = fitted.recalculate_users(csr_matrix(prepared.train[rows]))
+            items, scores = _recalculated(fitted, factors, prepared.seen, rows, scorable, pool)
+            return with_new_items(items, scores, factors)
 
         personal = [(ROUTE_TRAINED, trained), (ROUTE_RECALCULATED, recalculated)]
 
@@ -857,6 +934,7 @@ def score_feeds(
             pool_items, pool_scores = _ranked_candidates(
                 _blocked_rows(prepared, start + chunk), by_popularity, popularity_scores, pool
             )
+            pool_items, pool_scores = with_new_items(pool_items, pool_scores, None)
             finish(chunk, pool_items, pool_scores, policy.ranking, Reason.POPULAR)
         chunk = local[here == ROUTE_REFUSING]
         if chunk.size:
@@ -945,6 +1023,100 @@ def _model_query(
     return csr_matrix((seen.data, seen.indices, indptr), shape=(model.n_users, seen.shape[1]))
 
 
+_SOURCE_BITS = int(Reason.PERSONALISED | Reason.POPULAR | Reason.NEWEST)
+
+
+def _engaged_with_creator(
+    seen: csr_matrix, items: npt.NDArray[np.int64], catalogue: Catalogue
+) -> npt.NDArray[np.bool_]:
+    """Whether each member (row) interacted with an item of the creator of each of ``items``."""
+    n_creators = int(catalogue.creator.max(initial=-1)) + 2
+    rows = np.repeat(np.arange(seen.shape[0], dtype=np.int64), np.diff(seen.indptr))
+    keys = rows * n_creators + catalogue.creator[seen.indices] + 1
+    creator = np.where(items >= 0, catalogue.creator[np.maximum(items, 0)], -1)
+    query = np.arange(items.shape[0], dtype=np.int64)[:, None] * n_creators + creator + 1
+    engaged: npt.NDArray[np.bool_] = np.isin(query, keys) & (creator >= 0)
+    return engaged
+
+
+def _new_item_candidates(
+    policy: Policy,
+    space: Vocabulary,
+    candidates: npt.NDArray[np.int64],
+    popularity: npt.NDArray[np.int64],
+    catalogue: Catalogue,
+    attributes: ItemAttributes | None,
+    model: ALSModel | None,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The cold-start candidates, newest first, and their estimated factors.
+
+    The candidates nobody interacted with positively and no rule refuses, the
+    :data:`NEW_ITEMS_CONSIDERED` newest of them (unknown age last). An item's factors are the
+    mean factors of its creator's scorable items, else the mean over its tags of the mean
+    factors of the items carrying that tag, else the mean factors of all scorable items.
+    """
+    factors = policy.model.factors
+    empty = np.empty(0, dtype=np.int64), np.empty((0, factors), dtype=np.float32)
+    if policy.candidates.new_items == 0:
+        return empty
+    index = space.lookup(np.unique(candidates))
+    index = index[index >= 0]
+    n_model = popularity.size
+    unused = index >= n_model
+    unused[~unused] = popularity[index[~unused]] == 0
+    cold = index[unused]
+    cold = cold[~catalogue.refused[cold]]
+    if cold.size == 0:
+        return empty
+    age = catalogue.age_days[cold].astype(np.float64)
+    order = np.lexsort((cold, np.where(np.isnan(age), np.inf, age)))
+    cold = cold[order][:NEW_ITEMS_CONSIDERED]
+    vectors = np.zeros((cold.size, factors), dtype=np.float64)
+    if model is None:
+        return cold.astype(np.int64), vectors.astype(np.float32)
+    item_factors = model.item_factors.astype(np.float64)
+    known = np.flatnonzero(popularity > 0)
+    vectors[:] = item_factors[known].mean(axis=0) if known.size else 0.0
+
+    # Tags: mean over the item's tags of each tag's mean factors over scorable items.
+    if attributes is not None and attributes.tag_names.size:
+        at = space.lookup(attributes.item_ids)
+        inside = at >= 0
+        tags = csr_matrix(
+            attributes.tags[np.flatnonzero(inside)].astype(np.float64), dtype=np.float64
+        )
+        rows = np.full(len(space), -1, dtype=np.int64)
+        rows[at[inside]] = np.arange(int(inside.sum()))
+        model_rows = rows[known]
+        has = model_rows >= 0
+        model_tags = tags[model_rows[has]]
+        sums = model_tags.T @ item_factors[known[has]]
+        counts = np.asarray(model_tags.sum(axis=0)).reshape(-1)
+        means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
+        cold_rows = rows[cold]
+        tagged = cold_rows >= 0
+        cold_tags = csr_matrix(tags[cold_rows[tagged]].multiply(counts[None, :] > 0))
+        n_tags = np.asarray(cold_tags.sum(axis=1)).reshape(-1)
+        use = n_tags > 0
+        estimate = (cold_tags @ means)[use] / n_tags[use, None]
+        target = np.flatnonzero(tagged)[use]
+        vectors[target] = estimate
+
+    # The creator's other items, where the creator has any: the closest evidence.
+    creator = catalogue.creator
+    model_creator = creator[known]
+    has = model_creator >= 0
+    n_creators = int(creator.max(initial=-1)) + 1
+    sums = np.zeros((n_creators, factors), dtype=np.float64)
+    np.add.at(sums, model_creator[has], item_factors[known[has]])
+    counts = np.bincount(model_creator[has], minlength=n_creators)
+    cold_creator = creator[cold]
+    use = cold_creator >= 0
+    use[use] = counts[cold_creator[use]] > 0
+    vectors[use] = sums[cold_creator[use]] / counts[cold_creator[use], None]
+    return cold.astype(np.int64), vectors.astype(np.float32)
+
+
 def _catalogue(
     space: Vocabulary,
     popularity: npt.NDArray[np.int64],
@@ -997,14 +1169,13 @@ def _catalogue(
 
 def _recalculated(
     model: ALSModel,
-    train: csr_matrix,
+    factors: npt.NDArray[np.float32],
     seen: csr_matrix,
     rows: npt.NDArray[np.int64],
     scorable: npt.NDArray[np.int64],
     pool: int,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-    """ALS candidates for members left out of training: factors solved from their own rows."""
-    factors = model.recalculate_users(csr_matrix(train[rows]))
+    """ALS candidates for members left out of training, from factors solved from their rows."""
     scores = factors @ model.item_factors[scorable].T
     seen_rows = csr_matrix(seen[rows])
     mask = np.zeros((rows.size, model.n_items), dtype=bool)

@@ -32,6 +32,8 @@ class Reason(IntFlag):
     DOWNRANKED_PROVENANCE = 1 << 11
     POPULARITY_PENALISED = 1 << 12
     FRESHNESS_DECAYED = 1 << 13
+    NEW_FROM_KNOWN_CREATOR = 1 << 14
+    NEW_FROM_UNSEEN_CREATOR = 1 << 15
 
 
 SENTENCES: dict[Reason, str] = {
@@ -50,6 +52,10 @@ SENTENCES: dict[Reason, str] = {
     Reason.DOWNRANKED_PROVENANCE: "Lowered: the community downranks items made this way.",
     Reason.POPULARITY_PENALISED: "Lowered a little: the community offsets popularity.",
     Reason.FRESHNESS_DECAYED: "Lowered a little: the community favours recent items.",
+    Reason.NEW_FROM_KNOWN_CREATOR: "New from a creator you have engaged with; nobody has "
+    "engaged with this item yet.",
+    Reason.NEW_FROM_UNSEEN_CREATOR: "New from a creator you haven't seen yet; nobody has "
+    "engaged with this item yet.",
 }
 """The sentence shown to members for each bit."""
 
