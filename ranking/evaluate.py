@@ -104,10 +104,10 @@ def format_table(report: dict[str, Any]) -> str:
             f"A {report['a']['params']['policy_sha256'][:12]}  "
             f"B {report['b']['params']['policy_sha256'][:12]}"
         )
-        header = f"{'metric':<{width}}{'A':>12}{'B':>12}{'B - A':>12}"
+        columns = f"{'A':>12}{'B':>12}{'B - A':>12}"
     else:
         lines.append(f"policy {params['policy_sha256'][:12]}")
-        header = f"{'metric':<{width}}{'value':>12}"
+        columns = f"{'value':>12}"
     blocks: list[tuple[str, tuple[str, ...]]] = [
         (section, (section,)) for section in ("consumers", "producers")
     ]
@@ -129,7 +129,7 @@ def format_table(report: dict[str, Any]) -> str:
 
     for title, path in blocks:
         lines.append("")
-        lines.append(header.replace("metric", title, 1))
+        lines.append(f"{title:<{width}}{columns}")
         for name, value in pick(first, path).items():
             if is_comparison:
                 other = pick(report["b"], path).get(name)
