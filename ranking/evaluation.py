@@ -514,7 +514,8 @@ def metrics_report(
     catalogue = Catalogue(
         item_creator=owner,
         n_creators=data.n_creators,
-        long_tail=~metrics.head_creators(creator_counts, head_fraction=head_fraction),
+        creator_counts=creator_counts,
+        head_fraction=head_fraction,
         new=metrics.new_creators(data.creator_first_published, since=since),
         item_provenance=data.item_provenance,
         item_popularity=popularity,

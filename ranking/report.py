@@ -56,12 +56,17 @@ class Catalogue:
         Primary creator index of each item; ``-1`` (none, or the placeholder) is left out of
         every creator metric.
     n_creators : int
-    long_tail : numpy.ndarray of bool, shape (n_creators,)
-        The long-tail creators (e.g. ``~ranking.metrics.head_creators(...)``).
     new : numpy.ndarray of bool, shape (n_creators,)
         The new creators (e.g. :func:`ranking.metrics.new_creators`).
     item_provenance : numpy.ndarray of int, shape (n_items,)
         Provenance code of each item (:data:`ranking.datasets.PROVENANCES`).
+    creator_counts : numpy.ndarray of float, shape (n_creators,), optional
+        Members (or interactions) each creator reached in training: the long tail is every
+        creator outside the top ``head_fraction`` of the *listed* creators by this count
+        (:func:`ranking.metrics.head_creators`), decided when the report is made.
+    head_fraction : float, default 0.2
+    long_tail : numpy.ndarray of bool, shape (n_creators,), optional
+        The long-tail creators, given outright instead of ``creator_counts``.
     listed : numpy.ndarray of bool, shape (n_items,), optional
         The catalogue coverage and Gini are taken over, e.g. the active items; items shown
         anywhere in the feeds are added to it. ``None``: every item. A creator is listed if one
@@ -76,17 +81,34 @@ class Catalogue:
 
     item_creator: npt.NDArray[np.integer[Any]]
     n_creators: int
-    long_tail: npt.NDArray[np.bool_]
     new: npt.NDArray[np.bool_]
     item_provenance: npt.NDArray[np.integer[Any]]
+    creator_counts: FloatArray | None = None
+    head_fraction: float = 0.2
+    long_tail: npt.NDArray[np.bool_] | None = None
     listed: npt.NDArray[np.bool_] | None = None
     item_popularity: FloatArray | None = None
     n_members: int = 1
     item_tags: csr_matrix | None = None
 
+    def __post_init__(self) -> None:
+        if (self.creator_counts is None) == (self.long_tail is None):
+            raise ValueError("give the catalogue either creator_counts or long_tail")
+
     @property
     def n_items(self) -> int:
         return int(np.asarray(self.item_creator).size)
+
+    def tail(self, creator_listed: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
+        """The long-tail creators, the head being taken among ``creator_listed``."""
+        if self.long_tail is not None:
+            return np.asarray(self.long_tail, dtype=bool)
+        counts = np.asarray(self.creator_counts, dtype=np.float64)
+        head = np.zeros(self.n_creators, dtype=bool)
+        head[creator_listed] = metrics.head_creators(
+            counts[creator_listed], head_fraction=self.head_fraction
+        )
+        return ~head
 
 
 class _Mean:
@@ -213,6 +235,7 @@ class FeedReport:
         places = self._places[cut]
         creator_places = metrics.creator_totals(places, owner, catalogue.n_creators)
         n_listed, n_creators_listed = int(listed.sum()), int(creator_listed.sum())
+        long_tail = catalogue.tail(creator_listed)
         out["item_coverage"] = (
             _value(float((places[listed] > 0).sum()) / n_listed) if n_listed else None
         )
@@ -226,7 +249,7 @@ class FeedReport:
             out[f"item_gini{suffix}"] = _value(metrics.gini(per_item[listed]))
             out[f"creator_gini{suffix}"] = _value(metrics.gini(per_creator[creator_listed]))
             out[f"long_tail_creator_share{suffix}"] = _value(
-                metrics.exposure_share(per_creator, catalogue.long_tail)
+                metrics.exposure_share(per_creator, long_tail)
             )
             out[f"new_creator_share{suffix}"] = _value(
                 metrics.exposure_share(per_creator, catalogue.new)

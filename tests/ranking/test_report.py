@@ -3,6 +3,7 @@ position-weighted exposure, against hand-computed cases and the metric functions
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -129,6 +130,27 @@ def test_each_cut_gives_the_numbers_of_the_metric_functions(cut: str, width: int
         )
     assert producers["creator_coverage"] == metrics.creator_coverage(recs, CREATOR, 3)
     assert producers["item_coverage"] == metrics.item_coverage(recs, 6)
+
+
+def test_the_head_is_taken_among_the_listed_creators() -> None:
+    counted = Catalogue(
+        item_creator=CREATOR,
+        n_creators=3,
+        creator_counts=np.array([5.0, 2.0, 1.0]),
+        head_fraction=0.34,
+        new=np.zeros(3, bool),
+        item_provenance=PROVENANCE,
+    )
+    same = feed_report(RECS, counted)["whole_feed"]["producers"]["long_tail_creator_share"]
+    assert (
+        same == feed_report(RECS, catalogue())["whole_feed"]["producers"]["long_tail_creator_share"]
+    )
+    # Only creator 1's items (2, 5) are listed or shown: it is the whole head, ceil(0.34 * 1).
+    alone = dataclasses.replace(counted, listed=np.zeros(6, bool))
+    report = feed_report(np.array([[2, 5]]), alone)
+    assert report["whole_feed"]["producers"]["long_tail_creator_share"] == 0.0
+    with pytest.raises(ValueError, match="either"):
+        dataclasses.replace(counted, long_tail=np.ones(3, bool))
 
 
 def test_batches_add_up_to_the_whole() -> None:
