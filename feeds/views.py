@@ -417,8 +417,42 @@ RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
         "long_tail_creator_share": "Long-tail creators' share",
         "new_creator_share": "New creators' share",
         "ai_generated_share": "AI-generated share",
+        "creator_gini_weighted": "Creator exposure Gini by position",
+        "long_tail_creator_share_weighted": "Long-tail creators' share by position",
+        "new_creator_share_weighted": "New creators' share by position",
+        "ai_generated_share_weighted": "AI-generated share by position",
     },
 }
+
+
+def _run_metric_rows(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """The run's figures as (heading, [(label, value)]): at the visible depth and over the whole
+    feed; runs measured before the depth existed (metrics version 1) have the whole feed only."""
+    sides = {"consumers": "Members", "producers": "Creators and items"}
+    if "at_depth" not in metrics:
+        return [
+            (
+                sides[section],
+                [
+                    (label, (metrics.get(section) or {}).get(key))
+                    for key, label in labels.items()
+                    if key in (metrics.get(section) or {})
+                ],
+            )
+            for section, labels in RUN_METRIC_LABELS.items()
+        ]
+    cuts = {
+        "at_depth": f"in the top {metrics['depth']}",
+        "whole_feed": f"over the whole feed ({metrics['length']})",
+    }
+    return [
+        (
+            f"{sides[section]} {where}",
+            [(label, metrics[cut][section].get(key)) for key, label in labels.items()],
+        )
+        for section, labels in RUN_METRIC_LABELS.items()
+        for cut, where in cuts.items()
+    ]
 
 
 def _seconds(start: Any, end: Any) -> float | None:
@@ -447,18 +481,7 @@ def feed_runs(request: HttpRequest, slug: str) -> HttpResponse:
                 "run": run,
                 "waited": _seconds(run.requested_at, run.started_at),
                 "took": _seconds(run.started_at, run.finished_at),
-                "metrics": [
-                    (
-                        "Members" if section == "consumers" else "Creators and items",
-                        [
-                            (label, (metrics.get(section) or {}).get(key))
-                            for key, label in labels.items()
-                        ],
-                    )
-                    for section, labels in RUN_METRIC_LABELS.items()
-                ]
-                if metrics.get("status") == "done"
-                else [],
+                "metrics": _run_metric_rows(metrics) if metrics.get("status") == "done" else [],
             }
         )
     return render(

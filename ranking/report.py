@@ -224,12 +224,11 @@ class FeedReport:
             for name, per_member in values.items():
                 self._means[cut].setdefault(name, _Mean()).add(per_member)
 
-    def _producers(self, cut: str, listed: npt.NDArray[np.bool_]) -> dict[str, float | None]:
+    def _producers(
+        self, cut: str, listed: npt.NDArray[np.bool_], creator_listed: npt.NDArray[np.bool_]
+    ) -> dict[str, float | None]:
         catalogue = self.catalogue
         owner = np.asarray(catalogue.item_creator, dtype=np.int64)
-        owned = owner >= 0
-        creator_listed = np.zeros(catalogue.n_creators, dtype=bool)
-        creator_listed[owner[owned & listed]] = True
         ai = np.asarray(catalogue.item_provenance) == AI_GENERATED
         out: dict[str, float | None] = {}
         places = self._places[cut]
@@ -264,7 +263,8 @@ class FeedReport:
         -------
         dict
             ``depth``, ``length`` (the longest feed measured), ``discount`` (the attention
-            model), ``members`` and, for each of ``at_depth`` and ``whole_feed``,
+            model), ``members``, ``catalogue`` (``items`` and ``creators`` listed, see
+            :class:`Catalogue`) and, for each of ``at_depth`` and ``whole_feed``,
             ``{"consumers": {...}, "producers": {...}}``. Consumers are means over the members
             for whom a value is defined: ``precision@c``, ``recall@c``, ``ndcg@c`` (``c`` the
             cut's length; with ``truth``), ``diversity_tags``, ``novelty_bits``,
@@ -281,16 +281,20 @@ class FeedReport:
             else np.asarray(self.catalogue.listed, dtype=bool).copy()
         )
         listed |= self._places["whole_feed"] > 0
+        owner = np.asarray(self.catalogue.item_creator, dtype=np.int64)
+        creator_listed = np.zeros(self.catalogue.n_creators, dtype=bool)
+        creator_listed[owner[(owner >= 0) & listed]] = True
         report: dict[str, Any] = {
             "depth": self.depth,
             "length": self.length,
             "discount": self.discount,
             "members": self.members,
+            "catalogue": {"items": int(listed.sum()), "creators": int(creator_listed.sum())},
         }
         for cut in CUTS:
             report[cut] = {
                 "consumers": {name: mean.value() for name, mean in self._means[cut].items()},
-                "producers": self._producers(cut, listed),
+                "producers": self._producers(cut, listed, creator_listed),
             }
         return report
 
