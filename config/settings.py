@@ -283,6 +283,9 @@ if not DEBUG:
 # --- Commonfeed -----------------------------------------------------------------------------------
 # How many entries a stored feed holds per member.
 COMMONFEED_FEED_LENGTH = env_int("COMMONFEED_FEED_LENGTH", 50, minimum=1)
+# How many of them apps show: run metrics, the impact preview and the creator dashboard report
+# every figure over these first places (where members look) as well as over the whole feed.
+COMMONFEED_VISIBLE_DEPTH = env_int("COMMONFEED_VISIBLE_DEPTH", 10, minimum=1)
 # A worker computing a run renews its claim every lease/4 seconds; a run whose claim is older
 # than the lease belongs to a dead worker and is taken over.
 COMMONFEED_RUN_LEASE_SECONDS = env_int("COMMONFEED_RUN_LEASE_SECONDS", 120, minimum=2)

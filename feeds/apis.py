@@ -802,7 +802,11 @@ class FeedRunOutput(serializers.Serializer[Any]):
             "unavailable or failed); when done, consumers (diversity_tags, novelty_bits, "
             "avg_popularity, miscalibration_kl) and producers (item_gini, creator_gini, "
             "item_coverage, creator_coverage, long_tail_creator_share, new_creator_share, "
-            "ai_generated_share); values null where undefined. See docs/pipeline.md."
+            "ai_generated_share) over the whole feed, counting every place 1; from version 2 "
+            "also depth (COMMONFEED_VISIBLE_DEPTH), length, discount and at_depth and "
+            "whole_feed, each with consumers and producers, the producers adding *_weighted "
+            "twins that count place p (0 = top) 1/log2(p + 2). Values null where undefined. "
+            "See docs/pipeline.md and docs/evaluation.md."
         ),
     )
 

@@ -2,6 +2,9 @@
 
 For the run the community serves now: how often the creator's items are shown (impressions),
 their share of all impressions against an equal share, to how many members, at which ranks,
+how much of members' attention that is (places weighted by position with the attention model
+of ``ranking.metrics.position_weights``, as the run metrics count them), each in the top
+``COMMONFEED_VISIBLE_DEPTH`` places that apps show and over the whole feed,
 for which reasons (the reason codes stored with each feed entry), and whether the audience is
 people who already engaged with the creator or new to them. Then what keeps items out: the
 creator's own opt-out, the community's refusal rules that match their items (with the rule's
@@ -23,6 +26,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from django.conf import settings
 from django.core.cache import cache
 from django.db import connection
 from django.utils import timezone
@@ -41,10 +45,10 @@ from feeds.selectors import items_with_credits, withdrawn_items
 from governance.models import Community
 from governance.selectors import policy_of
 from ranking.effects import ItemAttributes
+from ranking.metrics import position_weights
 from ranking.reasons import SENTENCES, Reason
 
 CREATOR_REPORT_TTL = 300
-TOP_RANKS = 10
 
 
 @dataclass
@@ -56,7 +60,7 @@ class ItemExposure:
     impressions: int = 0
     members: int = 0
     top: int = 0
-    """Impressions within the first :data:`TOP_RANKS` places."""
+    """Impressions within the first ``COMMONFEED_VISIBLE_DEPTH`` places."""
     rank_sum: int = 0
     refused_because: list[str] = field(default_factory=list)
 
@@ -92,10 +96,33 @@ class CreatorReport:
     withdrawn_impressions: int = 0
     """Places the run gave the creator's items that are withdrawn when served (left out of the
     other counts)."""
+    depth: int = 10
+    """The visible depth: ``top`` and the ``*_at_depth`` figures count the first places only."""
+    total_top: int = 0
+    """Every feed's places within the visible depth."""
+    members_reached_at_depth: int = 0
+    exposure: float = 0.0
+    """The creator's places weighted by position (1 for a first place, 0.29 for a tenth)."""
+    exposure_at_depth: float = 0.0
+    total_exposure: float = 0.0
+    total_exposure_at_depth: float = 0.0
 
     @property
     def share(self) -> float:
         return self.impressions / self.total_impressions if self.total_impressions else 0.0
+
+    @property
+    def share_at_depth(self) -> float:
+        return self.top / self.total_top if self.total_top else 0.0
+
+    @property
+    def exposure_share(self) -> float:
+        return self.exposure / self.total_exposure if self.total_exposure else 0.0
+
+    @property
+    def exposure_share_at_depth(self) -> float:
+        total = self.total_exposure_at_depth
+        return self.exposure_at_depth / total if total else 0.0
 
     @property
     def new_audience(self) -> int:
@@ -138,18 +165,21 @@ def _entries(run: FeedRun, item_ids: list[int]) -> list[tuple[int, int, int, int
     return found
 
 
-def _total_impressions(run: FeedRun) -> int:
+def _feed_lengths(run: FeedRun) -> dict[int, int]:
+    """How many of the run's stored feeds have each length."""
     if connection.vendor == "postgresql":
         with connection.cursor() as cursor:
             cursor.execute(
-                f"SELECT COALESCE(SUM(json_array_length(item_ids)), 0) "
-                f"FROM {MemberFeed._meta.db_table} WHERE run_id = %s",
+                f"SELECT json_array_length(item_ids), COUNT(*) "
+                f"FROM {MemberFeed._meta.db_table} WHERE run_id = %s GROUP BY 1",
                 [run.pk],
             )
-            return int(cursor.fetchone()[0])
-    return sum(
-        len(items)
-        for items in MemberFeed.objects.filter(run=run).values_list("item_ids", flat=True)
+            return {int(length): int(count) for length, count in cursor.fetchall()}
+    return dict(
+        Counter(
+            len(items)
+            for items in MemberFeed.objects.filter(run=run).values_list("item_ids", flat=True)
+        )
     )
 
 
@@ -159,16 +189,18 @@ def creator_report(*, community: Community, creator: Creator) -> CreatorReport |
     if pointer is None:
         return None
     run = pointer.run
-    key = f"cf:creator-report:{run.pk}.{pointer.revision}:{creator.pk}"
+    # v2: the report gained the visible depth and position-weighted exposure.
+    depth = settings.COMMONFEED_VISIBLE_DEPTH
+    key = f"cf:creator-report:v2:{depth}:{run.pk}.{pointer.revision}:{creator.pk}"
     cached = cache.get(key)
     if cached is not None:
         return _from_plain(cached)
-    report = _compute(community=community, creator=creator, run=run)
+    report = _compute(community=community, creator=creator, run=run, depth=depth)
     cache.set(key, _to_plain(report), CREATOR_REPORT_TTL)
     return report
 
 
-def _compute(*, community: Community, creator: Creator, run: FeedRun) -> CreatorReport:
+def _compute(*, community: Community, creator: Creator, run: FeedRun, depth: int) -> CreatorReport:
     policy = policy_of(run.policy_version)
     items = list(
         Item.objects.filter(community=community, credits__creator=creator, credits__position=0)
@@ -205,12 +237,21 @@ def _compute(*, community: Community, creator: Creator, run: FeedRun) -> Creator
         row = exposure[item]
         row.impressions += 1
         row.rank_sum += rank
-        row.top += rank <= TOP_RANKS
+        row.top += rank <= depth
         members_by_item[item].add(member)
         for bit in Reason:
             if bits & bit:
                 reasons[int(bit)] += 1
     reached = {member for member, *_ in entries}
+    reached_at_depth = {member for member, _, rank, _ in entries if rank <= depth}
+    # Attention by position, as ranking.report counts it; the totals are every stored place,
+    # like the share of impressions.
+    lengths = _feed_lengths(run)
+    longest = max([*lengths, *(rank for _, _, rank, _ in entries), 0])
+    weights = position_weights(longest)
+    cumulative = np.concatenate([[0.0], np.cumsum(weights)])
+    ranks = np.array([rank for _, _, rank, _ in entries], dtype=np.int64)
+    placed = weights[ranks - 1]
     for pk, members in members_by_item.items():
         exposure[pk].members = len(members)
 
@@ -260,7 +301,7 @@ def _compute(*, community: Community, creator: Creator, run: FeedRun) -> Creator
         run_id=run.pk,
         policy_version=run.policy_version.number,
         computed_at=now.isoformat(),
-        total_impressions=_total_impressions(run),
+        total_impressions=sum(length * count for length, count in lengths.items()),
         creators_with_items=creators_with_items,
         impressions=len(entries),
         members_reached=len(reached),
@@ -278,6 +319,15 @@ def _compute(*, community: Community, creator: Creator, run: FeedRun) -> Creator
         provenance_treatment=treatment,
         items=sorted(exposure.values(), key=lambda row: (-row.impressions, row.item_id)),
         withdrawn_impressions=len(stored) - len(entries),
+        depth=depth,
+        total_top=sum(min(length, depth) * count for length, count in lengths.items()),
+        members_reached_at_depth=len(reached_at_depth),
+        exposure=float(placed.sum()),
+        exposure_at_depth=float(placed[ranks <= depth].sum()),
+        total_exposure=float(sum(cumulative[n] * count for n, count in lengths.items())),
+        total_exposure_at_depth=float(
+            sum(cumulative[min(n, depth)] * count for n, count in lengths.items())
+        ),
     )
 
 

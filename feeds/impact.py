@@ -2,10 +2,12 @@
 
 For a policy proposal, :func:`policy_impact_request` records a comparison of the current policy
 (A) against the proposed one (B) and a worker runs :func:`policy_impact_compute`: an offline
-evaluation (``ranking.evaluation.compare``: seeded per-member 80/20 holdout, top 10) on the
-community's interactions, reporting consumer metrics (precision, recall, nDCG, diversity,
-novelty, calibration) and producer metrics (exposure concentration, coverage, long-tail and new
-creators' share, AI-generated share, popularity) for both, their differences and the churn.
+evaluation (``ranking.evaluation.compare``: seeded per-member 80/20 holdout, feeds of
+``COMMONFEED_FEED_LENGTH`` as served) on the community's interactions, reporting consumer metrics
+(precision, recall, nDCG, diversity, novelty, calibration) and producer metrics (exposure
+concentration, coverage, long-tail and new creators' share, AI-generated share, popularity) for
+both, their differences and the churn, at the visible depth (``COMMONFEED_VISIBLE_DEPTH``) and
+over the whole feed, with the definitions of the run metrics (``ranking.report``).
 
 What it reads respects members' choices: the interactions of members who refused that their
 data train the model are left out (an evaluation is a training run too). Large communities are
@@ -221,7 +223,8 @@ def policy_impact_compute(*, impact_id: int) -> PolicyImpact:
         if data.member_ids.size == 0:
             raise ValueError("the community has no interactions to evaluate on yet")
         split = split_random(data, test_fraction=0.2, seed=42)
-        report = compare(a, b, data, split, k=10)
+        length, depth = settings.COMMONFEED_FEED_LENGTH, settings.COMMONFEED_VISIBLE_DEPTH
+        report = compare(a, b, data, split, k=length, depth=depth)
     except Exception as exc:  # recorded for the page; the worker log has the traceback
         logger.exception("policy impact %s failed", impact_id)
         PolicyImpact.objects.filter(pk=impact_id, status=PolicyImpact.Status.COMPUTING).update(
@@ -231,7 +234,8 @@ def policy_impact_compute(*, impact_id: int) -> PolicyImpact:
         report["data"] = {
             **facts,
             "split": "random per member, 20 % held out, seed 42",
-            "k": 10,
+            "k": length,
+            "depth": depth,
             "seconds": round(time.perf_counter() - started, 2),
         }
         PolicyImpact.objects.filter(pk=impact_id, status=PolicyImpact.Status.COMPUTING).update(

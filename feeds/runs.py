@@ -34,7 +34,8 @@ from governance.models import AuditEntry, Community
 from governance.selectors import membership_of_user
 from governance.services import audit_append
 from ranking import metrics
-from ranking.datasets import AI_GENERATED, PROVENANCES
+from ranking.datasets import PROVENANCES
+from ranking.report import CUTS, Catalogue, FeedReport
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +54,19 @@ METRICS_LEASE = timedelta(minutes=30)
 # members they reached, and a creator is new if their first item is at most two years old.
 HEAD_FRACTION = 0.2
 NEW_CREATOR_DAYS = 730.0
-METRICS_VERSION = 1
+# 2: adds depth, length, discount and the at_depth / whole_feed sections (ranking.report).
+METRICS_VERSION = 2
+# The flat sections of version 1, kept for the API's readers: the whole feed, counting places.
+CONSUMERS = ("diversity_tags", "novelty_bits", "avg_popularity", "miscalibration_kl")
+PRODUCERS = (
+    "item_coverage",
+    "creator_coverage",
+    "item_gini",
+    "creator_gini",
+    "long_tail_creator_share",
+    "new_creator_share",
+    "ai_generated_share",
+)
 
 
 # --- Who may see and trigger runs ---------------------------------------------------------------
@@ -377,32 +390,18 @@ def _history(run: FeedRun, members: list[int], catalogue: _Catalogue) -> scipy.s
     return history
 
 
-class _Mean:
-    """Running mean of per-member values over the members for whom they are defined."""
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.n = 0
-
-    def add(self, values: npt.NDArray[np.float64]) -> None:
-        defined = np.isfinite(values)
-        self.total += float(values[defined].sum())
-        self.n += int(defined.sum())
-
-    def value(self) -> float | None:
-        return round(self.total / self.n, 6) if self.n else None
-
-
-def _share(part: float, total: float) -> float | None:
-    return round(part / total, 6) if total > 0 else None
-
-
-def _number(value: float) -> float | None:
-    return None if math.isnan(value) else round(float(value), 6)
+def _rounded(values: dict[str, float | None]) -> dict[str, float | None]:
+    return {name: None if value is None else round(value, 6) for name, value in values.items()}
 
 
 def run_metrics(run: FeedRun) -> dict[str, Any]:
     """Consumer and producer metrics of the run's stored feeds, as a JSON-ready dict.
+
+    Measured by :class:`ranking.report.FeedReport`, the definitions of the impact preview and
+    ``python -m ranking.evaluate``: over the first ``COMMONFEED_VISIBLE_DEPTH`` places of each
+    feed (``at_depth``, where members look) and over every stored place (``whole_feed``),
+    counting places and position-weighted exposure (``..._weighted``). The flat ``consumers``
+    and ``producers`` are the whole feed counting places, as before the depth existed.
 
     Reads the feeds in member batches (a community may have a million members): exposure is
     summed per item and the consumer metrics are averaged over members as it goes, so memory
@@ -413,75 +412,56 @@ def run_metrics(run: FeedRun) -> dict[str, Any]:
     """
     started = timezone.now()
     catalogue = _catalogue(run)
-    n_items = catalogue.item_ids.size
     batch = min(METRICS_BATCH, max(100, METRICS_BATCH_CELLS // max(catalogue.tags.shape[1], 1)))
-    exposure = np.zeros(n_items, dtype=np.float64)
-    diversity, novelty, popularity, calibration = _Mean(), _Mean(), _Mean(), _Mean()
-    members = empty = 0
+    owner = catalogue.item_creator
+    since = (run.requested_at - timedelta(days=NEW_CREATOR_DAYS)).timestamp()
+    report = FeedReport(
+        Catalogue(
+            item_creator=owner,
+            n_creators=catalogue.n_creators,
+            # The head: the top 20 % of creators by the members they reached.
+            creator_counts=metrics.creator_totals(
+                catalogue.popularity, owner, catalogue.n_creators
+            ),
+            head_fraction=HEAD_FRACTION,
+            new=metrics.new_creators(catalogue.creator_first_published, since=since),
+            item_provenance=catalogue.provenance,
+            listed=catalogue.active,
+            item_popularity=catalogue.popularity,
+            n_members=max(catalogue.n_members, 1),
+            item_tags=catalogue.tags,
+        ),
+        depth=settings.COMMONFEED_VISIBLE_DEPTH,
+    )
+    empty = 0
     for rows in _feed_batches(run, batch):
         recs = _recs(rows, catalogue)
-        members += len(rows)
         empty += int(((recs >= 0).sum(axis=1) == 0).sum())
-        if recs.shape[1] == 0:
-            continue
-        exposure += metrics.exposure(recs, n_items)
-        diversity.add(metrics.intra_list_diversity(recs, catalogue.tags))
-        novelty.add(metrics.novelty(recs, catalogue.popularity, max(catalogue.n_members, 1)))
-        popularity.add(metrics.average_popularity(recs, catalogue.popularity))
         history = _history(run, [member for member, _ in rows], catalogue)
-        calibration.add(metrics.calibration(recs, history, catalogue.tags))
+        report.add(recs, history=history)
     expected = int((run.stats or {}).get("members") or 0)
-    if members == 0 and expected > 0:
+    if report.members == 0 and expected > 0:
         return {
             "status": "unavailable",
             "reason": "The run's stored feeds were pruned before they were measured.",
         }
-
-    # Producers: over the catalogue the run could show (active items) plus anything it showed.
-    in_catalogue = catalogue.active | (exposure > 0)
-    owner = catalogue.item_creator
-    owned = owner >= 0
-    creator_exposure = np.bincount(
-        owner[owned], weights=exposure[owned], minlength=catalogue.n_creators
-    )
-    creator_listed = np.zeros(catalogue.n_creators, dtype=bool)
-    creator_listed[owner[owned & in_catalogue]] = True
-    reach = np.bincount(
-        owner[owned], weights=catalogue.popularity[owned], minlength=catalogue.n_creators
-    )
-    head = np.zeros(catalogue.n_creators, dtype=bool)
-    head[creator_listed] = metrics.head_creators(reach[creator_listed], head_fraction=HEAD_FRACTION)
-    since = (run.requested_at - timedelta(days=NEW_CREATOR_DAYS)).timestamp()
-    with np.errstate(invalid="ignore"):
-        new = catalogue.creator_first_published >= since
-    attributed = float(creator_exposure.sum())
-    total = float(exposure.sum())
-    listed_items = int(in_catalogue.sum())
-    listed_creators = int(creator_listed.sum())
+    measured = report.result()
+    cuts = {
+        cut: {side: _rounded(measured[cut][side]) for side in ("consumers", "producers")}
+        for cut in CUTS
+    }
+    whole = cuts["whole_feed"]
     return {
         "status": "done",
         "version": METRICS_VERSION,
         "computed_at": started.isoformat(),
-        "members": {"measured": members, "empty_feeds": empty},
-        "catalogue": {"items": listed_items, "creators": listed_creators},
-        "consumers": {
-            "diversity_tags": diversity.value(),
-            "novelty_bits": novelty.value(),
-            "avg_popularity": popularity.value(),
-            "miscalibration_kl": calibration.value(),
-        },
-        "producers": {
-            "item_coverage": _share(float((exposure[in_catalogue] > 0).sum()), listed_items),
-            "creator_coverage": _share(
-                float((creator_exposure[creator_listed] > 0).sum()), listed_creators
-            ),
-            "item_gini": _number(metrics.gini(exposure[in_catalogue])),
-            "creator_gini": _number(metrics.gini(creator_exposure[creator_listed])),
-            "long_tail_creator_share": _share(float(creator_exposure[~head].sum()), attributed),
-            "new_creator_share": _share(float(creator_exposure[new].sum()), attributed),
-            "ai_generated_share": _share(
-                float(exposure[catalogue.provenance == AI_GENERATED].sum()), total
-            ),
-        },
+        "members": {"measured": report.members, "empty_feeds": empty},
+        "catalogue": measured["catalogue"],
+        "consumers": {name: whole["consumers"].get(name) for name in CONSUMERS},
+        "producers": {name: whole["producers"][name] for name in PRODUCERS},
+        "depth": measured["depth"],
+        "length": measured["length"],
+        "discount": measured["discount"],
+        **cuts,
         "seconds": round((timezone.now() - started).total_seconds(), 3),
     }

@@ -236,11 +236,12 @@ def app_credential_revoke_view(request: HttpRequest, slug: str, prefix: str) -> 
 
 
 # Labels and what a rise means, for the impact preview's rows (metric keys of
-# ranking.evaluation.metrics_report). Unknown keys are shown by their key.
+# ranking.report and ranking.evaluation.metrics_report, "@N" cut off: "{n}" is N). Unknown keys
+# are shown by their key; "*_weighted" keys are their twin's label "by position".
 IMPACT_LABELS: dict[str, tuple[str, str]] = {
-    "precision@10": ("Precision@10", "share of the 10 recommended items the member went on to use"),
-    "recall@10": ("Recall@10", "share of the member's held-out items that were recommended"),
-    "ndcg@10": ("nDCG@10", "accuracy weighted by position"),
+    "precision": ("Precision@{n}", "share of the {n} recommended items the member went on to use"),
+    "recall": ("Recall@{n}", "share of the member's held-out items that were recommended"),
+    "ndcg": ("nDCG@{n}", "accuracy weighted by position"),
     "diversity_tags": (
         "Diversity (tags)",
         "how different the items in one feed are from each other",
@@ -267,21 +268,58 @@ IMPACT_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def _impact_rows(report: dict[str, Any], section: str) -> list[dict[str, Any]]:
+def _impact_label(key: str) -> tuple[str, str]:
+    base, _, n = key.partition("@")
+    weighted = base.endswith("_weighted")
+    base = base.removesuffix("_weighted")
+    if base not in IMPACT_LABELS:
+        return key, ""
+    label, meaning = (text.replace("{n}", n) for text in IMPACT_LABELS[base])
+    if weighted:
+        return f"{label} by position", f"{meaning}; a first place counts 1, a tenth 0.29"
+    return label, meaning
+
+
+def _impact_rows(report: dict[str, Any], *path: str) -> list[dict[str, Any]]:
+    def pick(tree: dict[str, Any]) -> dict[str, Any]:
+        for key in path:
+            tree = tree.get(key) or {}
+        return tree
+
     rows = []
-    for key, value_a in report["a"][section].items():
-        label, meaning = IMPACT_LABELS.get(key, (key, ""))
+    for key, value_a in pick(report["a"]).items():
+        label, meaning = _impact_label(key)
         rows.append(
             {
                 "key": key,
                 "label": label,
                 "meaning": meaning,
                 "a": value_a,
-                "b": report["b"][section].get(key),
-                "delta": report["deltas"][section].get(key),
+                "b": pick(report["b"]).get(key),
+                "delta": pick(report["deltas"]).get(key),
             }
         )
     return rows
+
+
+def _impact_tables(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """The preview's tables: each side at the visible depth and over the whole feed; reports
+    computed before the depth existed have one table per side."""
+    sides = {"consumers": "For members (consumers)", "producers": "For creators (producers)"}
+    if "at_depth" not in report["a"]:
+        return [
+            {"title": title, "rows": _impact_rows(report, side)} for side, title in sides.items()
+        ]
+    data = report.get("data") or {}
+    where = {
+        "at_depth": f"in the top {data.get('depth')}, where members look",
+        "whole_feed": f"over the whole feed of {data.get('k')}",
+    }
+    return [
+        {"title": f"{title}, {where[cut]}", "rows": _impact_rows(report, cut, side)}
+        for side, title in sides.items()
+        for cut in ("at_depth", "whole_feed")
+    ]
 
 
 def proposal_impact(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
@@ -305,8 +343,7 @@ def proposal_impact(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
             found = impact.policy_impact_of_proposed(community=community, b=proposed)
         context["impact"] = found
         if found is not None and found.status == found.Status.DONE:
-            context["consumers"] = _impact_rows(found.report, "consumers")
-            context["producers"] = _impact_rows(found.report, "producers")
+            context["tables"] = _impact_tables(found.report)
             context["same_policy"] = current.sha256() == proposed.sha256()
     template = "feeds/_impact.html" if context["fragment"] else "feeds/impact.html"
     return render(request, template, context)
@@ -417,8 +454,42 @@ RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
         "long_tail_creator_share": "Long-tail creators' share",
         "new_creator_share": "New creators' share",
         "ai_generated_share": "AI-generated share",
+        "creator_gini_weighted": "Creator exposure Gini by position",
+        "long_tail_creator_share_weighted": "Long-tail creators' share by position",
+        "new_creator_share_weighted": "New creators' share by position",
+        "ai_generated_share_weighted": "AI-generated share by position",
     },
 }
+
+
+def _run_metric_rows(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str, Any]]]]:
+    """The run's figures as (heading, [(label, value)]): at the visible depth and over the whole
+    feed; runs measured before the depth existed (metrics version 1) have the whole feed only."""
+    sides = {"consumers": "Members", "producers": "Creators and items"}
+    if "at_depth" not in metrics:
+        return [
+            (
+                sides[section],
+                [
+                    (label, (metrics.get(section) or {}).get(key))
+                    for key, label in labels.items()
+                    if key in (metrics.get(section) or {})
+                ],
+            )
+            for section, labels in RUN_METRIC_LABELS.items()
+        ]
+    cuts = {
+        "at_depth": f"in the top {metrics['depth']}",
+        "whole_feed": f"over the whole feed ({metrics['length']})",
+    }
+    return [
+        (
+            f"{sides[section]} {where}",
+            [(label, metrics[cut][section].get(key)) for key, label in labels.items()],
+        )
+        for section, labels in RUN_METRIC_LABELS.items()
+        for cut, where in cuts.items()
+    ]
 
 
 def _seconds(start: Any, end: Any) -> float | None:
@@ -447,18 +518,7 @@ def feed_runs(request: HttpRequest, slug: str) -> HttpResponse:
                 "run": run,
                 "waited": _seconds(run.requested_at, run.started_at),
                 "took": _seconds(run.started_at, run.finished_at),
-                "metrics": [
-                    (
-                        "Members" if section == "consumers" else "Creators and items",
-                        [
-                            (label, (metrics.get(section) or {}).get(key))
-                            for key, label in labels.items()
-                        ],
-                    )
-                    for section, labels in RUN_METRIC_LABELS.items()
-                ]
-                if metrics.get("status") == "done"
-                else [],
+                "metrics": _run_metric_rows(metrics) if metrics.get("status") == "done" else [],
             }
         )
     return render(

@@ -4,8 +4,13 @@ Usage::
 
     python -m ranking.evaluate --movielens ../shared/data/ml-100k --policy policy.json
     python -m ranking.evaluate --movielens DIR --policy A.json --compare B.json \\
-        [--split random|temporal] [--seed 42] [--test-fraction 0.2] [--k 10] \\
+        [--split random|temporal] [--seed 42] [--test-fraction 0.2] [--k 50] [--depth 10] \\
         [--discount none|log2] [--format json|table]
+
+``--k`` is the feed length (50, as the product serves) and ``--depth`` the visible depth (10, as
+apps show): every metric is reported over the first ``depth`` places (``at_depth``) and over the
+whole feed (``whole_feed``), counting places and position-weighted exposure
+(:mod:`ranking.report`).
 
 A policy file is the policy document as JSON (``{}`` is the default policy); it is validated with
 :meth:`ranking.policy.Policy.model_validate_json`, so unknown fields are an error. Every setting
@@ -79,7 +84,8 @@ def format_table(report: dict[str, Any]) -> str:
     """Render a report of :func:`~ranking.evaluation.evaluate` or :func:`compare` as text.
 
     A single report gives one value column; a comparison gives ``A``, ``B`` and ``B - A``
-    columns side by side, followed by the churn between the two.
+    columns side by side, followed by the churn between the two. Each side's metrics come twice:
+    at the visible depth, then over the whole feed.
     """
     lines: list[str] = []
     is_comparison = "deltas" in report
@@ -89,25 +95,45 @@ def format_table(report: dict[str, Any]) -> str:
     lines.append(
         f"data {params['data']['name']}  split {split['method']} "
         f"(test {split['test_fraction']}, seed {split['seed']})  k={params['k']}  "
+        f"depth={params.get('depth', params['k'])}  "
         f"members evaluated {first['members']['evaluated']}"
     )
-    width = 26
+    width = 34
     if is_comparison:
         lines.append(
             f"A {report['a']['params']['policy_sha256'][:12]}  "
             f"B {report['b']['params']['policy_sha256'][:12]}"
         )
-        header = f"{'metric':<{width}}{'A':>12}{'B':>12}{'B - A':>12}"
+        columns = f"{'A':>12}{'B':>12}{'B - A':>12}"
     else:
         lines.append(f"policy {params['policy_sha256'][:12]}")
-        header = f"{'metric':<{width}}{'value':>12}"
-    for section in ("consumers", "producers"):
+        columns = f"{'value':>12}"
+    blocks: list[tuple[str, tuple[str, ...]]] = [
+        (section, (section,)) for section in ("consumers", "producers")
+    ]
+    if "at_depth" in first:
+        depth = params.get("depth")
+        blocks = [
+            (
+                f"{section}, top {depth}" if cut == "at_depth" else f"{section}, whole feed",
+                (cut, section),
+            )
+            for section in ("consumers", "producers")
+            for cut in ("at_depth", "whole_feed")
+        ]
+
+    def pick(tree: dict[str, Any], path: tuple[str, ...]) -> dict[str, Any]:
+        for key in path:
+            tree = tree[key]
+        return tree
+
+    for title, path in blocks:
         lines.append("")
-        lines.append(header.replace("metric", section, 1))
-        for name, value in first[section].items():
+        lines.append(f"{title:<{width}}{columns}")
+        for name, value in pick(first, path).items():
             if is_comparison:
-                other = report["b"][section].get(name)
-                delta = report["deltas"][section].get(name)
+                other = pick(report["b"], path).get(name)
+                delta = pick(report["deltas"], path).get(name)
                 lines.append(
                     f"{name:<{width}}{_cell(value):>12}{_cell(other):>12}{_signed(delta):>12}"
                 )
@@ -115,6 +141,10 @@ def format_table(report: dict[str, Any]) -> str:
                 lines.append(f"{name:<{width}}{_cell(value):>12}")
     lines.append("")
     if is_comparison:
+        if "churn_at_depth" in report:
+            lines.append(
+                f"{'churn, top depth (mean)':<{width}}{_cell(report['churn_at_depth']['mean']):>12}"
+            )
         lines.append(f"{'churn@k (mean)':<{width}}{_cell(report['churn']['mean']):>12}")
         seconds = [report[side]["timings"]["feeds_seconds"] for side in ("a", "b")]
         lines.append(f"{'feeds seconds':<{width}}{_cell(seconds[0]):>12}{_cell(seconds[1]):>12}")
@@ -134,7 +164,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", choices=("random", "temporal"), default="random")
     parser.add_argument("--seed", type=int, default=42, help="seed of the random split")
     parser.add_argument("--test-fraction", type=float, default=0.2)
-    parser.add_argument("--k", type=int, default=10, help="list length / metric cutoff")
+    parser.add_argument(
+        "--k", type=int, default=50, help="feed length (the whole feed's metric cutoff)"
+    )
+    parser.add_argument("--depth", type=int, default=10, help="visible depth: the places apps show")
     parser.add_argument(
         "--discount",
         choices=("none", "log2"),
@@ -151,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be >= 1")
+    if args.depth < 1:
+        parser.error("--depth must be >= 1")
     try:
         policy_a = load_policy(args.policy)
         policy_b = load_policy(args.compare) if args.compare is not None else None
@@ -164,9 +199,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if policy_b is None:
-        report = evaluate(policy_a, data, split, k=args.k, discount=args.discount)
+        report = evaluate(policy_a, data, split, k=args.k, discount=args.discount, depth=args.depth)
     else:
-        report = compare(policy_a, policy_b, data, split, k=args.k, discount=args.discount)
+        report = compare(
+            policy_a, policy_b, data, split, k=args.k, discount=args.discount, depth=args.depth
+        )
     if args.format == "table":
         print(format_table(report))
     else:

@@ -36,10 +36,11 @@ from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 
 from ranking import metrics
-from ranking.datasets import AI_GENERATED, PROVENANCES, InteractionData
+from ranking.datasets import PROVENANCES, InteractionData
 from ranking.effects import ItemAttributes
 from ranking.feeds import compute_feeds
 from ranking.policy import ModelParams, Policy
+from ranking.report import CUTS, DEFAULT_DEPTH, Catalogue, feed_report
 
 __all__ = [
     "Recommendations",
@@ -461,8 +462,12 @@ def metrics_report(
     discount: metrics.Discount = "none",
     head_fraction: float = 0.2,
     new_creator_days: float = 730.0,
+    depth: int = DEFAULT_DEPTH,
 ) -> dict[str, Any]:
     """Every metric of :mod:`ranking.metrics` for a set of lists, as a JSON-ready dict.
+
+    Measured by :func:`ranking.report.feed_report`, the definitions the product's run metrics
+    and impact preview use too.
 
     Parameters
     ----------
@@ -471,20 +476,27 @@ def metrics_report(
     data : InteractionData
     split : Split
     discount : {"none", "log2"}, default "none"
-        Exposure discount of the producer metrics (see :mod:`ranking.metrics`).
+        Exposure discount of the producer metrics in ``producers`` (see :mod:`ranking.metrics`);
+        ``at_depth`` and ``whole_feed`` always hold both.
     head_fraction : float, default 0.2
         Share of creators (by training interactions) that are *not* long tail.
     new_creator_days : float, default 730
         A creator is *new* if their first item was published at most this many days before the
         latest training interaction.
+    depth : int, default 10
+        The visible depth of ``at_depth``.
 
     Returns
     -------
     dict
-        ``{"consumers": {...}, "producers": {...}, "members": {...}}``; consumer values are the
-        means over members with a defined value (``NaN`` becomes ``None``); ``members`` counts
-        evaluated members, those without held-out items (excluded from the consumer means) and
-        those whose list is shorter than ``k``.
+        ``{"consumers": {...}, "producers": {...}, "members": {...}, "at_depth": {...},
+        "whole_feed": {...}}``. ``consumers`` and ``producers`` are the metrics over the whole
+        lists, as before the visible depth existed (the producers' exposure discounted by
+        ``discount``); ``at_depth`` and ``whole_feed`` are the two cuts of
+        :meth:`ranking.report.FeedReport.result`. Consumer values are the means over members
+        with a defined value (``NaN`` becomes ``None``); ``members`` counts evaluated members,
+        those without held-out items (excluded from the consumer means) and those whose list
+        is shorter than ``k``.
     """
     recs = recommendations.items
     k = int(recs.shape[1])
@@ -496,51 +508,56 @@ def metrics_report(
     all_history = history_matrix(data, split, train_members)
     popularity = np.asarray(all_history.sum(axis=0), dtype=np.float64).ravel()
     owner = data.item_creator
-    owned = owner >= 0
-    creator_counts = np.bincount(owner[owned], weights=popularity[owned], minlength=data.n_creators)
+    creator_counts = metrics.creator_totals(popularity, owner, data.n_creators)
     latest = float(data.timestamps[split.train].max()) if split.train.any() else 0.0
     since = latest - new_creator_days * 86_400.0
-
-    def mean(values: npt.NDArray[np.float64]) -> float | None:
-        result = metrics.summarize(values)["mean"]
-        return None if result is None else float(result)
-
+    catalogue = Catalogue(
+        item_creator=owner,
+        n_creators=data.n_creators,
+        creator_counts=creator_counts,
+        head_fraction=head_fraction,
+        new=metrics.new_creators(data.creator_first_published, since=since),
+        item_provenance=data.item_provenance,
+        item_popularity=popularity,
+        n_members=max(train_members.size, 1),
+        item_tags=data.item_tags,
+    )
+    measured = feed_report(recs, catalogue, truth=truth, history=history, depth=depth)
+    whole = measured["whole_feed"]
+    # The flat sections keep their names and meaning: the whole list, with ``discount``.
+    suffix = "" if discount == "none" else "_weighted"
     consumers = {
-        f"precision@{k}": mean(metrics.precision_at_k(recs, truth)),
-        f"recall@{k}": mean(metrics.recall_at_k(recs, truth)),
-        f"ndcg@{k}": mean(metrics.ndcg_at_k(recs, truth)),
-        "diversity_tags": mean(metrics.intra_list_diversity(recs, data.item_tags)),
-        "novelty_bits": mean(metrics.novelty(recs, popularity, max(train_members.size, 1))),
-        "miscalibration_kl": mean(metrics.calibration(recs, history, data.item_tags)),
+        name: whole["consumers"].get(name)
+        for name in (
+            f"precision@{k}",
+            f"recall@{k}",
+            f"ndcg@{k}",
+            "diversity_tags",
+            "novelty_bits",
+            "miscalibration_kl",
+        )
     }
     producers = {
-        "item_coverage": _float(metrics.item_coverage(recs, data.n_items)),
-        "creator_coverage": _float(metrics.creator_coverage(recs, owner, data.n_creators)),
-        "item_gini": _float(metrics.item_gini(recs, data.n_items, discount=discount)),
-        "creator_gini": _float(
-            metrics.creator_gini(recs, owner, data.n_creators, discount=discount)
-        ),
-        "long_tail_creator_share": _float(
-            metrics.long_tail_creator_share(
-                recs, owner, creator_counts, head_fraction=head_fraction, discount=discount
+        "item_coverage": whole["producers"]["item_coverage"],
+        "creator_coverage": whole["producers"]["creator_coverage"],
+        **{
+            name: whole["producers"][f"{name}{suffix}"]
+            for name in (
+                "item_gini",
+                "creator_gini",
+                "long_tail_creator_share",
+                "new_creator_share",
+                "ai_generated_share",
             )
-        ),
-        "new_creator_share": _float(
-            metrics.new_creator_share(
-                recs, owner, data.creator_first_published, since=since, discount=discount
-            )
-        ),
-        "ai_generated_share": _float(
-            metrics.provenance_share(
-                recs, data.item_provenance, codes=(AI_GENERATED,), discount=discount
-            )
-        ),
-        "avg_popularity": mean(metrics.average_popularity(recs, popularity)),
+        },
+        "avg_popularity": whole["consumers"].get("avg_popularity"),
     }
     has_truth = truth.getnnz(axis=1) > 0
     return {
         "consumers": consumers,
         "producers": producers,
+        "at_depth": measured["at_depth"],
+        "whole_feed": whole,
         "members": {
             "evaluated": int(has_truth.sum()),
             "excluded_no_truth": int((~has_truth).sum()),
@@ -549,6 +566,8 @@ def metrics_report(
         },
         "settings": {
             "discount": discount,
+            "depth": depth,
+            "attention": "log2: place p (0 = top) counts 1/log2(p + 2) in the *_weighted metrics",
             "head_fraction": head_fraction,
             "new_creator_days": new_creator_days,
             "new_creator_since": since,
@@ -566,6 +585,7 @@ def evaluate(
     *,
     k: int = 10,
     discount: metrics.Discount = "none",
+    depth: int = DEFAULT_DEPTH,
     num_threads: int = 0,
     feed_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -581,7 +601,10 @@ def evaluate(
     k : int, default 10
         List length and cutoff of every @k metric.
     discount : {"none", "log2"}, default "none"
-        Exposure discount of the producer metrics.
+        Exposure discount of the producer metrics in ``producers``.
+    depth : int, default 10
+        The visible depth: ``at_depth`` measures the first ``depth`` places of each list,
+        ``whole_feed`` all ``k``.
     num_threads : int, default 0
         ALS threads (``0``: all cores).
     feed_options : mapping, optional
@@ -590,12 +613,14 @@ def evaluate(
     Returns
     -------
     dict
-        JSON-ready: ``consumers`` and ``producers`` (metric name -> value), ``members``
+        JSON-ready: ``consumers`` and ``producers`` (metric name -> value, over the whole
+        lists), ``at_depth`` and ``whole_feed`` (:func:`ranking.report.feed_report`'s two cuts,
+        each with consumers and producers, places and position-weighted), ``members``
         (counts), ``params`` (policy, its SHA-256, k, split, data set sizes, metric settings)
         and ``timings`` (seconds).
     """
     run = recommend(policy, data, split, k=k, num_threads=num_threads, feed_options=feed_options)
-    return _report(policy, run, data, split, k=k, discount=discount)
+    return _report(policy, run, data, split, k=k, discount=discount, depth=depth)
 
 
 def _report(
@@ -606,19 +631,23 @@ def _report(
     *,
     k: int,
     discount: metrics.Discount,
+    depth: int,
 ) -> dict[str, Any]:
     started = time.perf_counter()
-    measured = metrics_report(run, data, split, discount=discount)
+    measured = metrics_report(run, data, split, discount=discount, depth=depth)
     metric_seconds = time.perf_counter() - started
     settings = measured.pop("settings")
     return {
         "consumers": measured["consumers"],
         "producers": measured["producers"],
+        "at_depth": measured["at_depth"],
+        "whole_feed": measured["whole_feed"],
         "members": measured["members"],
         "params": {
             "policy": policy.model_dump(mode="json"),
             "policy_sha256": policy.sha256(),
             "k": k,
+            "depth": depth,
             "split": split.describe(),
             "data": {
                 "name": data.name,
@@ -654,6 +683,7 @@ def compare(
     *,
     k: int = 10,
     discount: metrics.Discount = "none",
+    depth: int = DEFAULT_DEPTH,
     num_threads: int = 0,
     feed_options: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -663,29 +693,42 @@ def compare(
     ----------
     policy_a, policy_b : Policy
         The baseline (``a``) and the candidate (``b``).
-    data, split, k, discount, num_threads, feed_options
+    data, split, k, discount, depth, num_threads, feed_options
         As in :func:`evaluate`; both policies get the same ``feed_options``.
 
     Returns
     -------
     dict
-        ``{"a": report, "b": report, "deltas": {"consumers": ..., "producers": ...},
-        "churn": {"mean": float, "n_members": int}}`` where a delta is ``b - a`` and churn is
-        :func:`ranking.metrics.churn` between the two policies' lists for the same members.
+        ``{"a": report, "b": report, "deltas": {"consumers": ..., "producers": ...,
+        "at_depth": {"consumers": ..., "producers": ...}, "whole_feed": {...}}, "churn": {"mean":
+        float, "n_members": int}, "churn_at_depth": {...}}`` where a delta is ``b - a`` and
+        churn is :func:`ranking.metrics.churn` between the two policies' lists for the same
+        members (``churn_at_depth``: of their first ``depth`` places).
     """
     run_a, run_b = (
         recommend(policy, data, split, k=k, num_threads=num_threads, feed_options=feed_options)
         for policy in (policy_a, policy_b)
     )
-    report_a = _report(policy_a, run_a, data, split, k=k, discount=discount)
-    report_b = _report(policy_b, run_b, data, split, k=k, discount=discount)
+    report_a = _report(policy_a, run_a, data, split, k=k, discount=discount, depth=depth)
+    report_b = _report(policy_b, run_b, data, split, k=k, discount=discount, depth=depth)
     changed = metrics.churn(run_a.items, run_b.items)
+    visible = metrics.churn(run_a.items[:, :depth], run_b.items[:, :depth])
+    deltas: dict[str, Any] = {
+        section: _deltas(report_a[section], report_b[section])
+        for section in ("consumers", "producers")
+    }
+    for cut in CUTS:
+        deltas[cut] = {
+            side: _deltas(report_a[cut][side], report_b[cut][side])
+            for side in ("consumers", "producers")
+        }
     return {
         "a": report_a,
         "b": report_b,
-        "deltas": {
-            section: _deltas(report_a[section], report_b[section])
-            for section in ("consumers", "producers")
-        },
+        "deltas": deltas,
         "churn": {"mean": _float(changed.mean), "n_members": int(changed.per_member.size)},
+        "churn_at_depth": {
+            "mean": _float(visible.mean),
+            "n_members": int(visible.per_member.size),
+        },
     }

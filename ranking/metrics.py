@@ -18,10 +18,12 @@ look at the whole batch of lists and return one number (or one value per item / 
 Exposure
     An item's *exposure* is the number of lists it appears in (``discount="none"``), or the sum of
     ``1 / log2(position + 2)`` over its appearances (``discount="log2"``, position 0 = top, the
-    same discount as nDCG), so that a first place counts 1 and a tenth place about 0.29. A
-    creator's exposure is the sum over the items whose primary creator they are. Items whose
-    creator index is ``-1`` (the ``unattributed`` placeholder) are left out of every creator
-    metric, numerators and denominators alike.
+    same discount as nDCG), so that a first place counts 1 and a tenth place about 0.29. The log2
+    discount is the one attention model of this library (:func:`position_weights`): how likely a
+    member is to look at a place, as in Singh & Joachims (KDD 2018) and Biega et al. (SIGIR
+    2018). A creator's exposure is the sum over the items whose primary creator they are. Items
+    whose creator index is ``-1`` (the ``unattributed`` placeholder) are left out of every
+    creator metric, numerators and denominators alike.
 
 No function loops over members in Python: lists are turned into sparse member x item indicator
 matrices or masked ``(m, k)`` arrays.
@@ -50,7 +52,9 @@ __all__ = [
     "creator_exposure",
     "creator_exposure_share",
     "creator_gini",
+    "creator_totals",
     "exposure",
+    "exposure_share",
     "gini",
     "head_creators",
     "intra_list_diversity",
@@ -59,7 +63,9 @@ __all__ = [
     "long_tail_creator_share",
     "ndcg_at_k",
     "new_creator_share",
+    "new_creators",
     "novelty",
+    "position_weights",
     "precision_at_k",
     "provenance_share",
     "recall_at_k",
@@ -99,12 +105,37 @@ def _csr(matrix: object, name: str, rows: int) -> csr_matrix:
     return result
 
 
-def _weights(k: int, discount: Discount) -> FloatArray:
+def position_weights(
+    n: int, discount: Discount = "log2", *, depth: int | None = None
+) -> FloatArray:
+    """How much a place in a feed counts, by position: the attention model of every metric.
+
+    Parameters
+    ----------
+    n : int
+        Number of places (feed length).
+    discount : {"none", "log2"}, default "log2"
+        ``"none"``: every place counts 1. ``"log2"``: place ``p`` (0 = top) counts
+        ``1 / log2(p + 2)``, the nDCG discount: 1 for the first place, 0.63 for the second,
+        about 0.29 for the tenth and 0.18 for the fiftieth.
+    depth : int, optional
+        Places from ``depth`` on count 0 (what apps do not show); ``None`` keeps every place.
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n,)
+    """
     if discount == "none":
-        return np.ones(k, dtype=np.float64)
-    if discount == "log2":
-        return 1.0 / np.log2(np.arange(k, dtype=np.float64) + 2.0)
-    raise ValueError(f"unknown discount {discount!r}; expected 'none' or 'log2'")
+        weights = np.ones(n, dtype=np.float64)
+    elif discount == "log2":
+        weights = 1.0 / np.log2(np.arange(n, dtype=np.float64) + 2.0)
+    else:
+        raise ValueError(f"unknown discount {discount!r}; expected 'none' or 'log2'")
+    if depth is not None:
+        if depth < 1:
+            raise ValueError(f"depth must be >= 1, got {depth}")
+        weights[depth:] = 0.0
+    return weights
 
 
 def _indicator(recs: npt.NDArray[np.int64], n_items: int) -> csr_matrix:
@@ -236,7 +267,7 @@ def ndcg_at_k(recs: npt.ArrayLike, truth: csr_matrix) -> FloatArray:
     array = _recs(recs)
     truth = _csr(truth, "truth", array.shape[0])
     k = array.shape[1]
-    discount = _weights(k, "log2")
+    discount = position_weights(k, "log2")
     dcg = (_hits(array, truth) * discount).sum(axis=1)
     ideal_cumulative = np.concatenate([[0.0], np.cumsum(discount)])
     size = truth.getnnz(axis=1)
@@ -442,7 +473,7 @@ def exposure(recs: npt.ArrayLike, n_items: int, *, discount: Discount = "none") 
     numpy.ndarray of float64, shape (n_items,)
     """
     array = _recs(recs, n_items)
-    weight = np.broadcast_to(_weights(array.shape[1], discount), array.shape)
+    weight = np.broadcast_to(position_weights(array.shape[1], discount), array.shape)
     valid = array >= 0
     return np.bincount(array[valid], weights=weight[valid], minlength=n_items).astype(np.float64)
 
@@ -472,11 +503,42 @@ def creator_exposure(
     numpy.ndarray of float64, shape (n_creators,)
     """
     owner = np.asarray(item_creator, dtype=np.int64)
-    per_item = exposure(recs, owner.size, discount=discount)
+    return creator_totals(exposure(recs, owner.size, discount=discount), owner, n_creators)
+
+
+def creator_totals(
+    item_values: npt.ArrayLike, item_creator: npt.ArrayLike, n_creators: int
+) -> FloatArray:
+    """Sum a per-item value (e.g. :func:`exposure`) over each creator's items.
+
+    Parameters
+    ----------
+    item_values : array_like of float, shape (n_items,)
+    item_creator : array_like of int, shape (n_items,)
+        Creator index of each item; ``-1`` items are left out.
+    n_creators : int
+
+    Returns
+    -------
+    numpy.ndarray of float64, shape (n_creators,)
+    """
+    values = np.asarray(item_values, dtype=np.float64)
+    owner = np.asarray(item_creator, dtype=np.int64)
     owned = owner >= 0
-    return np.bincount(owner[owned], weights=per_item[owned], minlength=n_creators).astype(
-        np.float64
-    )
+    return np.bincount(owner[owned], weights=values[owned], minlength=n_creators).astype(np.float64)
+
+
+def exposure_share(values: npt.ArrayLike, mask: npt.ArrayLike) -> float:
+    """Share of the total of ``values`` (exposure per item or per creator) held by ``mask``.
+
+    Returns
+    -------
+    float
+        In ``[0, 1]`` for non-negative values; ``NaN`` if the values sum to 0.
+    """
+    array = np.asarray(values, dtype=np.float64)
+    total = float(array.sum())
+    return float(array[np.asarray(mask, dtype=bool)].sum() / total) if total > 0 else math.nan
 
 
 def gini(values: npt.ArrayLike) -> float:
@@ -608,9 +670,7 @@ def creator_exposure_share(
         In ``[0, 1]``; ``NaN`` if no attributed item was recommended.
     """
     mask = np.asarray(creator_mask, dtype=bool)
-    per_creator = creator_exposure(recs, item_creator, mask.size, discount=discount)
-    total = float(per_creator.sum())
-    return float(per_creator[mask].sum() / total) if total > 0 else math.nan
+    return exposure_share(creator_exposure(recs, item_creator, mask.size, discount=discount), mask)
 
 
 def long_tail_creator_share(
@@ -644,10 +704,18 @@ def new_creator_share(
     creators with an unknown first publication (``NaN``) are not new. See
     :func:`creator_exposure_share`.
     """
+    new = new_creators(creator_first_published, since=since)
+    return creator_exposure_share(recs, item_creator, new, discount=discount)
+
+
+def new_creators(creator_first_published: npt.ArrayLike, *, since: float) -> npt.NDArray[np.bool_]:
+    """Which creators are *new*: first item published at or after ``since`` (unix seconds).
+
+    A creator whose first publication is unknown (``NaN``) is not new.
+    """
     first = np.asarray(creator_first_published, dtype=np.float64)
     with np.errstate(invalid="ignore"):
-        new = first >= since
-    return creator_exposure_share(recs, item_creator, new, discount=discount)
+        return first >= since
 
 
 def provenance_share(
@@ -677,9 +745,7 @@ def provenance_share(
     """
     provenance = np.asarray(item_provenance, dtype=np.int64)
     per_item = exposure(recs, provenance.size, discount=discount)
-    total = float(per_item.sum())
-    selected = np.isin(provenance, np.asarray(list(codes), dtype=np.int64))
-    return float(per_item[selected].sum() / total) if total > 0 else math.nan
+    return exposure_share(per_item, np.isin(provenance, np.asarray(list(codes), dtype=np.int64)))
 
 
 class Churn(NamedTuple):

@@ -34,6 +34,8 @@ def _django(
         ({"DEBUG": "true", "CSRF_TRUSTED_ORIGINS": "example.org"}, "must start with http"),
         ({"DEBUG": "true", "CELERY_BROKER_URL": "kafka://x"}, "CELERY_BROKER_URL='kafka://x'"),
         ({"DEBUG": "true", "COMMONFEED_FEED_LENGTH": "0"}, "COMMONFEED_FEED_LENGTH=0 must be"),
+        ({"DEBUG": "true", "COMMONFEED_VISIBLE_DEPTH": "0"}, "COMMONFEED_VISIBLE_DEPTH=0 must be"),
+        ({"DEBUG": "true", "COMMONFEED_VISIBLE_DEPTH": "ten"}, "COMMONFEED_VISIBLE_DEPTH='ten'"),
     ],
 )
 def test_a_bad_setting_stops_start_up_with_a_message_naming_it(

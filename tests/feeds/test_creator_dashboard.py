@@ -3,6 +3,7 @@ feeds themselves), what keeps their items out, and who may see it."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import pytest
@@ -87,6 +88,41 @@ def test_the_counts_are_those_of_the_stored_feeds(studio) -> None:  # type: igno
     assert report.share == pytest.approx(places / total)
     assert sum(row.impressions for row in report.items) == places
     assert report.reasons and all(count > 0 for _, count in report.reasons)
+
+
+@pytest.mark.parametrize("depth", [10, 3])
+def test_attention_is_counted_by_position_in_the_top_places_and_overall(
+    studio, settings, depth: int
+) -> None:  # type: ignore[no-untyped-def]
+    settings.COMMONFEED_VISIBLE_DEPTH = depth
+    community, creator, run = studio["community"], studio["creator"], studio["run"]
+    own = {item.pk for item in studio["own"]}
+    mine = mine_top = total = total_top = 0.0
+    places_top, seen_top = 0, set()
+    for feed in MemberFeed.objects.filter(run=run):
+        for rank, item in enumerate(feed.item_ids, start=1):
+            weight = 1 / math.log2(rank + 1)  # a first place 1, a tenth 0.29
+            total += weight
+            total_top += weight if rank <= depth else 0.0
+            places_top += rank <= depth
+            if item in own:
+                mine += weight
+                if rank <= depth:
+                    mine_top += weight
+                    seen_top.add(feed.member_id)
+    report = creator_report(community=community, creator=creator)
+    assert report is not None and report.depth == depth and report.total_top == places_top
+    assert report.exposure == pytest.approx(mine) and mine > 0
+    assert report.exposure_at_depth == pytest.approx(mine_top)
+    assert report.exposure_share == pytest.approx(mine / total)
+    assert report.exposure_share_at_depth == pytest.approx(mine_top / total_top)
+    assert report.members_reached_at_depth == len(seen_top)
+    html = _client(get_user_model().objects.get(username="cre")).get(
+        reverse("creator-dashboard", args=[community.slug, creator.external_id])
+    )
+    text = html.content.decode()
+    assert f"Where members look: the top {depth} places" in text
+    assert f"{report.exposure_share_at_depth:.4f}" in text and f"<th>Top {depth}</th>" in text
 
 
 def test_the_counts_leave_out_what_is_withdrawn_when_served(studio) -> None:  # type: ignore[no-untyped-def]

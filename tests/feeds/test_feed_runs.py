@@ -399,6 +399,36 @@ def test_metrics_of_a_finished_run_match_a_hand_checked_case(
     assert run.metrics == result
 
 
+def test_metrics_are_reported_at_the_visible_depth_and_weighted_by_position(
+    measured: dict[str, Any], settings: Any
+) -> None:
+    settings.COMMONFEED_VISIBLE_DEPTH = 1
+    result = runs.feed_run_metrics_compute(run_id=measured["run"].pk)
+    assert result is not None and result["status"] == "done"
+    assert (result["depth"], result["length"], result["discount"]) == (1, 2, "log2")
+    # First places only: A (m1), A (m2), C (m3); c1 has two places, c2 one, c4 none.
+    top = result["at_depth"]["producers"]
+    assert top["long_tail_creator_share"] == pytest.approx(1 / 3, abs=1e-6)
+    assert top["new_creator_share"] == pytest.approx(1 / 3, abs=1e-6)
+    assert top["ai_generated_share"] == 0.0  # B is only ever second
+    assert top["creator_coverage"] == pytest.approx(2 / 3, abs=1e-6)
+    assert top["item_coverage"] == pytest.approx(2 / 5, abs=1e-6)
+    # Whole feed by position: a first place counts 1, a second 1/log2(3) = 0.63.
+    second = 1 / math.log2(3)
+    whole = result["whole_feed"]["producers"]
+    total = 3 + 3 * second  # A 1 + 1, B second, C second + 1, E second
+    assert whole["long_tail_creator_share_weighted"] == pytest.approx(
+        (1 + 2 * second) / total, abs=1e-6
+    )
+    assert whole["ai_generated_share_weighted"] == pytest.approx(second / total, abs=1e-6)
+    assert whole["long_tail_creator_share"] == pytest.approx(3 / 6, abs=1e-6)
+    # The flat sections are the whole feed counting places, as before.
+    for section, values in _expected().items():
+        for key, value in values.items():
+            assert result[section][key] == pytest.approx(value, abs=1e-6), (section, key)
+            assert result["whole_feed"][section][key] == result[section][key]
+
+
 def test_metrics_are_computed_once(measured: dict[str, Any]) -> None:
     run = measured["run"]
     first = runs.feed_run_metrics_compute(run_id=run.pk)
@@ -447,6 +477,36 @@ def test_the_runs_page_shows_a_run_s_metrics(measured: dict[str, Any]) -> None:
     assert "Creator exposure Gini 0.222" in html
     assert "AI-generated share 0.167" in html
     assert "Novelty (bits) 1.057" in html
+    # Both cuts; a depth past these two-entry feeds gives the whole feed twice.
+    assert "Creators and items in the top 10:" in html
+    assert "Creators and items over the whole feed (2):" in html
+    second = 1 / math.log2(3)
+    weighted = f"AI-generated share by position {second / (3 + 3 * second):.3f}"
+    assert html.count(weighted) == 2
+    # The API serves the same figures, the old keys beside the new ones.
+    served = client.get(reverse("api-feed-runs", args=[run.community.slug])).json()[0]["metrics"]
+    assert served["producers"]["ai_generated_share"] == pytest.approx(1 / 6, abs=1e-6)
+    assert served["depth"] == 10 and served["version"] == 2
+    assert served["at_depth"]["producers"]["ai_generated_share_weighted"] == pytest.approx(
+        second / (3 + 3 * second), abs=1e-6
+    )
+
+
+def test_the_runs_page_shows_the_figures_of_runs_measured_before_the_depth(
+    measured: dict[str, Any],
+) -> None:
+    run = measured["run"]
+    old = {
+        "status": "done",
+        "version": 1,
+        "consumers": {"novelty_bits": 1.5},
+        "producers": {"creator_gini": 0.25},
+    }
+    FeedRun.objects.filter(pk=run.pk).update(metrics=old)
+    client = person_client(run.community, "mod", "moderator")
+    html = client.get(reverse("feed-runs", args=[run.community.slug])).content.decode()
+    assert "Novelty (bits) 1.500" in html and "Creator exposure Gini 0.250" in html
+    assert "top 10" not in html.split('id="run-')[1]
 
 
 # --- With a real worker -------------------------------------------------------------------------

@@ -87,12 +87,23 @@ def test_the_comparison_reports_both_sides(garden) -> None:  # type: ignore[no-u
     done = policy_impact_compute(impact_id=impact.pk)
     assert done.status == PolicyImpact.Status.DONE, done.error
     report = done.report
-    assert {"ndcg@10", "novelty_bits"} <= set(report["a"]["consumers"])
+    # Feeds as long as served, measured over the whole feed and in the top 10 apps show.
+    assert {"ndcg@50", "novelty_bits"} <= set(report["a"]["consumers"])
+    assert {"ndcg@10", "novelty_bits"} <= set(report["a"]["at_depth"]["consumers"])
     assert {"creator_gini", "long_tail_creator_share", "ai_generated_share"} <= set(
         report["b"]["producers"]
     )
+    assert {"long_tail_creator_share", "long_tail_creator_share_weighted"} <= set(
+        report["b"]["at_depth"]["producers"]
+    )
+    assert report["deltas"]["at_depth"]["producers"]["creator_gini_weighted"] == pytest.approx(
+        report["b"]["at_depth"]["producers"]["creator_gini_weighted"]
+        - report["a"]["at_depth"]["producers"]["creator_gini_weighted"]
+    )
+    assert 0 <= report["churn_at_depth"]["mean"] <= 1
     assert report["b"]["params"]["policy_sha256"] == b.sha256()
-    assert report["data"]["members"] == 16 and report["data"]["k"] == 10
+    assert report["data"]["members"] == 16
+    assert (report["data"]["k"], report["data"]["depth"]) == (50, 10)
     # Computing again changes nothing (a redelivered task).
     assert policy_impact_compute(impact_id=impact.pk).report == report
 
@@ -131,7 +142,34 @@ def test_the_page_shows_progress_then_the_result(garden) -> None:  # type: ignor
     html = page.content.decode()
     assert page.status_code == 200 and "<html" in html.lower()
     assert "Long-tail creators" in html and "Creator exposure Gini" in html and "nDCG@10" in html
+    assert "For creators (producers), in the top 10, where members look" in html
+    assert "over the whole feed of 50" in html and "nDCG@50" in html
+    assert "Long-tail creators&#x27; share by position" in html
     assert "hx-trigger" not in html.split('id="impact-result"')[1].split(">")[0]
+
+
+def test_a_report_measured_before_the_depth_still_shows(garden) -> None:  # type: ignore[no-untyped-def]
+    community, _, proposal = garden
+    a, b = _policies(community, proposal)
+    side = {"consumers": {"ndcg@10": 0.25}, "producers": {"creator_gini": 0.5}}
+    PolicyImpact.objects.create(
+        community=community,
+        policy_a_sha256=a.sha256(),
+        policy_b_sha256=b.sha256(),
+        policy_a=a.model_dump(mode="json"),
+        policy_b=b.model_dump(mode="json"),
+        status=PolicyImpact.Status.DONE,
+        finished_at=timezone.now(),
+        report={
+            "a": side,
+            "b": side,
+            "deltas": {"consumers": {"ndcg@10": 0.0}, "producers": {"creator_gini": 0.0}},
+            "churn": {"mean": 0.0, "n_members": 16},
+            "data": {"members": 16, "k": 10, "split": "random", "seconds": 1.0},
+        },
+    )
+    html = Client().get(reverse("proposal-impact", args=[community.slug, proposal.pk])).content
+    assert b"nDCG@10" in html and b"0.2500" in html and b"For members (consumers)</h3>" in html
 
 
 def test_charter_proposals_and_unknown_ones(garden) -> None:  # type: ignore[no-untyped-def]

@@ -212,7 +212,15 @@ def test_evaluate_report(ml100k: InteractionData) -> None:
     split = split_random(ml100k, seed=42)
     report = evaluate(PLAIN, ml100k, split, k=10)
     json.dumps(report, allow_nan=False)  # JSON-ready: no NaN, no numpy scalars
-    assert set(report) == {"consumers", "producers", "members", "params", "timings"}
+    assert set(report) == {
+        "consumers",
+        "producers",
+        "at_depth",
+        "whole_feed",
+        "members",
+        "params",
+        "timings",
+    }
     assert report["members"] == {
         "evaluated": 943,
         "excluded_no_truth": 0,
@@ -230,6 +238,27 @@ def test_evaluate_report(ml100k: InteractionData) -> None:
     assert report["params"]["split"]["n_test"] == 20_000
 
 
+def test_the_visible_depth_of_a_longer_feed_measures_its_first_places(
+    ml100k: InteractionData,
+) -> None:
+    split = split_random(ml100k, seed=42)
+    short = evaluate(PLAIN, ml100k, split, k=10)
+    served = evaluate(PLAIN, ml100k, split, k=50, depth=10)
+    # Without re-ranking the first 10 of 50 places are the 10-entry list: same figures.
+    assert served["at_depth"]["consumers"]["ndcg@10"] == pytest.approx(
+        short["consumers"]["ndcg@10"]
+    )
+    for name in ("creator_coverage", "long_tail_creator_share", "creator_gini"):
+        assert served["at_depth"]["producers"][name] == pytest.approx(short["producers"][name])
+    # The whole feed is the flat report, and reaches further into the long tail than the top.
+    assert served["whole_feed"]["consumers"]["ndcg@50"] == served["consumers"]["ndcg@50"]
+    whole, top = served["whole_feed"]["producers"], served["at_depth"]["producers"]
+    assert whole["long_tail_creator_share"] > top["long_tail_creator_share"]
+    # Weighting by position puts the first places first: the popular head gains.
+    assert whole["long_tail_creator_share_weighted"] < whole["long_tail_creator_share"]
+    assert served["params"]["depth"] == 10 and served["params"]["k"] == 50
+
+
 def test_evaluate_temporal_runs(ml100k: InteractionData) -> None:
     report = evaluate(PLAIN, ml100k, split_temporal(ml100k), k=5)
     assert "ndcg@5" in report["consumers"] and report["members"]["evaluated"] == 943
@@ -239,6 +268,8 @@ def test_compare(ml100k: InteractionData) -> None:
     split = split_random(ml100k, seed=42)
     same = compare(PLAIN, PLAIN, ml100k, split, k=10)
     assert same["churn"] == {"mean": 0.0, "n_members": 943}
+    assert same["churn_at_depth"] == {"mean": 0.0, "n_members": 943}
+    assert all(v == 0 for v in same["deltas"]["at_depth"]["producers"].values() if v is not None)
     assert all(v == 0 for v in same["deltas"]["consumers"].values())
     wider = Policy(model=PLAIN.model.model_copy(update={"factors": 64}))
     result = compare(PLAIN, wider, ml100k, split, k=10)
@@ -265,6 +296,11 @@ def test_cli_json_and_table(
     assert cli.main(["--movielens", str(ML_100K), "--policy", str(a), "--k", "5"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert "ndcg@5" in report["consumers"]
+    # A depth past the feed: both cuts are the 5 places.
+    assert report["at_depth"] == report["whole_feed"] and report["params"]["depth"] == 10
+    assert cli.main(["--movielens", str(ML_100K), "--policy", str(a), "--depth", "3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "ndcg@3" in report["at_depth"]["consumers"] and "ndcg@50" in report["consumers"]
 
     b = tmp_path / "b.json"
     b.write_text(
@@ -275,6 +311,7 @@ def test_cli_json_and_table(
     assert cli.main([*argv, "--format", "table"]) == 0
     table = capsys.readouterr().out
     assert "ndcg@10" in table and "B - A" in table and "churn" in table
+    assert "producers, top 10" in table and "ndcg@50" in table
 
 
 def test_cli_rejects_an_invalid_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
