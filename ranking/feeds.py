@@ -30,7 +30,7 @@ import os
 import struct
 import time
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
@@ -226,6 +226,16 @@ _CATALOGUE_FIELDS = (
 )
 
 
+_ESTIMATOR_FIELDS = (
+    "creator_ids",
+    "creator_vectors",
+    "creator_known",
+    "tag_names",
+    "tag_vectors",
+    "overall",
+)
+
+
 @dataclass(frozen=True)
 class PreparedFeeds:
     """Everything a feed needs except the per-member ranking: the output of the training stage.
@@ -284,6 +294,8 @@ class PreparedFeeds:
         default_factory=lambda: np.empty((0, 0), dtype=np.float32)
     )
     """float32 ``[c, factors]``: their estimated factors (see the module's "Cold start")."""
+    estimator: NewItemEstimator | None = None
+    """How items published after the run are estimated (``None`` without cold start)."""
 
     def __len__(self) -> int:
         return int(self.targets.size)
@@ -302,6 +314,9 @@ class PreparedFeeds:
             "new_items": self.new_items,
             "new_item_vectors": self.new_item_vectors,
         }
+        if self.estimator is not None:
+            for name in _ESTIMATOR_FIELDS:
+                arrays[f"estimator_{name}"] = getattr(self.estimator, name)
         for name in ("seen", "train", "extra_blocks"):
             matrix: csr_matrix = getattr(self, name)
             arrays[f"{name}_data"] = matrix.data
@@ -402,6 +417,11 @@ class PreparedFeeds:
             new_items=arrays.get("new_items", np.empty(0)).astype(np.int64, copy=False),
             new_item_vectors=arrays.get("new_item_vectors", np.empty((0, 0))).astype(
                 np.float32, copy=False
+            ),
+            estimator=(
+                NewItemEstimator(**{f: arrays[f"estimator_{f}"] for f in _ESTIMATOR_FIELDS})
+                if "estimator_overall" in arrays
+                else None
             ),
         )
 
@@ -689,7 +709,7 @@ def prepare_feeds(
     # The catalogue's item space: the model's items first (same indices), then candidates
     # nobody has interacted with (only the newest fallback can reach them).
     space = item_vocab.extend(candidates)
-    catalogue, item_vectors_needed = _catalogue(
+    catalogue, item_vectors_needed, creator_ids = _catalogue(
         space, popularity, policy, item_attributes, refused_items
     )
 
@@ -705,8 +725,19 @@ def prepare_feeds(
         started = time.perf_counter()
         model = ALSModel(params, num_threads=num_threads).fit(train_fit)
         fit_seconds = time.perf_counter() - started
+    estimator = NewItemEstimator.empty(params.factors)
+    if policy.candidates.new_items > 0:
+        estimator = _new_item_estimator(
+            model, popularity, catalogue, creator_ids, space, item_attributes, params.factors
+        )
     new_items, new_item_vectors = _new_item_candidates(
-        policy, space, candidates, popularity, catalogue, item_attributes, model
+        policy,
+        space,
+        candidates,
+        popularity,
+        catalogue,
+        estimator,
+        lambda indices: _item_tags(item_attributes, space, indices),
     )
     personal = with_history & ~refusing & (model is not None)
     recalculated = personal.copy()
@@ -760,6 +791,7 @@ def prepare_feeds(
         metadata=metadata,
         new_items=new_items,
         new_item_vectors=new_item_vectors,
+        estimator=estimator if policy.candidates.new_items > 0 else None,
     )
 
 
@@ -846,22 +878,27 @@ def score_feeds(
         out_base[chunk], out_reasons[chunk] = ranked.base_scores, reasons
 
     def with_new_items(
+        rows: npt.NDArray[np.int64],
         pool_items: npt.NDArray[np.int64],
         pool_scores: npt.NDArray[np.float32],
         factors: npt.NDArray[np.float32] | None,
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """The pool with each member's best new items appended (the newest, without factors)."""
+        """The pool with each member's best new items appended (the newest, without factors),
+        among those not refused for everyone or blocked by the member."""
         if not new_per_member:
             return pool_items, pool_scores
-        m = pool_items.shape[0]
+        m, c = pool_items.shape[0], prepared.new_items.size
+        open_ = np.broadcast_to(~catalogue.refused[prepared.new_items], (m, c)).copy()
+        blocked = _blocked_rows(prepared, rows)[:, prepared.new_items]
+        open_[blocked.nonzero()] = False
         if factors is None:
-            k = min(new_per_member, prepared.new_items.size)
-            extra = np.broadcast_to(prepared.new_items[:k], (m, k))
-            extra_scores = np.zeros((m, k), dtype=np.float32)
+            scores = np.where(open_, -np.arange(c, dtype=np.float32), -np.inf)
+            column, _ = _top_k(scores.astype(np.float32), new_per_member)
+            extra_scores = np.where(column >= 0, 0.0, -np.inf).astype(np.float32)
         else:
             scores = np.asarray(factors, dtype=np.float32) @ prepared.new_item_vectors.T
-            column, extra_scores = _top_k(scores, new_per_member)
-            extra = np.where(column >= 0, prepared.new_items[np.maximum(column, 0)], -1)
+            column, extra_scores = _top_k(np.where(open_, scores, -np.inf), new_per_member)
+        extra = np.where(column >= 0, prepared.new_items[np.maximum(column, 0)], -1)
         return (
             np.hstack([pool_items, extra]).astype(np.int64, copy=False),
             np.hstack([pool_scores, extra_scores]).astype(np.float32, copy=False),
@@ -899,12 +936,12 @@ def score_feeds(
                 allowed_items=allowed,
             )
             factors = fitted.user_factors[prepared.model_rows[rows]] if new_per_member else None
-            return with_new_items(items, scores, factors)
+            return with_new_items(rows, items, scores, factors)
 
         def recalculated(rows: npt.NDArray[np.int64]) -> Pool:
             factors = fitted.recalculate_users(csr_matrix(prepared.train[rows]))
             items, scores = _recalculated(fitted, factors, prepared.seen, rows, scorable, pool)
-            return with_new_items(items, scores, factors)
+            return with_new_items(rows, items, scores, factors)
 
         personal = [(ROUTE_TRAINED, trained), (ROUTE_RECALCULATED, recalculated)]
 
@@ -934,7 +971,7 @@ def score_feeds(
             pool_items, pool_scores = _ranked_candidates(
                 _blocked_rows(prepared, start + chunk), by_popularity, popularity_scores, pool
             )
-            pool_items, pool_scores = with_new_items(pool_items, pool_scores, None)
+            pool_items, pool_scores = with_new_items(start + chunk, pool_items, pool_scores, None)
             finish(chunk, pool_items, pool_scores, policy.ranking, Reason.POPULAR)
         chunk = local[here == ROUTE_REFUSING]
         if chunk.size:
@@ -1026,6 +1063,91 @@ def _model_query(
 _SOURCE_BITS = int(Reason.PERSONALISED | Reason.POPULAR | Reason.NEWEST)
 
 
+def _with_published(prepared: PreparedFeeds, published: ItemAttributes) -> PreparedFeeds:
+    """``prepared`` with items published since the run in its catalogue and new-item candidates.
+
+    A no-op unless the run does cold start. The items take the next catalogue indices; their
+    creators keep the run's dense index where the run knew them, and creators new to the run
+    get new ones (long tail: nobody has interacted with them). Refusal rules of the run's
+    policy apply to them.
+    """
+    estimator, policy = prepared.estimator, prepared.policy
+    if estimator is None or policy.candidates.new_items == 0 or len(published) == 0:
+        return prepared
+    space = Vocabulary(prepared.space_ids)
+    fresh = np.flatnonzero(space.lookup(published.item_ids) < 0)
+    if fresh.size == 0:
+        return prepared
+    ids = published.item_ids[fresh]
+    extended = space.extend(ids)
+    index = extended.lookup(ids)
+    catalogue = prepared.catalogue
+
+    creator_vocab = Vocabulary(estimator.creator_ids)
+    creator_ids = published.creator_ids[fresh]
+    dense = np.where(creator_ids >= 0, creator_vocab.lookup(np.maximum(creator_ids, 0)), -1)
+    unknown = np.unique(creator_ids[(creator_ids >= 0) & (dense < 0)])
+    if unknown.size:
+        creator_vocab = creator_vocab.extend(unknown)
+        dense = np.where(creator_ids >= 0, creator_vocab.lookup(np.maximum(creator_ids, 0)), -1)
+    n_creators = max(catalogue.creator_long_tail.size, int(dense.max(initial=-1)) + 1)
+    pad = n_creators - catalogue.creator_long_tail.size
+    long_tail = np.append(catalogue.creator_long_tail, np.ones(pad, dtype=bool))
+    first_age = np.append(catalogue.creator_first_age_days, np.full(pad, np.nan, np.float32))
+    ages = published.age_days[fresh]
+    for creator, age in zip(dense.tolist(), ages.tolist(), strict=True):
+        if creator >= 0 and not np.isnan(age) and not first_age[creator] >= age:
+            first_age[creator] = age
+
+    refused = published.refused_by(policy.refusals)[fresh]
+    grown = Catalogue(
+        creator=np.append(catalogue.creator, dense).astype(np.int64),
+        provenance=np.append(catalogue.provenance, published.provenance[fresh]).astype(np.int8),
+        age_days=np.append(catalogue.age_days, ages).astype(np.float32),
+        popularity=np.append(catalogue.popularity, np.zeros(ids.size, np.float32)),
+        refused=np.append(catalogue.refused, refused),
+        creator_long_tail=long_tail,
+        creator_first_age_days=first_age.astype(np.float32),
+    )
+    tags = [
+        [str(t) for t in published.tag_names[published.tags[int(row)].indices]] for row in fresh
+    ]
+    usable = ~refused
+    vectors = estimator.estimate(
+        dense[usable], [t for t, ok in zip(tags, usable, strict=True) if ok]
+    )
+    cold = np.concatenate([prepared.new_items, index[usable]])
+    cold_vectors = np.vstack(
+        [prepared.new_item_vectors.reshape(-1, vectors.shape[1]), vectors]
+    ).astype(np.float32)
+    age = grown.age_days[cold].astype(np.float64)
+    order = np.lexsort((cold, np.where(np.isnan(age), np.inf, age)))[:NEW_ITEMS_CONSIDERED]
+    return dataclasses.replace(
+        prepared,
+        space_ids=np.asarray(extended.ids, dtype=np.int64),
+        candidates=np.concatenate([prepared.candidates, ids]),
+        catalogue=grown,
+        extra_blocks=csr_matrix(
+            (
+                prepared.extra_blocks.data,
+                prepared.extra_blocks.indices,
+                prepared.extra_blocks.indptr,
+            ),
+            shape=(prepared.extra_blocks.shape[0], len(extended)),
+        ),
+        new_items=cold[order].astype(np.int64),
+        new_item_vectors=cold_vectors[order],
+        estimator=dataclasses.replace(
+            estimator,
+            creator_ids=np.asarray(creator_vocab.ids, dtype=np.int64),
+            creator_vectors=np.vstack(
+                [estimator.creator_vectors, np.zeros((unknown.size, vectors.shape[1]), np.float32)]
+            ),
+            creator_known=np.append(estimator.creator_known, np.zeros(unknown.size, bool)),
+        ),
+    )
+
+
 def _engaged_with_creator(
     seen: csr_matrix, items: npt.NDArray[np.int64], catalogue: Catalogue
 ) -> npt.NDArray[np.bool_]:
@@ -1039,21 +1161,135 @@ def _engaged_with_creator(
     return engaged
 
 
+@dataclass(frozen=True)
+class NewItemEstimator:
+    """Factors for items the model has never seen, from what it knows of their creator and tags.
+
+    An item's estimate is the mean factors of its creator's scorable items; failing that, the
+    mean over its tags of each tag's mean factors over scorable items; failing that,
+    :attr:`overall`, the mean factors of all scorable items. Built once per run and kept with it,
+    so items published after the run are estimated the same way (:func:`refresh_feeds`).
+    """
+
+    creator_ids: npt.NDArray[np.int64]
+    """int64 ``[C]``: database id of each creator (the catalogue's dense creator index)."""
+    creator_vectors: npt.NDArray[np.float32]
+    """float32 ``[C, f]``: mean factors of each creator's scorable items (0 where none)."""
+    creator_known: npt.NDArray[np.bool_]
+    """bool ``[C]``: whether the creator has a scorable item."""
+    tag_names: npt.NDArray[np.str_]
+    """str ``[T]``: tags that scorable items carry, sorted."""
+    tag_vectors: npt.NDArray[np.float32]
+    """float32 ``[T, f]``: mean factors of the scorable items carrying each tag."""
+    overall: npt.NDArray[np.float32]
+    """float32 ``[f]``: mean factors of every scorable item."""
+
+    def estimate(
+        self, creators: npt.NDArray[np.int64], tags: Sequence[Sequence[str]]
+    ) -> npt.NDArray[np.float32]:
+        """Factors of items with these dense creator indices (``-1``: none, or unknown to the
+        run) and these tags."""
+        vectors = np.tile(self.overall.astype(np.float64), (creators.size, 1))
+        column = {str(name): k for k, name in enumerate(self.tag_names)}
+        for row, item_tags in enumerate(tags):
+            at = [column[t] for t in item_tags if t in column]
+            if at:
+                vectors[row] = self.tag_vectors[at].astype(np.float64).mean(axis=0)
+        inside = (creators >= 0) & (creators < self.creator_ids.size)
+        use = np.zeros(creators.size, dtype=bool)
+        use[inside] = self.creator_known[creators[inside]]
+        vectors[use] = self.creator_vectors[creators[use]]
+        return vectors.astype(np.float32)
+
+    @classmethod
+    def empty(cls, factors: int) -> NewItemEstimator:
+        return cls(
+            creator_ids=np.empty(0, dtype=np.int64),
+            creator_vectors=np.empty((0, factors), dtype=np.float32),
+            creator_known=np.empty(0, dtype=bool),
+            tag_names=np.empty(0, dtype=np.str_),
+            tag_vectors=np.empty((0, factors), dtype=np.float32),
+            overall=np.zeros(factors, dtype=np.float32),
+        )
+
+
+def _new_item_estimator(
+    model: ALSModel | None,
+    popularity: npt.NDArray[np.int64],
+    catalogue: Catalogue,
+    creator_ids: npt.NDArray[np.int64],
+    space: Vocabulary,
+    attributes: ItemAttributes | None,
+    factors: int,
+) -> NewItemEstimator:
+    if model is None:
+        return dataclasses.replace(NewItemEstimator.empty(factors), creator_ids=creator_ids)
+    item_factors = model.item_factors.astype(np.float64)
+    known = np.flatnonzero(popularity > 0)
+    overall = item_factors[known].mean(axis=0) if known.size else np.zeros(factors)
+
+    creator = catalogue.creator[known]
+    has = creator >= 0
+    n_creators = creator_ids.size
+    sums = np.zeros((n_creators, factors), dtype=np.float64)
+    np.add.at(sums, creator[has], item_factors[known[has]])
+    counts = np.bincount(creator[has], minlength=n_creators)
+    creator_vectors = sums / np.maximum(counts, 1)[:, None]
+
+    tag_names = np.empty(0, dtype=np.str_)
+    tag_vectors = np.empty((0, factors), dtype=np.float64)
+    if attributes is not None and attributes.tag_names.size:
+        rows = np.full(len(space), -1, dtype=np.int64)
+        at = space.lookup(attributes.item_ids)
+        rows[at[at >= 0]] = np.flatnonzero(at >= 0)
+        model_rows = rows[known]
+        with_row = model_rows >= 0
+        model_tags = csr_matrix(attributes.tags[model_rows[with_row]], dtype=np.float64)
+        tag_sums = model_tags.T @ item_factors[known[with_row]]
+        tag_counts = np.asarray(model_tags.sum(axis=0)).reshape(-1)
+        carried = tag_counts > 0
+        tag_names = attributes.tag_names[carried]
+        tag_vectors = tag_sums[carried] / tag_counts[carried, None]
+    return NewItemEstimator(
+        creator_ids=creator_ids,
+        creator_vectors=creator_vectors.astype(np.float32),
+        creator_known=counts > 0,
+        tag_names=tag_names,
+        tag_vectors=np.asarray(tag_vectors, dtype=np.float32).reshape(-1, factors),
+        overall=np.asarray(overall, dtype=np.float32),
+    )
+
+
+def _item_tags(
+    attributes: ItemAttributes | None, space: Vocabulary, indices: npt.NDArray[np.int64]
+) -> list[list[str]]:
+    """The tags of the items at these catalogue indices (none for items without attributes)."""
+    if attributes is None:
+        return [[] for _ in indices]
+    at = space.lookup(attributes.item_ids)
+    row_of = np.full(len(space), -1, dtype=np.int64)
+    row_of[at[at >= 0]] = np.flatnonzero(at >= 0)
+    rows = row_of[indices]
+    return [
+        [] if row < 0 else [str(t) for t in attributes.tag_names[attributes.tags[int(row)].indices]]
+        for row in rows
+    ]
+
+
 def _new_item_candidates(
     policy: Policy,
     space: Vocabulary,
     candidates: npt.NDArray[np.int64],
     popularity: npt.NDArray[np.int64],
     catalogue: Catalogue,
-    attributes: ItemAttributes | None,
-    model: ALSModel | None,
+    estimator: NewItemEstimator,
+    tags: Callable[[npt.NDArray[np.int64]], Sequence[Sequence[str]]],
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
     """The cold-start candidates, newest first, and their estimated factors.
 
     The candidates nobody interacted with positively and no rule refuses, the
-    :data:`NEW_ITEMS_CONSIDERED` newest of them (unknown age last). An item's factors are the
-    mean factors of its creator's scorable items, else the mean over its tags of the mean
-    factors of the items carrying that tag, else the mean factors of all scorable items.
+    :data:`NEW_ITEMS_CONSIDERED` newest of them (unknown age last, ties by index), estimated
+    by ``estimator``.
     """
     factors = policy.model.factors
     empty = np.empty(0, dtype=np.int64), np.empty((0, factors), dtype=np.float32)
@@ -1061,8 +1297,7 @@ def _new_item_candidates(
         return empty
     index = space.lookup(np.unique(candidates))
     index = index[index >= 0]
-    n_model = popularity.size
-    unused = index >= n_model
+    unused = index >= popularity.size
     unused[~unused] = popularity[index[~unused]] == 0
     cold = index[unused]
     cold = cold[~catalogue.refused[cold]]
@@ -1070,51 +1305,8 @@ def _new_item_candidates(
         return empty
     age = catalogue.age_days[cold].astype(np.float64)
     order = np.lexsort((cold, np.where(np.isnan(age), np.inf, age)))
-    cold = cold[order][:NEW_ITEMS_CONSIDERED]
-    vectors = np.zeros((cold.size, factors), dtype=np.float64)
-    if model is None:
-        return cold.astype(np.int64), vectors.astype(np.float32)
-    item_factors = model.item_factors.astype(np.float64)
-    known = np.flatnonzero(popularity > 0)
-    vectors[:] = item_factors[known].mean(axis=0) if known.size else 0.0
-
-    # Tags: mean over the item's tags of each tag's mean factors over scorable items.
-    if attributes is not None and attributes.tag_names.size:
-        at = space.lookup(attributes.item_ids)
-        inside = at >= 0
-        tags = csr_matrix(
-            attributes.tags[np.flatnonzero(inside)].astype(np.float64), dtype=np.float64
-        )
-        rows = np.full(len(space), -1, dtype=np.int64)
-        rows[at[inside]] = np.arange(int(inside.sum()))
-        model_rows = rows[known]
-        has = model_rows >= 0
-        model_tags = tags[model_rows[has]]
-        sums = model_tags.T @ item_factors[known[has]]
-        counts = np.asarray(model_tags.sum(axis=0)).reshape(-1)
-        means = np.where(counts[:, None] > 0, sums / np.maximum(counts, 1)[:, None], 0.0)
-        cold_rows = rows[cold]
-        tagged = cold_rows >= 0
-        cold_tags = csr_matrix(tags[cold_rows[tagged]].multiply(counts[None, :] > 0))
-        n_tags = np.asarray(cold_tags.sum(axis=1)).reshape(-1)
-        use = n_tags > 0
-        estimate = (cold_tags @ means)[use] / n_tags[use, None]
-        target = np.flatnonzero(tagged)[use]
-        vectors[target] = estimate
-
-    # The creator's other items, where the creator has any: the closest evidence.
-    creator = catalogue.creator
-    model_creator = creator[known]
-    has = model_creator >= 0
-    n_creators = int(creator.max(initial=-1)) + 1
-    sums = np.zeros((n_creators, factors), dtype=np.float64)
-    np.add.at(sums, model_creator[has], item_factors[known[has]])
-    counts = np.bincount(model_creator[has], minlength=n_creators)
-    cold_creator = creator[cold]
-    use = cold_creator >= 0
-    use[use] = counts[cold_creator[use]] > 0
-    vectors[use] = sums[cold_creator[use]] / counts[cold_creator[use], None]
-    return cold.astype(np.int64), vectors.astype(np.float32)
+    cold = cold[order][:NEW_ITEMS_CONSIDERED].astype(np.int64)
+    return cold, estimator.estimate(catalogue.creator[cold], tags(cold))
 
 
 def _catalogue(
@@ -1123,8 +1315,9 @@ def _catalogue(
     policy: Policy,
     attributes: ItemAttributes | None,
     refused_items: npt.ArrayLike | None,
-) -> tuple[Catalogue, bool]:
-    """The :class:`Catalogue` over ``space``, and whether diversity needs item vectors."""
+) -> tuple[Catalogue, bool, npt.NDArray[np.int64]]:
+    """The :class:`Catalogue` over ``space``, whether diversity needs item vectors, and the
+    database id of each dense creator index."""
     size = len(space)
     pop = np.zeros(size, dtype=np.float32)
     pop[: popularity.size] = popularity
@@ -1134,7 +1327,7 @@ def _catalogue(
         refused[index[index >= 0]] = True
     if attributes is None:
         catalogue = Catalogue.build(size, popularity=pop, refused=refused)
-        return catalogue, policy.ranking.diversity > 0
+        return catalogue, policy.ranking.diversity > 0, np.empty(0, dtype=np.int64)
     at = space.lookup(attributes.item_ids)
     inside = at >= 0
     target = at[inside]
@@ -1164,7 +1357,7 @@ def _catalogue(
         creator_interactions=interactions,
         creator_first_age_days=first,
     )
-    return catalogue, policy.ranking.diversity > 0
+    return catalogue, policy.ranking.diversity > 0, np.asarray(creators.ids, dtype=np.int64)
 
 
 def _recalculated(
@@ -1209,6 +1402,7 @@ def refresh_feeds(
     member_blocks: tuple[npt.ArrayLike, npt.ArrayLike] | None = None,
     no_personalisation_members: npt.ArrayLike | None = None,
     refused_items: npt.ArrayLike | None = None,
+    published_items: ItemAttributes | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> FeedBatch:
     """Re-rank a few members against a prepared run, from their current histories (fold-in).
@@ -1243,6 +1437,11 @@ def refresh_feeds(
     refused_items : array_like of int64, optional
         Item ids refused for everyone besides the run's refusals (e.g. creators who opted out,
         items deactivated since the run). Refusals only ever grow: the run's stay.
+    published_items : ItemAttributes, optional
+        Items published since the run (those already in its catalogue are ignored). With the
+        run's policy asking for ``candidates.new_items``, they join the catalogue and the
+        cold-start candidates, estimated as the run estimated its own new items; the policy's
+        refusal rules apply to them as to any item. Otherwise they are ignored.
     chunk_size : int, default 10_000
         Members ranked per vectorised batch.
 
@@ -1266,6 +1465,8 @@ def refresh_feeds(
             "member_ids, item_ids and weights must be parallel 1-D arrays; got shapes "
             f"{members.shape}, {items.shape}, {weight.shape}"
         )
+    if published_items is not None:
+        prepared = _with_published(prepared, published_items)
     m, n_model = targets.size, prepared.n_model_items
     space = Vocabulary(prepared.space_ids)
     row = np.searchsorted(targets, members)

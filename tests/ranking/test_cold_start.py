@@ -257,3 +257,55 @@ def test_only_the_newest_items_are_considered(monkeypatch: pytest.MonkeyPatch) -
 
     # Items 50 and 60 are a day old, the new creator's two days old.
     assert sorted(int(prepared.space_ids[i]) for i in prepared.new_items) == [50, 60]
+
+
+def test_items_published_after_the_run_reach_a_refreshed_feed_and_are_refused_like_any() -> None:
+    refusal = TagRefusal(kind="tag", tag="banned", reason="not here")
+    chosen = policy(8, new_creator_quota=0.3).model_copy(update={"refusals": [refusal]})
+    prepared = prepared_for(chosen)
+    # After the run: creator 7 (new to the run) publishes 200 and a banned 201; creator 1 (whom
+    # members 1..15 know) publishes 202; 203 is by creator 7 but its creator opted out since.
+    published = ItemAttributes.from_records(
+        [200, 201, 202, 203, 5],  # 5 is in the run already: ignored
+        creator_ids=[7, 7, 1, 7, 1],
+        age_days=[0.01, 0.01, 0.01, 0.01, 900.0],
+        item_keys=["i200", "i201", "i202", "i203", "i5"],
+        creator_keys=["c7", "c7", "c1", "c7", "c1"],
+        tags=[["rock"], ["banned"], ["rock"], [], ["rock"]],
+    )
+    members, items, weights = interactions()
+    mine = np.isin(members, [1, 20])
+
+    refreshed = refresh_feeds(
+        prepared,
+        feed_members=[1, 20],
+        member_ids=members[mine],
+        item_ids=items[mine],
+        weights=weights[mine],
+        refused_items=np.array([203]),
+        published_items=published,
+    )
+
+    shown = set(refreshed.item_ids.ravel().tolist())
+    assert 200 in shown, "a new creator's item published after the run reaches feeds"
+    assert not {201, 203} & shown
+    for row, reasons in zip(refreshed.item_ids, refreshed.reasons, strict=True):
+        for item, reason in zip(row.tolist(), reasons.tolist(), strict=True):
+            if item == 200:
+                assert reason & Reason.NEW_FROM_UNSEEN_CREATOR
+            if item == 202 and refreshed.member_ids[0] == 1:
+                assert reason & Reason.NEW_FROM_KNOWN_CREATOR
+        flags = [creator_of(int(i)) in (5, 6) or int(i) in (200,) for i in row if i >= 0]
+        for k in range(1, len(flags) + 1):
+            assert sum(flags[:k]) >= quota_required(0.3, k)
+    # Without cold start in the policy, published items are ignored.
+    plain = prepared_for(policy(0))
+    again = refresh_feeds(
+        plain,
+        feed_members=[1],
+        member_ids=members[members == 1],
+        item_ids=items[members == 1],
+        weights=weights[members == 1],
+        published_items=published,
+    )
+    assert not {200, 201, 202, 203} & set(again.item_ids.ravel().tolist())
