@@ -29,4 +29,9 @@ app.conf.beat_schedule = {
         "task": "feeds.tasks.schedule_feed_runs",
         "schedule": 60.0,
     },
+    # Items published since the served run reach feeds by fold-in (candidates.new_items).
+    "feeds-fold-in-published-items": {
+        "task": "feeds.tasks.fold_in_published_items",
+        "schedule": 60.0,
+    },
 }

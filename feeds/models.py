@@ -326,6 +326,15 @@ class FeedPointer(models.Model):
             "(an opt-out, an item edited or deactivated): cached pages and ETags name it."
         ),
     )
+    published_through = models.BigIntegerField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text=(
+            "The largest item id published after the served run whose members' feeds were "
+            "asked to fold it in; empty until then (set back at every swap)."
+        ),
+    )
 
     def __str__(self) -> str:
         return f"{self.community_id} serves run {self.run_id}"

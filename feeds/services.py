@@ -235,21 +235,24 @@ def _interactions_copy(
     )
 
 
-def _load_item_attributes(community: Community) -> tuple[ItemAttributes, dict[int, list[str]]]:
-    """The active items' primary creator, provenance, age and tags, for the policy's effects.
+def _load_item_attributes(
+    community: Community, *, after_id: int = 0
+) -> tuple[ItemAttributes, dict[int, list[str]]]:
+    """The active items' primary creator, provenance, age and tags, for the policy's effects
+    (only those with an id above ``after_id``: items published after a run).
 
     Also returns each active item's tags, which members' tag mutes are resolved against.
     """
     now = timezone.now()
     items = list(
-        Item.objects.filter(community=community, active=True)
+        Item.objects.filter(community=community, active=True, pk__gt=after_id)
         .order_by("id")
         .values_list("id", "external_id", "provenance", "published_at", "tags")
     )
     primary = dict(
         (item_id, (creator_id, key))
         for item_id, creator_id, key in ItemCreator.objects.filter(
-            item__community=community, item__active=True, position=0
+            item__community=community, item__active=True, item_id__gt=after_id, position=0
         ).values_list("item_id", "creator_id", "creator__external_id")
     )
     attributes = ItemAttributes.from_records(
@@ -708,7 +711,7 @@ def _finish_and_swap(run: FeedRun) -> None:
     # Compare-and-set: only move the pointer forward, so a stale or duplicate run that finishes
     # late never replaces feeds from a newer one.
     moved = FeedPointer.objects.filter(community_id=run.community_id, run_id__lt=run.pk).update(
-        run_id=run.pk, switched_at=timezone.now()
+        run_id=run.pk, switched_at=timezone.now(), published_through=None
     )
     if moved or FeedPointer.objects.filter(community_id=run.community_id).exists():
         return
@@ -718,7 +721,7 @@ def _finish_and_swap(run: FeedRun) -> None:
     except IntegrityError:
         # Another run created the pointer concurrently; retry the forward-only move.
         FeedPointer.objects.filter(community_id=run.community_id, run_id__lt=run.pk).update(
-            run_id=run.pk, switched_at=timezone.now()
+            run_id=run.pk, switched_at=timezone.now(), published_through=None
         )
 
 
@@ -800,7 +803,13 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
             )
         )
         ids = sorted(members)
-        batch = refresh_feeds(prepared, **_refresh_inputs(community, ids, refused))
+        published = None
+        if prepared.estimator is not None and prepared.policy.candidates.new_items:
+            after = int(np.max(prepared.space_ids, initial=0))
+            published = _load_item_attributes(community, after_id=after)[0]
+        batch = refresh_feeds(
+            prepared, **_refresh_inputs(community, ids, refused), published_items=published
+        )
         ranked = time.perf_counter()
         MemberFeed.objects.filter(run_id=run.pk, member_id__in=ids).delete()
         _bulk_create_rows(run.pk, _feed_rows(batch))
@@ -944,6 +953,52 @@ def member_feeds_refresh_drain(*, community_id: int, member_ids: list[int] | Non
             ).members
         if not feedcache.foldin_done(community_id=community_id, taken=taken):
             return done
+
+
+def published_items_fold_in() -> list[int]:
+    """Ask for every member's feed to be refreshed in communities where items were published
+    since the served run, when its policy takes new items as candidates; returns those
+    communities.
+
+    Beat runs it every minute, so a new item reaches members' feeds within minutes, without a
+    run: each refresh ranks it as the run ranks its own new items (``candidates.new_items``),
+    through the same refusals. Asked once per newest item: the pointer remembers the largest
+    id asked for (compare-and-set, so two beats ask once).
+    """
+    if not settings.COMMONFEED_FOLD_IN:
+        return []
+    asked = []
+    pointers = FeedPointer.objects.select_related("run__policy_version").only(
+        "community_id", "published_through", "run__id", "run__stats", "run__policy_version"
+    )
+    for pointer in pointers:
+        run = pointer.run
+        if not policy_of(run.policy_version).candidates.new_items:
+            continue
+        known = (run.stats or {}).get("max_item_id")
+        if known is None:
+            continue
+        through = max(int(known), pointer.published_through or 0)
+        newest = Item.objects.filter(
+            community_id=pointer.community_id, active=True, pk__gt=through
+        ).aggregate(newest=Max("pk"))["newest"]
+        if newest is None:
+            continue
+        claimed = FeedPointer.objects.filter(
+            community_id=pointer.community_id,
+            run_id=run.pk,
+            published_through=pointer.published_through,
+        ).update(published_through=newest)
+        if not claimed:
+            continue
+        members = list(
+            Membership.objects.filter(community_id=pointer.community_id)
+            .order_by("pk")
+            .values_list("pk", flat=True)
+        )
+        member_feeds_refresh_request(community_id=pointer.community_id, member_ids=members)
+        asked.append(pointer.community_id)
+    return asked
 
 
 def member_feeds_refresh_reconcile() -> list[int]:

@@ -34,6 +34,13 @@ def refresh_member_feeds(community_id: int, member_ids: list[int] | None = None)
 
 
 @shared_task
+def fold_in_published_items() -> None:
+    # Beat, every minute: items published since the served run reach members' feeds by
+    # fold-in when the policy takes new items (feeds.services); asks once per newest item.
+    services.published_items_fold_in()
+
+
+@shared_task
 def reconcile_feed_runs() -> None:
     services.feed_runs_reconcile()
     services.member_feeds_refresh_reconcile()

@@ -57,6 +57,16 @@ def policy_describe(policy: Policy) -> dict[str, Any]:
         else "Interactions count by their weight (for example star ratings).",
         f"{policy.candidates.pool_size} candidates are scored per member before re-ranking.",
     ]
+    if policy.candidates.new_items:
+        model_lines.append(
+            f"Besides, each member's {policy.candidates.new_items} best of the community's newest "
+            "items that nobody has engaged with yet are candidates, so new creators can be found."
+        )
+    else:
+        model_lines.append(
+            "Items nobody has engaged with yet are not candidates: new creators wait until "
+            "somebody finds their items."
+        )
     ranking_lines = []
     if ranking.popularity_penalty:
         ranking_lines.append(

@@ -768,6 +768,7 @@ def prepare_feeds(
         "refused_items": int(catalogue.refused.sum()),
         "pool_size": int(pool),
         "new_item_candidates": int(new_items.size),
+        "max_item_id": int(np.max(np.asarray(space.ids), initial=0)),
     }
     return PreparedFeeds(
         policy=policy,

@@ -27,3 +27,19 @@ def test_a_quota_is_described_as_a_share_of_every_stretch_of_the_feed() -> None:
         "At least 10% of any stretch of a feed, its first page included, goes to new creators "
         "(first item younger than 90 days; 1 of any 10 entries in a row).",
     ]
+
+
+def test_the_new_items_lever_is_described_on_and_off() -> None:
+    off = dict(policy_describe(neutral_policy())["sections"])["Model"]
+    on = policy_validate(
+        neutral_policy()
+        .model_copy(
+            update={"candidates": neutral_policy().candidates.model_copy(update={"new_items": 20})}
+        )
+        .canonical_json()
+    )
+
+    assert off[-1].startswith("Items nobody has engaged with yet are not candidates")
+    assert dict(policy_describe(on)["sections"])["Model"][-1].startswith(
+        "Besides, each member's 20 best of the community's newest items"
+    )
