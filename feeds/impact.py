@@ -9,6 +9,11 @@ concentration, coverage, long-tail and new creators' share, AI-generated share, 
 both, their differences and the churn, at the visible depth (``COMMONFEED_VISIBLE_DEPTH``) and
 over the whole feed, with the definitions of the run metrics (``ranking.report``).
 
+Besides, both policies are ranked by the feed pipeline itself on all of today's data
+(``feeds.services.served_feeds_compute``: a run's inputs, candidates, feed length, refusals
+and choices) and measured by the run metrics (``feeds.runs.feeds_measure``): the ``served``
+part of the report is what the first run after ratification measures, on the same data.
+
 What it reads respects members' choices: the interactions of members who refused that their
 data train the model are left out (an evaluation is a training run too). Large communities are
 evaluated on a seeded sample of ``COMMONFEED_IMPACT_MAX_MEMBERS`` members, and the report says
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -30,9 +36,12 @@ from django.utils import timezone
 from scipy.sparse import csr_matrix
 
 from feeds.models import Interaction, Item, ItemCreator, MemberChoices, PolicyImpact
+from feeds.runs import feeds_measure
+from feeds.services import served_feeds_compute
 from governance.models import Community, Membership
 from ranking.datasets import PROVENANCES, InteractionData
 from ranking.evaluation import compare, split_random
+from ranking.feeds import FeedBatch
 from ranking.policy import Policy, policy_validate
 
 logger = logging.getLogger(__name__)
@@ -209,6 +218,30 @@ def community_interaction_data(
     return data, facts
 
 
+def _batches(batch: FeedBatch, size: int) -> Iterator[list[tuple[int, list[int]]]]:
+    """The feeds of ``batch`` as run rows, ``size`` members at a time in member id order."""
+    order = np.argsort(batch.member_ids, kind="stable")
+    for start in range(0, order.size, size):
+        rows = order[start : start + size]
+        yield [
+            (int(batch.member_ids[r]), [int(i) for i in batch.item_ids[r] if i >= 0]) for r in rows
+        ]
+
+
+def _served_metrics(
+    community: Community, policy: Policy, members: np.ndarray | None
+) -> dict[str, Any]:
+    """The run metrics of the feeds ``policy`` would serve now: ranked by the run's own
+    pipeline on the run's inputs, measured by the run's own metrics."""
+    served = served_feeds_compute(community=community, policy=policy, members=members)
+    return feeds_measure(
+        community_id=community.pk,
+        watermark=served.watermark,
+        as_of=timezone.now(),
+        feeds=lambda size: _batches(served.batch, size),
+    )
+
+
 def policy_impact_compute(*, impact_id: int) -> PolicyImpact:
     """Run the comparison recorded as ``impact_id`` (once: a finished one is left as it is)."""
     impact = PolicyImpact.objects.select_related("community").get(pk=impact_id)
@@ -225,6 +258,11 @@ def policy_impact_compute(*, impact_id: int) -> PolicyImpact:
         split = split_random(data, test_fraction=0.2, seed=42)
         length, depth = settings.COMMONFEED_FEED_LENGTH, settings.COMMONFEED_VISIBLE_DEPTH
         report = compare(a, b, data, split, k=length, depth=depth)
+        sample = np.unique(data.member_ids) if facts["sampled"] else None
+        report["served"] = {
+            side: _served_metrics(impact.community, policy, sample)
+            for side, policy in (("a", a), ("b", b))
+        }
     except Exception as exc:  # recorded for the page; the worker log has the traceback
         logger.exception("policy impact %s failed", impact_id)
         PolicyImpact.objects.filter(pk=impact_id, status=PolicyImpact.Status.COMPUTING).update(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -258,9 +258,8 @@ class _Catalogue:
         return np.where(self.item_ids[position] == item_ids, position, -1).astype(np.int64)
 
 
-def _catalogue(run: FeedRun) -> _Catalogue:
+def _catalogue(community_id: int, watermark: int) -> _Catalogue:
     """The community's items as arrays: creator, provenance, tags, publication, popularity."""
-    community_id = run.community_id
     rows = list(
         Item.objects.filter(community_id=community_id)
         .order_by("id")
@@ -302,7 +301,7 @@ def _catalogue(run: FeedRun) -> _Catalogue:
     first[np.isinf(first)] = np.nan
     # Popularity: distinct members with a positive interaction, in the data the run trained on.
     positive = Interaction.objects.filter(
-        community_id=community_id, id__lte=run.watermark or 0, weight__gt=0
+        community_id=community_id, id__lte=watermark, weight__gt=0
     )
     counts = np.array(
         list(
@@ -361,17 +360,19 @@ def _recs(rows: list[tuple[int, list[int]]], catalogue: _Catalogue) -> npt.NDArr
     return recs
 
 
-def _history(run: FeedRun, members: list[int], catalogue: _Catalogue) -> scipy.sparse.csr_matrix:
+def _history(
+    community_id: int, watermark: int, members: list[int], catalogue: _Catalogue
+) -> scipy.sparse.csr_matrix:
     """The members' positive interactions up to the run's watermark, as a member x item matrix."""
     pairs = np.array(
         list(
             # The batch is one member id range (keyset order): a range scan of the
             # (member, item) index, several times faster than a long IN list.
             Interaction.objects.filter(
-                community_id=run.community_id,
+                community_id=community_id,
                 member_id__gte=members[0],
                 member_id__lte=members[-1],
-                id__lte=run.watermark or 0,
+                id__lte=watermark,
                 weight__gt=0,
             ).values_list("member_id", "item_id")
         ),
@@ -410,11 +411,34 @@ def run_metrics(run: FeedRun) -> dict[str, Any]:
     Producers: item and creator exposure Gini and coverage over the catalogue (active items and
     any item shown), long-tail creators', new creators' and AI-generated items' exposure shares.
     """
+    expected = int((run.stats or {}).get("members") or 0)
+    return feeds_measure(
+        community_id=run.community_id,
+        watermark=run.watermark or 0,
+        as_of=run.requested_at,
+        feeds=lambda size: _feed_batches(run, size),
+        members_expected=expected,
+    )
+
+
+def feeds_measure(
+    *,
+    community_id: int,
+    watermark: int,
+    as_of: datetime,
+    feeds: Callable[[int], Iterable[list[tuple[int, list[int]]]]],
+    members_expected: int = 0,
+) -> dict[str, Any]:
+    """Run metrics of any feeds: ``feeds(size)`` yields batches of at most ``size``
+    ``(member id, item ids)`` in ascending member order, measured against the community's
+    catalogue and the interactions up to ``watermark`` (as a run's), new creators counted as
+    of ``as_of``. What :func:`run_metrics` stores for a run, and what the impact preview shows
+    for the feeds a policy would serve."""
     started = timezone.now()
-    catalogue = _catalogue(run)
+    catalogue = _catalogue(community_id, watermark)
     batch = min(METRICS_BATCH, max(100, METRICS_BATCH_CELLS // max(catalogue.tags.shape[1], 1)))
     owner = catalogue.item_creator
-    since = (run.requested_at - timedelta(days=NEW_CREATOR_DAYS)).timestamp()
+    since = (as_of - timedelta(days=NEW_CREATOR_DAYS)).timestamp()
     report = FeedReport(
         Catalogue(
             item_creator=owner,
@@ -434,13 +458,12 @@ def run_metrics(run: FeedRun) -> dict[str, Any]:
         depth=settings.COMMONFEED_VISIBLE_DEPTH,
     )
     empty = 0
-    for rows in _feed_batches(run, batch):
+    for rows in feeds(batch):
         recs = _recs(rows, catalogue)
         empty += int(((recs >= 0).sum(axis=1) == 0).sum())
-        history = _history(run, [member for member, _ in rows], catalogue)
+        history = _history(community_id, watermark, [member for member, _ in rows], catalogue)
         report.add(recs, history=history)
-    expected = int((run.stats or {}).get("members") or 0)
-    if report.members == 0 and expected > 0:
+    if report.members == 0 and members_expected > 0:
         return {
             "status": "unavailable",
             "reason": "The run's stored feeds were pruned before they were measured.",

@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 import numpy as np
 from django.conf import settings
@@ -327,28 +328,78 @@ def feed_run_execute(
     return run
 
 
+@dataclass(frozen=True)
+class _RunInputs:
+    """Everything a run reads: interactions, the active catalogue, members' and creators'
+    choices. The preview (``served_feeds_compute``) reads the same, so it ranks as a run does."""
+
+    data: _TrainingData
+    attributes: ItemAttributes
+    choices: RankingChoices
+
+    def prepare_arguments(
+        self, policy: Policy, feed_members: np.ndarray | None = None
+    ) -> dict[str, Any]:
+        data, choices = self.data, self.choices
+        return {
+            "member_ids": data.member_ids,
+            "item_ids": data.item_ids,
+            "weights": data.weights,
+            "policy": policy,
+            "feed_members": data.feed_members if feed_members is None else feed_members,
+            "candidate_items": data.candidate_items,
+            "n": settings.COMMONFEED_FEED_LENGTH,
+            "item_attributes": self.attributes,
+            "refused_items": choices.refused_items,
+            "member_blocks": choices.member_blocks,
+            "no_personalisation_members": choices.no_personalisation_members,
+            "no_training_members": choices.no_training_members,
+        }
+
+
+def _run_inputs(community: Community) -> _RunInputs:
+    data = _load_training_data(community)
+    attributes, item_tags = _load_item_attributes(community)
+    choices = ranking_choices_load(community=community, item_tags=item_tags)
+    return _RunInputs(data=data, attributes=attributes, choices=choices)
+
+
+@dataclass(frozen=True)
+class ServedFeeds:
+    batch: FeedBatch
+    watermark: int
+    """The last interaction read: the same cut as a run's ``watermark``."""
+
+
+def served_feeds_compute(
+    *, community: Community, policy: Policy, members: Sequence[int] | None = None
+) -> ServedFeeds:
+    """The feeds a run would serve now under ``policy``, computed here and stored nowhere.
+
+    The same inputs as a run (``_run_inputs``: interactions, active items, refusals, creators'
+    opt-outs, members' mutes and refusals), the same feed length and the same ranking
+    (``ranking.feeds.prepare_feeds`` and ``score_feeds``), for every member or only
+    ``members``. The impact preview measures these, so what it shows is what ratification
+    delivers on the same data.
+    """
+    inputs = _run_inputs(community)
+    feed_members = None
+    if members is not None:
+        feed_members = np.intersect1d(
+            inputs.data.feed_members, np.asarray(list(members), dtype=np.int64)
+        )
+    prepared = prepare_feeds(**inputs.prepare_arguments(policy, feed_members))
+    return ServedFeeds(batch=score_feeds(prepared), watermark=inputs.data.watermark)
+
+
 def _train(run: FeedRun, token: str, heartbeat: _Heartbeat) -> tuple[PreparedFeeds, list[int]]:
     """Load, fit, store the artifact, and hand the run over to its shards (one transaction)."""
     started = time.perf_counter()
-    data = _load_training_data(run.community)
+    inputs = _run_inputs(run.community)
+    data, attributes, choices = inputs.data, inputs.attributes, inputs.choices
     policy = policy_of(run.policy_version)
-    attributes, item_tags = _load_item_attributes(run.community)
-    choices = ranking_choices_load(community=run.community, item_tags=item_tags)
     loaded = time.perf_counter()
-    prepared = prepare_feeds(
-        member_ids=data.member_ids,
-        item_ids=data.item_ids,
-        weights=data.weights,
-        policy=policy,
-        feed_members=data.feed_members,
-        candidate_items=data.candidate_items,
-        n=settings.COMMONFEED_FEED_LENGTH,
-        item_attributes=attributes,
-        refused_items=choices.refused_items,
-        member_blocks=choices.member_blocks,
-        no_personalisation_members=choices.no_personalisation_members,
-        no_training_members=choices.no_training_members,
-    )
+    prepared = prepare_feeds(**inputs.prepare_arguments(policy))
     fallback_ids, fallback_scores = _community_popular(
         data,
         settings.COMMONFEED_FEED_LENGTH,

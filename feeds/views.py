@@ -322,6 +322,37 @@ def _impact_tables(report: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
+def _served_tables(report: dict[str, Any]) -> list[dict[str, Any]]:
+    """What each policy would serve now, as a run measures it, at the visible depth: the part of
+    the preview that the first run after ratification reproduces."""
+    served = report.get("served")
+    if not served:
+        return []
+    depth = served["a"].get("depth")
+    sides = {"producers": "For creators", "consumers": "For members"}
+    tables = []
+    for side, title in sides.items():
+        a = served["a"]["at_depth"][side]
+        b = served["b"]["at_depth"][side]
+        rows = []
+        for key, value_a in a.items():
+            value_b = b.get(key)
+            label, meaning = _impact_label(key)
+            delta = None if value_a is None or value_b is None else value_b - value_a
+            rows.append(
+                {
+                    "key": key,
+                    "label": label,
+                    "meaning": meaning,
+                    "a": value_a,
+                    "b": value_b,
+                    "delta": delta,
+                }
+            )
+        tables.append({"title": f"{title}, in the top {depth} as served", "rows": rows})
+    return tables
+
+
 def proposal_impact(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     """What a policy proposal would do to members' feeds and creators' exposure, measured on
     this community's data before the vote. Public, like the proposal page. While it is being
@@ -344,6 +375,7 @@ def proposal_impact(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         context["impact"] = found
         if found is not None and found.status == found.Status.DONE:
             context["tables"] = _impact_tables(found.report)
+            context["served_tables"] = _served_tables(found.report)
             context["same_policy"] = current.sha256() == proposed.sha256()
     template = "feeds/_impact.html" if context["fragment"] else "feeds/impact.html"
     return render(request, template, context)
