@@ -49,10 +49,9 @@ from governance.selectors import (
 from governance.services import (
     audit_append,
     audit_append_locked,
-    audit_body_around_time,
     charter_version_create,
     community_lock,
-    community_lock_key,
+    community_lock_id,
     policy_version_create,
 )
 from governance.signals import policy_version_ratified
@@ -372,8 +371,6 @@ def ballot_cast_id(*, proposal_id: int, member: Membership, choice: str) -> Ball
     """
     if choice not in Ballot.Choice.values:
         raise ValueError(f"unknown choice {choice!r}")
-    if transaction.get_connection().vendor == "postgresql":
-        return _ballot_cast_postgresql(proposal_id=proposal_id, member=member, choice=choice)
     return _ballot_cast(proposal_id=proposal_id, member=member, choice=choice)
 
 
@@ -459,76 +456,9 @@ def _ballot_stored(ballot: Ballot, ballot_id: int, alias: str) -> Ballot:
     return ballot
 
 
-# The whole ballot in one server-side call (migration 0006 has the function and says what it
-# does): community lock, proposal check, upsert, chain head, audit entry.
-_BALLOT_CAST_POSTGRESQL = """
-    SELECT o_outcome, o_ballot_id, o_state FROM governance_ballot_cast(
-        %s::bigint, %s::bigint, %s::bigint, %s::bigint, %s::varchar, %s::timestamptz,
-        %s::varchar, %s::varchar, %s::bigint, %s::varchar, %s::varchar, %s::text, %s::text,
-        %s::text, %s::text, %s::text)
-"""
-_OBJECT_ID_KEY = '"object_id":"'
-
-
-def _ballot_cast_postgresql(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
-    """PostgreSQL: one call of ``governance_ballot_cast``, in autocommit when we can.
-
-    Outside ``transaction.atomic()`` the call is its own transaction, so the community lock is
-    released inside the server as soon as the function has committed: no client round trip
-    happens while other ballots of the community wait. Inside a caller's transaction it is just
-    as correct; the lock is then held until that transaction ends.
-    """
-    connection = transaction.get_connection()
-    ballot = _ballot_new(proposal_id=proposal_id, member=member, choice=choice)
-    fields = _ballot_audit_fields(ballot, "ballot.cast", "0")
-    community_id = member.community_id
-    head_cast, after_time = audit_body_around_time(community_id=community_id, fields=fields)
-    head_changed, _ = audit_body_around_time(
-        community_id=community_id, fields={**fields, "action": "ballot.changed"}
-    )
-    # After the time comes "object_id" (keys sort): split around its value, which only the
-    # server knows; a quote inside a JSON string is escaped, so the first match is the key.
-    at = after_time.index(_OBJECT_ID_KEY) + len(_OBJECT_ID_KEY)
-    if not after_time.startswith('0"', at):  # pragma: no cover - entry_body changed its keys
-        raise RuntimeError("the audit entry body no longer has object_id right after created_at")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            _BALLOT_CAST_POSTGRESQL,
-            [
-                community_lock_key(community_id=community_id),
-                community_id,
-                proposal_id,
-                member.pk,
-                choice,
-                ballot.cast_at,
-                ballot.nonce,
-                ballot.receipt,
-                fields["actor_id"],
-                fields["actor_label"],
-                fields["object_type"],
-                fields["payload_json"],
-                head_cast,
-                head_changed,
-                after_time[:at],
-                after_time[at + 1 :],
-            ],
-        )
-        outcome, ballot_id, state = cursor.fetchone()
-    if outcome == "ok":
-        return _ballot_stored(ballot, ballot_id, connection.alias)
-    if outcome == "not_found":
-        raise Proposal.DoesNotExist(f"community {community_id} has no proposal {proposal_id}")
-    if outcome == "not_open":
-        raise ProposalNotOpen(f"proposal {proposal_id} is not open for voting ({state})")
-    raise NotInElectorate(
-        f"{member.external_id} was not a member of {member.community.slug} when voting on "
-        f"proposal {proposal_id} opened"
-    )
-
-
-# SQLite: the ballot is written if, and only if, the proposal is the member's community's, is
-# open, and has the member in its electorate. BEGIN IMMEDIATE holds the database's single write
-# lock from the start, so nothing changes under the checks until the commit.
+# The ballot is written if, and only if, the proposal is the member's community's, is open, and
+# has the member in its electorate. The community lock is held from before the checks to the
+# commit, so nothing a close or another ballot writes can slip between them.
 _BALLOT_UPSERT = """
     INSERT INTO governance_ballot AS b (proposal_id, member_id, choice, cast_at, nonce, receipt)
     SELECT p.id, e.member_id, %s, %s, %s, %s
@@ -543,10 +473,13 @@ _BALLOT_UPSERT = """
 
 @transaction.atomic
 def _ballot_cast(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
-    """SQLite: the steps of ``governance_ballot_cast`` in Python, under the database's write lock
-    (BEGIN IMMEDIATE, which is what ``community_lock`` relies on there too)."""
+    """The ballot and its audit entry in one transaction, under the community lock: the lock,
+    whether the member voted before, the upsert, the chain head and the entry (the hash computed
+    in ``governance.audit_chain``, as for every entry)."""
     connection = transaction.get_connection()
     adapt = connection.ops.adapt_datetimefield_value
+    community_lock_id(community_id=member.community_id)
+    # Stamped under the lock, so the deadline is checked against the time the ballot is written.
     ballot = _ballot_new(proposal_id=proposal_id, member=member, choice=choice)
     with connection.cursor() as cursor:
         cursor.execute(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from typing import Any, Final, TypeVar
 
 from django.contrib.auth.models import AbstractBaseUser
@@ -67,6 +66,18 @@ def community_lock_key(*, community_id: int) -> int:
     return (_AUDIT_LOCK_NAMESPACE << 32) | (community_id & 0xFFFFFFFF)
 
 
+def community_lock_id(*, community_id: int) -> None:
+    """``community_lock`` by the community's id."""
+    connection = transaction.get_connection()
+    if not connection.in_atomic_block:
+        raise RuntimeError("community_lock must be taken inside transaction.atomic()")
+    if connection.vendor == "postgresql":
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_advisory_xact_lock(%s)", [community_lock_key(community_id=community_id)]
+            )
+
+
 def community_lock(*, community: Community) -> None:
     """Serialise governance writes (audit appends, version numbers) of one community.
 
@@ -76,14 +87,7 @@ def community_lock(*, community: Community) -> None:
     SQLite needs nothing: the project opens transactions with BEGIN IMMEDIATE, which takes the
     database's single write lock.
     """
-    connection = transaction.get_connection()
-    if not connection.in_atomic_block:
-        raise RuntimeError("community_lock must be taken inside transaction.atomic()")
-    if connection.vendor == "postgresql":
-        with connection.cursor() as cursor:
-            cursor.execute(
-                "SELECT pg_advisory_xact_lock(%s)", [community_lock_key(community_id=community.pk)]
-            )
+    community_lock_id(community_id=community.pk)
 
 
 def _actor_fields(
@@ -155,15 +159,13 @@ def audit_append_locked(
 ) -> AuditEntry | None:
     """Append an entry to the chain of a community whose ``community_lock`` the caller holds.
 
-    ``audit_append`` for callers that took the lock themselves (a ballot on SQLite, whose write
-    lock BEGIN IMMEDIATE took; on PostgreSQL a ballot appends inside ``governance_ballot_cast``,
-    migration 0006, with the same construction). From the lock to the commit every other writer
-    of the community waits, so this part is as short as it can be: on PostgreSQL one INSERT that
-    reads the chain head, stamps the time and computes the hashes itself (``sha256()``, same
-    construction as ``governance.audit_chain``); on SQLite, whose write lock is the whole
-    database anyway, a head read and an insert. ``only_if`` is an SQL boolean expression with its
-    parameters, evaluated under the lock in that statement (so it sees every write committed
-    before the lock was granted); when it is false nothing is written and ``None`` is returned.
+    ``audit_append`` for callers that took the lock themselves (a ballot). From the lock to the
+    commit every other writer of the community waits, so this part is short: one statement
+    reads the chain head (and ``only_if``), then one inserts the entry, hashed here by
+    ``governance.audit_chain``, the one place the hash is computed. ``only_if`` is an SQL
+    boolean expression with its parameters, evaluated under the lock (so it sees every write
+    committed before the lock was granted); when it is false nothing is written and ``None`` is
+    returned.
     """
     connection = _append_connection(action)
     condition, condition_params = only_if if only_if is not None else ("1 = 1", ())
@@ -176,41 +178,35 @@ def audit_append_locked(
         "payload_json": payload_json,
     }
     with connection.cursor() as cursor:
-        if connection.vendor == "postgresql":
-            row = _append_postgresql(cursor, community_id, fields, condition, condition_params)
-            if row is None:
-                return None
-            pk, seq, created_at, prev_hash, entry_hash = row
-        else:
-            cursor.execute(
-                f"SELECT head.seq, head.entry_hash, ({condition}) {_HEAD_FROM}",
-                [*condition_params, community_id],
-            )
-            head_seq, head_hash, allowed = cursor.fetchone()
-            if not allowed:
-                return None
-            seq = head_seq + 1 if head_seq else 1
-            prev_hash = head_hash if head_seq else audit_chain.GENESIS_HASH
-            # Truncated to whole microseconds: what both databases store, and what gets hashed.
-            created_at = timezone.now()
-            body = audit_chain.entry_body(
-                community=community_id, seq=seq, created_at=created_at, **fields
-            )
-            entry_hash = audit_chain.entry_hash(prev_hash, body)
-            cursor.execute(
-                f"INSERT INTO {_AUDIT_TABLE} (community_id, seq, created_at, {_FIELDS}, "
-                "prev_hash, entry_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                "RETURNING id",
-                [
-                    community_id,
-                    seq,
-                    connection.ops.adapt_datetimefield_value(created_at),
-                    *fields.values(),
-                    prev_hash,
-                    entry_hash,
-                ],
-            )
-            pk = cursor.fetchone()[0]
+        cursor.execute(
+            f"SELECT head.seq, head.entry_hash, ({condition}) {_HEAD_FROM}",
+            [*condition_params, community_id],
+        )
+        head_seq, head_hash, allowed = cursor.fetchone()
+        if not allowed:
+            return None
+        seq = head_seq + 1 if head_seq else 1
+        prev_hash = head_hash if head_seq else audit_chain.GENESIS_HASH
+        # Whole microseconds: what both databases store, and what gets hashed.
+        created_at = timezone.now()
+        body = audit_chain.entry_body(
+            community=community_id, seq=seq, created_at=created_at, **fields
+        )
+        entry_hash = audit_chain.entry_hash(prev_hash, body)
+        cursor.execute(
+            f"INSERT INTO {_AUDIT_TABLE} (community_id, seq, created_at, {_FIELDS}, "
+            "prev_hash, entry_hash) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "RETURNING id",
+            [
+                community_id,
+                seq,
+                connection.ops.adapt_datetimefield_value(created_at),
+                *fields.values(),
+                prev_hash,
+                entry_hash,
+            ],
+        )
+        pk = cursor.fetchone()[0]
     entry = AuditEntry(
         pk=pk,
         community_id=community_id,
@@ -233,71 +229,6 @@ _HEAD_FROM: Final = (
     f"FROM (SELECT 1 AS one) AS one LEFT JOIN (SELECT seq, entry_hash FROM {_AUDIT_TABLE} "
     "WHERE community_id = %s ORDER BY seq DESC LIMIT 1) AS head ON 1 = 1"
 )
-# The body's canonical JSON has sorted keys, so it reads A + created_at + B + seq + ',"v":1}'
-# where A and B depend on nothing the database decides: Python writes them, PostgreSQL fills in
-# the time and the sequence number under the lock and hashes (docs/audit.md):
-#   entry_hash = SHA-256(0x01 || prev_hash || SHA-256(0x00 || body)).
-_APPEND_POSTGRESQL: Final = f"""
-    INSERT INTO {_AUDIT_TABLE} (community_id, seq, created_at, {_FIELDS}, prev_hash, entry_hash)
-    SELECT %s, n.seq, n.at, %s, %s, %s, %s, %s, %s, n.prev, encode(sha256(
-        decode('01', 'hex') || decode(n.prev, 'hex') || sha256(decode('00', 'hex') || convert_to(
-            %s || to_char(n.at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || %s
-            || n.seq::text || %s, 'UTF8'))), 'hex')
-    FROM (
-        SELECT COALESCE(head.seq, 0) + 1 AS seq,
-            COALESCE(head.entry_hash, '{audit_chain.GENESIS_HASH}') AS prev,
-            clock_timestamp() AS at
-        {_HEAD_FROM}
-    ) AS n
-    WHERE ({{condition}})
-    RETURNING id, seq, created_at, prev_hash, entry_hash
-"""
-_TIME_MARK: Final = datetime(1999, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
-
-
-def audit_body_around_time(*, community_id: int, fields: dict[str, Any]) -> tuple[str, str]:
-    """An entry's canonical body text before its time, and after it up to the seq's digits.
-
-    For appends that let PostgreSQL stamp the time and number the entry under the lock: the body
-    is ``before + created_at + after + str(seq) + ',"v":1}'`` (see ``_APPEND_POSTGRESQL``).
-    """
-    body = audit_chain.canonical_json(
-        audit_chain.entry_body(community=community_id, seq=0, created_at=_TIME_MARK, **fields)
-    )
-    # Keys sort as ..., "community", "created_at", "object_id", ..., "payload", "seq", "v": the
-    # first "created_at" is the entry's own (a key inside the payload comes later), and the text
-    # ends with seq and v. Quotes inside JSON strings are escaped, so no value can fake a key.
-    mark = f'"created_at":"{audit_chain.format_timestamp(_TIME_MARK)}"'
-    tail = ',"seq":0,"v":1}'
-    at = body.index(mark) + len('"created_at":"')
-    if not body.endswith(tail):  # pragma: no cover - would mean entry_body changed its keys
-        raise RuntimeError("the audit entry body no longer ends with seq and v")
-    before_time = body[:at]
-    after_time = body[at + len(audit_chain.format_timestamp(_TIME_MARK)) : -len(tail)] + ',"seq":'
-    return before_time, after_time
-
-
-def _append_postgresql(
-    cursor: Any,
-    community_id: int,
-    fields: dict[str, Any],
-    condition: str,
-    condition_params: Sequence[Any],
-) -> tuple[int, int, datetime, str, str] | None:
-    before_time, after_time = audit_body_around_time(community_id=community_id, fields=fields)
-    cursor.execute(
-        _APPEND_POSTGRESQL.format(condition=condition),
-        [
-            community_id,
-            *fields.values(),
-            before_time,
-            after_time,
-            ',"v":1}',
-            community_id,
-            *condition_params,
-        ],
-    )
-    return cursor.fetchone()  # type: ignore[no-any-return]
 
 
 @transaction.atomic
