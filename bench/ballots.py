@@ -85,9 +85,8 @@ from django.db import connection  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
 from governance.models import AuditEntry, Ballot, Community, Membership, Proposal  # noqa: E402
-from governance.proposal_services import proposal_create, proposal_open  # noqa: E402
 from governance.selectors import audit_verify, policy_version_current  # noqa: E402
-from governance.services import community_create, membership_create  # noqa: E402
+from governance.services import community_create, membership_create, proposal_create, proposal_open  # noqa: E402  # noqa: E402
 
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 

@@ -11,7 +11,7 @@ app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
 
 # Voting ends on the minute: close due proposals and ratify passed ones (idempotent, see
-# governance.proposal_services.proposals_close_due). Assigned, not read-and-merged: reading
+# governance.services.proposals_close_due). Assigned, not read-and-merged: reading
 # app.conf here would load the Django settings while the config package is still importing.
 app.conf.beat_schedule = {
     "governance-close-due-proposals": {

@@ -23,7 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from governance import audit_chain, proposal_services
+from governance import audit_chain, services
 from governance.diff import ABSENT, policy_diff
 from governance.errors import GovernanceError, NotPermitted, http_status
 from governance.models import Ballot, Community, Membership, Proposal
@@ -466,7 +466,7 @@ class ProposalsApi(MemberApi):
         community, member = self.community_member(request, slug)
         data = self.ProposalCreateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        proposal = proposal_services.proposal_create(
+        proposal = services.proposal_create(
             community=community,
             author=member,
             title=data.validated_data["title"],
@@ -523,7 +523,7 @@ class ProposalApi(MemberApi):
         proposal = self.proposal(community, pk)
         data = self.ProposalUpdateInput(data=request.data)
         data.is_valid(raise_exception=True)
-        proposal_services.proposal_update(
+        services.proposal_update(
             proposal=proposal,
             actor=member,
             title=data.validated_data.get("title"),
@@ -553,7 +553,7 @@ _TRANSITION_RESPONSES = {
 
 
 class ProposalOpenApi(ProposalTransitionApi):
-    service = proposal_services.proposal_open
+    service = services.proposal_open
 
     @extend_schema(
         request=None,
@@ -567,7 +567,7 @@ class ProposalOpenApi(ProposalTransitionApi):
 
 
 class ProposalWithdrawApi(ProposalTransitionApi):
-    service = proposal_services.proposal_withdraw
+    service = services.proposal_withdraw
 
     @extend_schema(
         request=None,
@@ -612,8 +612,8 @@ class BallotApi(MemberApi):
     def put(self, request: Request, slug: str, pk: str) -> Response:
         # The hot path of voting: one query for the member, then one call that locks, checks,
         # writes the ballot and its audit entry and commits in the database (see
-        # ``proposal_services.ballot_cast_id``). The community is only loaded to explain a 404.
-        member = proposal_services.ballot_member(slug=slug, user=request.user)
+        # ``services.ballot_cast_id``). The community is only loaded to explain a 404.
+        member = services.ballot_member(slug=slug, user=request.user)
         if member is None:
             get_object_or_404(Community, slug=slug)
             raise NotPermitted(f"You are not a member of {slug}.")
@@ -622,7 +622,7 @@ class BallotApi(MemberApi):
         if not (pk.isascii() and pk.isdigit() and len(pk) <= 18):
             raise exceptions.NotFound("No such proposal.")
         try:
-            ballot = proposal_services.ballot_cast_id(
+            ballot = services.ballot_cast_id(
                 proposal_id=int(pk), member=member, choice=data.validated_data["choice"]
             )
         except Proposal.DoesNotExist:

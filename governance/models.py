@@ -211,7 +211,7 @@ class Proposal(models.Model):
     electorate.
 
     Life cycle: draft -> open -> passed / failed / withdrawn; passed -> ratified / conflicted.
-    Every transition is a compare-and-set update on ``state`` in ``governance.proposal_services``.
+    Every transition is a compare-and-set update on ``state`` in ``governance.services.proposals``.
     ``kind`` says which document it changes; the base and ratified version columns of the other
     kind stay empty (check constraints).
     """

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from governance.proposal_services import proposals_close_due
+from governance.services import proposals_close_due
 
 
 @shared_task(name="governance.tasks.close_due_proposals")

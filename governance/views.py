@@ -20,7 +20,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
-from governance import proposal_services, services
+from governance import services
 from governance.charter import Charter
 from governance.describe import policy_describe
 from governance.diff import ABSENT, policy_diff
@@ -205,7 +205,7 @@ def proposal_new(request: HttpRequest, slug: str) -> HttpResponse:
         form["document"] = _posted_document(request, kind)
         try:
             member = _member_or_403(request, community)
-            proposal = proposal_services.proposal_create(
+            proposal = services.proposal_create(
                 community=community,
                 author=member,
                 title=form["title"],
@@ -241,7 +241,7 @@ def proposal_edit(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
             form = {key: request.POST.get(key, "") for key in form}
             form["document"] = _posted_document(request, proposal.kind)
             try:
-                proposal_services.proposal_update(
+                services.proposal_update(
                     proposal=proposal,
                     actor=member,
                     title=form["title"],
@@ -293,7 +293,7 @@ def proposal_check(request: HttpRequest, slug: str) -> HttpResponse:
     changes: list[dict[str, str]] = []
     try:
         validated: Any = (
-            proposal_services.charter_validate(document)
+            services.charter_validate(document)
             if kind == Proposal.Kind.CHARTER
             else policy_validate(document)
         )
@@ -378,13 +378,13 @@ def proposal_vote(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
     # proposal are loaded only to render a fragment or to explain a refusal (404 first).
     ballot, error = None, None
     member = (
-        proposal_services.ballot_member(slug=slug, user=request.user)
+        services.ballot_member(slug=slug, user=request.user)
         if choice in Ballot.Choice.values
         else None
     )
     if member is not None:
         try:
-            ballot = proposal_services.ballot_cast_id(proposal_id=pk, member=member, choice=choice)
+            ballot = services.ballot_cast_id(proposal_id=pk, member=member, choice=choice)
         except Proposal.DoesNotExist:
             pass  # the 404 comes from the lookups below
         except GovernanceError as refused:
@@ -419,8 +419,8 @@ def proposal_transition(request: HttpRequest, slug: str, pk: int, action: str) -
     community = get_object_or_404(Community, slug=slug)
     proposal = get_object_or_404(Proposal, community=community, pk=pk)
     service = {
-        "open": proposal_services.proposal_open,
-        "withdraw": proposal_services.proposal_withdraw,
+        "open": services.proposal_open,
+        "withdraw": services.proposal_withdraw,
     }[action]
     try:
         service(proposal=proposal, actor=_member_or_403(request, community))

@@ -2,7 +2,7 @@
 
 The function wrote a ballot and its audit entry in one server-side call, computing the entry's
 hash in SQL: a second implementation of the ballot rules and of the hash. Both now live only in
-Python (``governance.proposal_services._ballot_cast``, ``governance.audit_chain``). Reversing
+Python (``governance.services.ballots``, ``governance.audit_chain``). Reversing
 this migration installs the function again, as migration 0006 did.
 """
 

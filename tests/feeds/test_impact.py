@@ -20,8 +20,8 @@ from feeds.impact import (
 )
 from feeds.models import MemberChoices, PolicyImpact
 from governance.models import Proposal
-from governance.proposal_services import proposal_create
 from governance.selectors import policy_of, policy_version_current
+from governance.services import proposal_create
 from ranking.policy import policy_validate
 from tests.factories import make_community, small_catalogue
 from tests.governance.proposal_helpers import changed_policy

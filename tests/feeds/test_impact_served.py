@@ -15,14 +15,14 @@ from django.urls import reverse
 from feeds.impact import policy_impact_compute, policy_impact_request
 from feeds.runs import run_metrics
 from governance.models import Proposal
-from governance.proposal_services import (
+from governance.selectors import policy_of, policy_version_current
+from governance.services import (
     ballot_cast,
     proposal_close,
     proposal_create,
     proposal_open,
     proposal_ratify,
 )
-from governance.selectors import policy_of, policy_version_current
 from ranking.policy import policy_validate
 from tests.factories import make_community, run_computed, small_catalogue
 from tests.governance.proposal_helpers import changed_policy

@@ -8,8 +8,8 @@ import pytest
 
 from feeds.models import FeedRun
 from feeds.services import feed_run_execute
-from governance.proposal_services import proposal_ratify
 from governance.selectors import policy_version_current
+from governance.services import proposal_ratify
 from tests.factories import CreatorFactory, ItemFactory, interact
 from tests.governance.proposal_helpers import make_voting_community, open_proposal, vote_and_close
 

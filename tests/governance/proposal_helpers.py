@@ -9,14 +9,16 @@ from django.utils import timezone
 
 from governance.charter import Charter
 from governance.models import Community, Membership, Proposal
-from governance.proposal_services import (
+from governance.selectors import charter_version_current, policy_version_current
+from governance.services import (
     ballot_cast,
+    charter_version_create,
+    community_create,
+    membership_create,
     proposal_close,
     proposal_create,
     proposal_open,
 )
-from governance.selectors import charter_version_current, policy_version_current
-from governance.services import charter_version_create, community_create, membership_create
 
 
 def make_voting_community(

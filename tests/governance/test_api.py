@@ -11,9 +11,8 @@ from django.test import Client
 from django.urls import reverse
 
 from governance.models import AuditEntry, Membership, Proposal
-from governance.proposal_services import proposal_close
 from governance.selectors import charter_version_current
-from governance.services import membership_create
+from governance.services import membership_create, proposal_close
 from tests.governance.proposal_helpers import changed_policy, make_voting_community, open_proposal
 
 pytestmark = pytest.mark.django_db

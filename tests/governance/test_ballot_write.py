@@ -29,14 +29,15 @@ from django.utils import timezone
 from governance import audit_chain
 from governance.errors import NotInElectorate, ProposalNotOpen
 from governance.models import AuditEntry, Ballot, Membership, Proposal
-from governance.proposal_services import (
+from governance.selectors import audit_stored, audit_verify
+from governance.services import (
     ballot_cast,
     ballot_cast_id,
     ballot_member,
     ballot_receipt,
+    community_lock_key,
+    membership_create,
 )
-from governance.selectors import audit_stored, audit_verify
-from governance.services import community_lock_key, membership_create
 from tests.governance.conftest import concurrent_on_postgresql
 from tests.governance.proposal_helpers import make_voting_community, open_proposal, vote_and_close
 

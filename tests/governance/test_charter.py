@@ -18,8 +18,8 @@ from governance.models import (
     PolicyVersion,
     Proposal,
 )
-from governance.proposal_services import proposal_create, proposal_open, proposal_ratify
 from governance.selectors import audit_verify, charter_of, charter_version_current
+from governance.services import proposal_create, proposal_open, proposal_ratify
 from governance.signals import policy_version_ratified
 from ranking.policy import PolicyError
 from tests.governance.proposal_helpers import make_voting_community, open_proposal, vote_and_close

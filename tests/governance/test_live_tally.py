@@ -12,8 +12,7 @@ from django.test import Client
 from django.urls import reverse
 
 from governance.models import Ballot, Membership, Proposal
-from governance.proposal_services import ballot_cast, proposal_close, proposal_create
-from governance.services import membership_create
+from governance.services import ballot_cast, membership_create, proposal_close, proposal_create
 from tests.governance.proposal_helpers import changed_policy, make_voting_community, open_proposal
 
 pytestmark = pytest.mark.django_db

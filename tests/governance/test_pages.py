@@ -11,8 +11,7 @@ from django.test import Client
 from django.urls import reverse
 
 from governance.models import Ballot, Proposal
-from governance.proposal_services import ballot_cast, proposal_close, proposal_ratify
-from governance.services import membership_create
+from governance.services import ballot_cast, membership_create, proposal_close, proposal_ratify
 from tests.governance.proposal_helpers import make_voting_community, open_proposal, set_charter
 
 pytestmark = pytest.mark.django_db

@@ -12,13 +12,13 @@ from django.urls import reverse
 
 from governance.errors import InvalidTransition, NotPermitted
 from governance.models import AuditEntry, Membership, Proposal
-from governance.proposal_services import (
+from governance.selectors import audit_verify
+from governance.services import (
     proposal_create,
     proposal_open,
     proposal_update,
     proposal_withdraw,
 )
-from governance.selectors import audit_verify
 from ranking.policy import PolicyError
 from tests.governance.proposal_helpers import changed_policy, make_voting_community
 

@@ -18,17 +18,17 @@ from governance.errors import (
     http_status,
 )
 from governance.models import AuditEntry, Ballot, ElectorateEntry, Proposal
-from governance.proposal_services import (
+from governance.selectors import audit_verify, policy_version_current, proposal_tally
+from governance.services import (
     ballot_cast,
     ballot_receipt,
+    membership_create,
     proposal_close,
     proposal_create,
     proposal_open,
     proposal_ratify,
     proposal_withdraw,
 )
-from governance.selectors import audit_verify, policy_version_current, proposal_tally
-from governance.services import membership_create
 from ranking.policy import PolicyError
 from tests.governance.proposal_helpers import (
     changed_policy,

@@ -9,8 +9,8 @@ from django.utils import timezone
 
 from governance.merge import three_way_merge
 from governance.models import AuditEntry, PolicyVersion, Proposal
-from governance.proposal_services import ballot_cast, proposal_ratify, proposals_close_due
 from governance.selectors import audit_verify, policy_version_current
+from governance.services import ballot_cast, proposal_ratify, proposals_close_due
 from governance.signals import policy_version_ratified
 from governance.tasks import close_due_proposals
 from tests.governance.proposal_helpers import make_voting_community, open_proposal, vote_and_close
@@ -114,21 +114,21 @@ def test_the_close_task_goes_on_after_one_proposal_fails(monkeypatch) -> None:  
     community, moderator, members = make_voting_community("robust")
     first = _passed(community, moderator, members, model={"factors": 32})
     second = _passed(community, moderator, members, ranking={"diversity": 0.3})
-    from governance import proposal_services
+    from governance.services import proposals
 
-    real = proposal_services.proposal_ratify
+    real = proposals.proposal_ratify
 
     def flaky(*, proposal: Proposal) -> Proposal:
         if proposal.pk == first.pk:
             raise RuntimeError("boom")
         return real(proposal=proposal)
 
-    monkeypatch.setattr(proposal_services, "proposal_ratify", flaky)
+    monkeypatch.setattr(proposals, "proposal_ratify", flaky)
     assert proposals_close_due()["errors"] == 1
     second.refresh_from_db()
     first.refresh_from_db()
     assert (first.state, second.state) == ("passed", "ratified")
-    monkeypatch.setattr(proposal_services, "proposal_ratify", real)
+    monkeypatch.setattr(proposals, "proposal_ratify", real)
     assert proposals_close_due()["ratified"] == 1  # the next run retries it
 
 

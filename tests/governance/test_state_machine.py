@@ -42,16 +42,16 @@ from governance.models import (
     PolicyVersion,
     Proposal,
 )
-from governance.proposal_services import (
+from governance.selectors import audit_verify, charter_version_current, policy_version_current
+from governance.services import (
     ballot_cast,
+    membership_create,
     proposal_close,
     proposal_create,
     proposal_open,
     proposal_ratify,
     proposal_withdraw,
 )
-from governance.selectors import audit_verify, charter_version_current, policy_version_current
-from governance.services import membership_create
 from ranking.policy import PolicyError
 from tests.governance.proposal_helpers import make_voting_community
 

@@ -22,14 +22,14 @@ from governance.models import (
     PolicyVersion,
     Proposal,
 )
-from governance.proposal_services import (
+from governance.selectors import audit_verify, charter_version_current
+from governance.services import (
     ballot_cast,
     ballot_receipt,
     proposal_create,
     proposal_open,
     proposal_ratify,
 )
-from governance.selectors import audit_verify, charter_version_current
 from tests.governance.conftest import concurrent_on_postgresql
 from tests.governance.proposal_helpers import (
     make_voting_community,
@@ -241,8 +241,7 @@ def test_a_close_that_commits_while_a_ballot_waits_for_the_lock_wins(
     from django.db import transaction
 
     from governance.errors import ProposalNotOpen
-    from governance.proposal_services import proposal_close
-    from governance.services import community_lock
+    from governance.services import community_lock, proposal_close
 
     community, moderator, members = make_voting_community("closing", members=2)
     proposal = open_proposal(community, moderator)

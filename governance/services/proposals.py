@@ -1,40 +1,30 @@
-"""Proposal and ballot writes (the voting half of ``governance.services``).
-
-Every transition is a compare-and-set update on ``Proposal.state`` and is audited in the same
-transaction. Ballots and proposal transitions of one community meet under ``community_lock``
-(which every audit append takes anyway), so a ballot either commits before a close counts the
-votes, or sees the proposal closed and writes nothing.
-"""
+"""Proposals: create, edit, open, withdraw, close and ratify, each a compare-and-set on the
+state, audited in the same transaction. Ballots and transitions of one community meet under
+``community_lock``, so a ballot either commits before a close counts the votes, or sees the
+proposal closed and writes nothing."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import secrets
 from datetime import datetime, timedelta
 from fractions import Fraction
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 from pydantic import ValidationError
 
-from governance.audit_chain import canonical_json as audit_canonical_json
 from governance.charter import Charter
 from governance.diff import policy_diff
 from governance.errors import (
     InvalidTransition,
-    NotInElectorate,
     NotPermitted,
-    ProposalNotOpen,
     StaleVersion,
     VotingNotOver,
 )
 from governance.merge import three_way_merge
 from governance.models import (
-    Ballot,
     Community,
     ElectorateEntry,
     Membership,
@@ -46,25 +36,15 @@ from governance.selectors import (
     policy_version_current,
     proposal_tally,
 )
-from governance.services import (
-    audit_append,
-    audit_append_locked,
-    charter_version_create,
-    community_lock,
-    community_lock_id,
-    policy_version_create,
-)
+from governance.services.audit import audit_append, community_lock
+from governance.services.memberships import member_actor
+from governance.services.versions import charter_version_create, policy_version_create
 from governance.signals import policy_version_ratified
 from ranking.policy import PolicyError, canonical_json, policy_validate
 
 logger = logging.getLogger(__name__)
 
 _MODERATING_ROLES = (Membership.Role.MODERATOR, Membership.Role.ADMIN)
-
-
-def _member_actor(member: Membership) -> tuple[AbstractBaseUser | None, str]:
-    # Members without a login of their own are named by their pseudonymous external id.
-    return member.user, (member.user.get_username() if member.user else member.external_id)
 
 
 def _transition(
@@ -159,7 +139,7 @@ def proposal_create(
         document=proposed,
         **bases,
     )
-    user, label = _member_actor(author)
+    user, label = member_actor(author)
     audit_append(
         community=community,
         actor=user,
@@ -237,7 +217,7 @@ def proposal_update(
     Proposal.objects.filter(pk=current.pk, state=Proposal.State.DRAFT).update(**changes)
     for name, value in changes.items():
         setattr(current, name, value)
-    user, label = _member_actor(actor)
+    user, label = member_actor(actor)
     payload: dict[str, Any] = {"fields": sorted(changes), "title": current.title}
     if sha256 is not None:
         payload.update(sha256=sha256, document=changes["document"])
@@ -286,7 +266,7 @@ def proposal_open(*, proposal: Proposal, actor: Membership) -> Proposal:
     ElectorateEntry.objects.bulk_create(entries, batch_size=5_000)
     Proposal.objects.filter(pk=proposal.pk).update(electorate_size=len(entries))
     proposal.electorate_size = len(entries)
-    user, label = _member_actor(actor)
+    user, label = member_actor(actor)
     audit_append(
         community=community,
         actor=user,
@@ -319,7 +299,7 @@ def proposal_withdraw(*, proposal: Proposal, actor: Membership) -> Proposal:
         to=Proposal.State.WITHDRAWN,
         decided_at=timezone.now(),
     )
-    user, label = _member_actor(actor)
+    user, label = member_actor(actor)
     audit_append(
         community=proposal.community,
         actor=user,
@@ -329,190 +309,6 @@ def proposal_withdraw(*, proposal: Proposal, actor: Membership) -> Proposal:
         payload={"from": previous},
     )
     return proposal
-
-
-def ballot_receipt(
-    *, proposal_id: int, external_id: str, choice: str, cast_at: datetime, nonce: str
-) -> str:
-    """SHA-256 over the ballot's content and its secret nonce; published in the audit log."""
-    text = canonical_json([proposal_id, external_id, choice, cast_at.isoformat(), nonce])
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _check_open(proposal_id: int, now: datetime, *, community_id: int) -> Proposal:
-    """The proposal if it is the community's and open at ``now``; otherwise the reason why not."""
-    proposal = Proposal.objects.select_related("community").get(
-        pk=proposal_id, community_id=community_id
-    )
-    if proposal.state != Proposal.State.OPEN or (
-        proposal.closes_at is not None and now >= proposal.closes_at
-    ):
-        raise ProposalNotOpen(f"proposal {proposal.pk} is not open for voting ({proposal.state})")
-    return proposal
-
-
-def ballot_cast(*, proposal: Proposal, member: Membership, choice: str) -> Ballot:
-    """Cast or change ``member``'s ballot; returns the ballot with its new receipt.
-
-    Raises :class:`NotInElectorate` (403) and :class:`ProposalNotOpen` (409).
-    """
-    if proposal.community_id != member.community_id:
-        raise NotInElectorate(
-            f"{member.external_id} is not a member of the community of proposal {proposal.pk}"
-        )
-    return ballot_cast_id(proposal_id=proposal.pk, member=member, choice=choice)
-
-
-def ballot_cast_id(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
-    """``ballot_cast`` by the proposal's id, without loading it first (the API's hot path).
-
-    Raises ``Proposal.DoesNotExist`` when the member's community has no such proposal, then
-    :class:`ProposalNotOpen` (409) and :class:`NotInElectorate` (403).
-    """
-    if choice not in Ballot.Choice.values:
-        raise ValueError(f"unknown choice {choice!r}")
-    return _ballot_cast(proposal_id=proposal_id, member=member, choice=choice)
-
-
-# The hot path's member lookup: one indexed query, without the ORM building it on every ballot.
-# Columns in the model's field order, which is the order ``Model.from_db`` expects them in.
-_BALLOT_MEMBER_FIELDS = [
-    f.attname
-    for f in Membership._meta.concrete_fields
-    if f.attname in {"id", "community_id", "external_id", "user_id"}
-]
-_BALLOT_MEMBER = f"""
-    SELECT {", ".join(f"m.{name}" for name in _BALLOT_MEMBER_FIELDS)}
-    FROM governance_membership AS m
-    JOIN governance_community AS c ON c.id = m.community_id
-    WHERE c.slug = %s AND m.user_id = %s
-    ORDER BY m.id LIMIT 1
-"""
-
-
-def ballot_member(*, slug: str, user: AbstractBaseUser) -> Membership | None:
-    """``user``'s membership of the community ``slug`` for ``ballot_cast_id``, or ``None``.
-
-    Loads only what a ballot needs (id, community, external id; the other fields are deferred)
-    and attaches ``user``, so casting the ballot needs no query for the actor's name.
-    """
-    if not user.is_authenticated:
-        return None
-    connection = transaction.get_connection()
-    with connection.cursor() as cursor:
-        cursor.execute(_BALLOT_MEMBER, [slug, user.pk])
-        row = cursor.fetchone()
-    if row is None:
-        return None
-    member = Membership.from_db(connection.alias, _BALLOT_MEMBER_FIELDS, row)
-    member.user = user
-    return member
-
-
-def _ballot_new(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
-    """An unsaved ballot with its time, nonce and receipt."""
-    now = timezone.now()
-    nonce = secrets.token_hex(16)
-    receipt = ballot_receipt(
-        proposal_id=proposal_id,
-        external_id=member.external_id,
-        choice=choice,
-        cast_at=now,
-        nonce=nonce,
-    )
-    return Ballot(
-        proposal_id=proposal_id,
-        member=member,
-        choice=choice,
-        cast_at=now,
-        nonce=nonce,
-        receipt=receipt,
-    )
-
-
-def _ballot_audit_fields(ballot: Ballot, action: str, object_id: str) -> dict[str, Any]:
-    user, label = _member_actor(ballot.member)
-    return {
-        "actor_id": user.pk if user is not None else None,
-        "actor_label": label,
-        "action": action,
-        "object_type": Ballot._meta.label_lower,
-        "object_id": object_id,
-        # The choice stays out of the public log: the receipt lets the voter find their entry.
-        "payload_json": audit_canonical_json(
-            {
-                "proposal": ballot.proposal_id,
-                "member": ballot.member.external_id,
-                "receipt": ballot.receipt,
-            }
-        ),
-    }
-
-
-def _ballot_stored(ballot: Ballot, ballot_id: int, alias: str) -> Ballot:
-    ballot.pk = ballot_id
-    ballot._state.adding = False
-    ballot._state.db = alias
-    return ballot
-
-
-# The ballot is written if, and only if, the proposal is the member's community's, is open, and
-# has the member in its electorate. The community lock is held from before the checks to the
-# commit, so nothing a close or another ballot writes can slip between them.
-_BALLOT_UPSERT = """
-    INSERT INTO governance_ballot AS b (proposal_id, member_id, choice, cast_at, nonce, receipt)
-    SELECT p.id, e.member_id, %s, %s, %s, %s
-    FROM governance_proposal AS p
-    JOIN governance_electorateentry AS e ON e.proposal_id = p.id AND e.member_id = %s
-    WHERE p.id = %s AND p.community_id = %s AND p.state = 'open' AND p.closes_at > %s
-    ON CONFLICT (proposal_id, member_id) DO UPDATE SET choice = excluded.choice,
-        cast_at = excluded.cast_at, nonce = excluded.nonce, receipt = excluded.receipt
-    RETURNING id
-"""
-
-
-@transaction.atomic
-def _ballot_cast(*, proposal_id: int, member: Membership, choice: str) -> Ballot:
-    """The ballot and its audit entry in one transaction, under the community lock: the lock,
-    whether the member voted before, the upsert, the chain head and the entry (the hash computed
-    in ``governance.audit_chain``, as for every entry)."""
-    connection = transaction.get_connection()
-    adapt = connection.ops.adapt_datetimefield_value
-    community_lock_id(community_id=member.community_id)
-    # Stamped under the lock, so the deadline is checked against the time the ballot is written.
-    ballot = _ballot_new(proposal_id=proposal_id, member=member, choice=choice)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT id FROM governance_ballot WHERE proposal_id = %s AND member_id = %s",
-            [proposal_id, member.pk],
-        )
-        existed = cursor.fetchone() is not None
-        cursor.execute(
-            _BALLOT_UPSERT,
-            [
-                choice,
-                adapt(ballot.cast_at),
-                ballot.nonce,
-                ballot.receipt,
-                member.pk,
-                proposal_id,
-                member.community_id,
-                adapt(ballot.cast_at),
-            ],
-        )
-        written = cursor.fetchone()
-    if written is None:
-        # Nothing written: find out why, in the order the API reports it (404, 409, 403).
-        proposal = _check_open(proposal_id, ballot.cast_at, community_id=member.community_id)
-        raise NotInElectorate(
-            f"{member.external_id} was not a member of {proposal.community.slug} when voting "
-            f"on proposal {proposal.pk} opened"
-        )
-    fields = _ballot_audit_fields(
-        ballot, "ballot.changed" if existed else "ballot.cast", str(written[0])
-    )
-    audit_append_locked(community_id=member.community_id, **fields)
-    return _ballot_stored(ballot, written[0], connection.alias)
 
 
 def _passes(*, tally: dict[str, Any], threshold: float) -> bool:
@@ -708,17 +504,3 @@ def proposals_close_due(*, now: datetime | None = None) -> dict[str, int]:
             continue
         counts["ratified" if result.state == Proposal.State.RATIFIED else "conflicted"] += 1
     return counts
-
-
-__all__ = [
-    "ballot_cast",
-    "ballot_cast_id",
-    "ballot_receipt",
-    "charter_validate",
-    "proposal_close",
-    "proposal_create",
-    "proposal_open",
-    "proposal_ratify",
-    "proposal_withdraw",
-    "proposals_close_due",
-]
