@@ -265,6 +265,24 @@ IMPACT_LABELS: dict[str, tuple[str, str]] = {
     "new_creator_share": ("New creators' share", "exposure going to creators who started recently"),
     "ai_generated_share": ("AI-generated share", "exposure going to AI-generated items"),
     "avg_popularity": ("Average popularity", "members who used a recommended item, on average"),
+    "human_share": ("Human-made share", "exposure going to items made by people"),
+    "convergence": (
+        "Convergence",
+        "how alike two members' feeds are: shared items over all their items, 0 to 1",
+    ),
+    "relation_kept_share": (
+        "Relation kept",
+        "share of entries from creators the member already engaged with",
+    ),
+    "discovery_share": ("Discovery", "share of entries from creators new to the member"),
+    "audience_kept_mean": (
+        "Audience kept (mean)",
+        "share of a creator's earlier audience their items still reach, mean over creators",
+    ),
+    "audience_kept_median": (
+        "Audience kept (median)",
+        "share of a creator's earlier audience their items still reach, median creator",
+    ),
 }
 
 
@@ -445,6 +463,12 @@ RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
         "novelty_bits": "Novelty (bits)",
         "avg_popularity": "Average popularity",
         "miscalibration_kl": "Miscalibration (KL)",
+        "convergence": "Convergence (how alike members' feeds are)",
+        "relation_kept_share": "From creators the member already engaged with",
+        "discovery_share": "From creators new to the member",
+        "relation_kept_share_weighted": "From creators the member already engaged with, "
+        "by position",
+        "discovery_share_weighted": "From creators new to the member, by position",
     },
     "producers": {
         "item_gini": "Item exposure Gini",
@@ -458,6 +482,9 @@ RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
         "long_tail_creator_share_weighted": "Long-tail creators' share by position",
         "new_creator_share_weighted": "New creators' share by position",
         "ai_generated_share_weighted": "AI-generated share by position",
+        "human_share_weighted": "Human-made share by position",
+        "audience_kept_mean": "Creators' earlier audience still reached (mean)",
+        "audience_kept_median": "Creators' earlier audience still reached (median)",
     },
 }
 
@@ -485,7 +512,12 @@ def _run_metric_rows(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str,
     return [
         (
             f"{sides[section]} {where}",
-            [(label, metrics[cut][section].get(key)) for key, label in labels.items()],
+            # Keys a run measured before they existed (metrics version 2) are left out.
+            [
+                (label, metrics[cut][section][key])
+                for key, label in labels.items()
+                if key in metrics[cut][section]
+            ],
         )
         for section, labels in RUN_METRIC_LABELS.items()
         for cut, where in cuts.items()
