@@ -11,10 +11,12 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods, require_POST
 
-from feeds import choices, creators, impact, runs
+from feeds import choices, creators, impact, runs, trends
 from feeds.auth import community_for_credential_manager
+from feeds.charts import Series, line_chart
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.models import Creator, FeedRun
 from feeds.selectors import (
@@ -557,4 +559,41 @@ def feed_runs(request: HttpRequest, slug: str) -> HttpResponse:
         request,
         "feeds/feed_runs.html",
         {"community": community, "rows": rows, "in_progress": runs.run_in_progress(community)},
+    )
+
+
+def feed_trends(request: HttpRequest, slug: str) -> HttpResponse:
+    """How the community's feeds changed run after run, one chart per measure. Public like the
+    policy history and the audit log: figures over all members and creators, never one
+    member's."""
+    community = get_object_or_404(Community, slug=slug)
+    measured = trends.feed_trend_runs(community=community)
+    charts = []
+    for trend in trends.TRENDS:
+        table = [(run, [run.value(s, k) for s, k, _ in trend.lines]) for run in measured]
+        rows = [(run, values) for run, values in table if any(v is not None for v in values)]
+        series = [
+            Series(label, [(run.finished_at, v[n]) for run, v in rows if v[n] is not None])
+            for n, (_, _, label) in enumerate(trend.lines)
+        ]
+        svg = line_chart(chart_id=f"trend-{trend.slug}", title=trend.title, series=series)
+        charts.append(
+            {
+                "trend": trend,
+                "labels": [label for _, _, label in trend.lines],
+                # feeds.charts escapes every text it writes.
+                "svg": mark_safe(svg),
+                "rows": rows,
+            }
+        )
+    return render(
+        request,
+        "feeds/trends.html",
+        {
+            "community": community,
+            "member": membership_of_user(community=community, user=request.user),
+            "charts": charts,
+            "depth": measured[-1].depth if measured else settings.COMMONFEED_VISIBLE_DEPTH,
+            "runs": len(measured),
+        },
     )
