@@ -78,7 +78,8 @@ def line_chart(
     labelled = f'aria-labelledby="{chart_id}-title {chart_id}-desc"'
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {width} {height}" '
-        f'width="{width}" height="{height}" role="img" {labelled}>',
+        f'width="{width}" height="{height}" style="max-width:100%;height:auto" role="img" '
+        f"{labelled}>",
         f'<title id="{chart_id}-title">{_e(title)}</title>',
         f'<desc id="{chart_id}-desc">{_e(description or _summary(series))}</desc>',
     ]
