@@ -55,7 +55,9 @@ METRICS_LEASE = timedelta(minutes=30)
 HEAD_FRACTION = 0.2
 NEW_CREATOR_DAYS = 730.0
 # 2: adds depth, length, discount and the at_depth / whole_feed sections (ranking.report).
-METRICS_VERSION = 2
+# 3: adds convergence, relation kept / discovery, audience kept, human share (ranking.report)
+# and convergence_pairs.
+METRICS_VERSION = 3
 # The flat sections of version 1, kept for the API's readers: the whole feed, counting places.
 CONSUMERS = ("diversity_tags", "novelty_bits", "avg_popularity", "miscalibration_kl")
 PRODUCERS = (
@@ -485,6 +487,7 @@ def feeds_measure(
         "depth": measured["depth"],
         "length": measured["length"],
         "discount": measured["discount"],
+        "convergence_pairs": measured["convergence_pairs"],
         **cuts,
         "seconds": round((timezone.now() - started).total_seconds(), 3),
     }

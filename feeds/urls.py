@@ -25,6 +25,7 @@ urlpatterns = [
     path("c/<slug:slug>/proposals/<int:pk>/impact/", views.proposal_impact, name="proposal-impact"),
     path("c/<slug:slug>/apps/", views.app_credentials, name="app-credentials"),
     path("c/<slug:slug>/feed-runs/", views.feed_runs, name="feed-runs"),
+    path("c/<slug:slug>/trends/", views.feed_trends, name="feed-trends"),
     path(
         "c/<slug:slug>/apps/<str:prefix>/revoke/",
         views.app_credential_revoke_view,

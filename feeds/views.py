@@ -11,10 +11,12 @@ from django.core.exceptions import PermissionDenied
 from django.db.models import Count, F
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, redirect, render
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods, require_POST
 
-from feeds import choices, creators, impact, runs
+from feeds import choices, creators, impact, runs, trends
 from feeds.auth import community_for_credential_manager
+from feeds.charts import Series, line_chart
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.models import Creator, FeedRun
 from feeds.selectors import (
@@ -265,6 +267,24 @@ IMPACT_LABELS: dict[str, tuple[str, str]] = {
     "new_creator_share": ("New creators' share", "exposure going to creators who started recently"),
     "ai_generated_share": ("AI-generated share", "exposure going to AI-generated items"),
     "avg_popularity": ("Average popularity", "members who used a recommended item, on average"),
+    "human_share": ("Human-made share", "exposure going to items made by people"),
+    "convergence": (
+        "Convergence",
+        "how alike two members' feeds are: shared items over all their items, 0 to 1",
+    ),
+    "relation_kept_share": (
+        "Relation kept",
+        "share of entries from creators the member already engaged with",
+    ),
+    "discovery_share": ("Discovery", "share of entries from creators new to the member"),
+    "audience_kept_mean": (
+        "Audience kept (mean)",
+        "share of a creator's earlier audience their items still reach, mean over creators",
+    ),
+    "audience_kept_median": (
+        "Audience kept (median)",
+        "share of a creator's earlier audience their items still reach, median creator",
+    ),
 }
 
 
@@ -477,6 +497,12 @@ RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
         "novelty_bits": "Novelty (bits)",
         "avg_popularity": "Average popularity",
         "miscalibration_kl": "Miscalibration (KL)",
+        "convergence": "Convergence (how alike members' feeds are)",
+        "relation_kept_share": "From creators the member already engaged with",
+        "discovery_share": "From creators new to the member",
+        "relation_kept_share_weighted": "From creators the member already engaged with, "
+        "by position",
+        "discovery_share_weighted": "From creators new to the member, by position",
     },
     "producers": {
         "item_gini": "Item exposure Gini",
@@ -490,6 +516,9 @@ RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
         "long_tail_creator_share_weighted": "Long-tail creators' share by position",
         "new_creator_share_weighted": "New creators' share by position",
         "ai_generated_share_weighted": "AI-generated share by position",
+        "human_share_weighted": "Human-made share by position",
+        "audience_kept_mean": "Creators' earlier audience still reached (mean)",
+        "audience_kept_median": "Creators' earlier audience still reached (median)",
     },
 }
 
@@ -517,7 +546,12 @@ def _run_metric_rows(metrics: dict[str, Any]) -> list[tuple[str, list[tuple[str,
     return [
         (
             f"{sides[section]} {where}",
-            [(label, metrics[cut][section].get(key)) for key, label in labels.items()],
+            # Keys a run measured before they existed (metrics version 2) are left out.
+            [
+                (label, metrics[cut][section][key])
+                for key, label in labels.items()
+                if key in metrics[cut][section]
+            ],
         )
         for section, labels in RUN_METRIC_LABELS.items()
         for cut, where in cuts.items()
@@ -557,4 +591,41 @@ def feed_runs(request: HttpRequest, slug: str) -> HttpResponse:
         request,
         "feeds/feed_runs.html",
         {"community": community, "rows": rows, "in_progress": runs.run_in_progress(community)},
+    )
+
+
+def feed_trends(request: HttpRequest, slug: str) -> HttpResponse:
+    """How the community's feeds changed run after run, one chart per measure. Public like the
+    policy history and the audit log: figures over all members and creators, never one
+    member's."""
+    community = get_object_or_404(Community, slug=slug)
+    measured = trends.feed_trend_runs(community=community)
+    charts = []
+    for trend in trends.TRENDS:
+        table = [(run, [run.value(s, k) for s, k, _ in trend.lines]) for run in measured]
+        rows = [(run, values) for run, values in table if any(v is not None for v in values)]
+        series = [
+            Series(label, [(run.finished_at, v[n]) for run, v in rows if v[n] is not None])
+            for n, (_, _, label) in enumerate(trend.lines)
+        ]
+        svg = line_chart(chart_id=f"trend-{trend.slug}", title=trend.title, series=series)
+        charts.append(
+            {
+                "trend": trend,
+                "labels": [label for _, _, label in trend.lines],
+                # feeds.charts escapes every text it writes.
+                "svg": mark_safe(svg),
+                "rows": rows,
+            }
+        )
+    return render(
+        request,
+        "feeds/trends.html",
+        {
+            "community": community,
+            "member": membership_of_user(community=community, user=request.user),
+            "charts": charts,
+            "depth": measured[-1].depth if measured else settings.COMMONFEED_VISIBLE_DEPTH,
+            "runs": len(measured),
+        },
     )

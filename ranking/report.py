@@ -17,6 +17,25 @@ historical definition, under the plain name such as ``long_tail_creator_share``)
 :func:`ranking.metrics.position_weights`), because a first place is seen far more often than a
 tenth.
 
+Three measures look across members and at the creator-audience relation (each at both cuts):
+
+``convergence``
+    How alike members' pages are: the mean Jaccard overlap (items both lists hold over items
+    either holds) of two members' lists, over a seeded sample of member pairs
+    (:func:`ranking.metrics.convergence`); members with an empty list are left out. Batch by
+    batch, the report keeps a reservoir of the lists of ``2 * convergence_pairs`` members, those
+    with the smallest seeded hash of their position in the stream (a uniform sample that does
+    not depend on how the stream is cut into batches), and draws the pairs from it at the end:
+    every pair when there are at most ``convergence_pairs``.
+``relation_kept_share`` / ``discovery_share``
+    Of the entries with a known creator, the share whose creator the member already engaged
+    with (in ``history``) and the share whose creator is new to them; pooled over all entries,
+    counting places and (``..._weighted``) position-weighted exposure.
+``audience_kept_mean`` / ``audience_kept_median``
+    Per creator, the share of the members who engaged with them before (``history``) that the
+    feeds still reach with one of their items; the mean and median over creators who had such
+    an audience. :meth:`FeedReport.audience_kept` gives the per-creator counts.
+
 :class:`FeedReport` accumulates feeds batch by batch (a community may have a million members) and
 :func:`feed_report` measures one array of feeds at once; both give the dict of
 :meth:`FeedReport.result`.
@@ -33,12 +52,15 @@ import numpy.typing as npt
 from scipy.sparse import csr_matrix
 
 from ranking import metrics
-from ranking.datasets import AI_GENERATED
+from ranking.datasets import AI_GENERATED, HUMAN
 
-__all__ = ["CUTS", "DEFAULT_DEPTH", "Catalogue", "FeedReport", "feed_report"]
+__all__ = ["CUTS", "DEFAULT_DEPTH", "DEFAULT_PAIRS", "Catalogue", "FeedReport", "feed_report"]
 
 DEFAULT_DEPTH = 10
 """How many places of a feed apps show, hence where members look."""
+
+DEFAULT_PAIRS = 2_000
+"""Member pairs the convergence is measured over (every pair when there are fewer)."""
 
 CUTS = ("at_depth", "whole_feed")
 """The two cuts of every report: the visible depth, and every place."""
@@ -127,6 +149,26 @@ class _Mean:
         return self.total / self.n if self.n else None
 
 
+def _sample_keys(positions: npt.NDArray[np.int64], seed: int) -> npt.NDArray[np.uint64]:
+    """A seeded pseudo-random 64-bit key per stream position (splitmix64 of position and seed):
+    the same member gets the same key however the stream is cut into batches."""
+
+    def mix(z: npt.NDArray[np.uint64]) -> npt.NDArray[np.uint64]:
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return z ^ (z >> np.uint64(31))
+
+    salt = mix(np.array([seed], dtype=np.uint64) + np.uint64(0x9E3779B97F4A7C15))
+    return mix(positions.astype(np.uint64) ^ salt)
+
+
+def _pad(array: npt.NDArray[np.int64], width: int) -> npt.NDArray[np.int64]:
+    if array.shape[1] >= width:
+        return array
+    padding = np.full((array.shape[0], width - array.shape[1]), -1, dtype=np.int64)
+    return np.concatenate([array, padding], axis=1)
+
+
 def _value(number: float) -> float | None:
     return None if not math.isfinite(number) else float(number)
 
@@ -142,6 +184,11 @@ class FeedReport:
     discount : {"none", "log2"}, default "log2"
         The attention model of the ``..._weighted`` metrics; ``"none"`` makes them equal to
         their place-counting twins.
+    convergence_pairs : int, default 2000
+        Member pairs the convergence is averaged over; the report holds the lists of twice as
+        many members.
+    seed : int, default 0
+        Seeds the sample of members and pairs: the same feeds and seed give the same figure.
 
     Examples
     --------
@@ -159,9 +206,13 @@ class FeedReport:
         *,
         depth: int = DEFAULT_DEPTH,
         discount: metrics.Discount = "log2",
+        convergence_pairs: int = DEFAULT_PAIRS,
+        seed: int = 0,
     ) -> None:
         if depth < 1:
             raise ValueError(f"depth must be >= 1, got {depth}")
+        if convergence_pairs < 1:
+            raise ValueError(f"convergence_pairs must be >= 1, got {convergence_pairs}")
         metrics.position_weights(1, discount)  # an unknown discount fails here, not at add()
         self.catalogue = catalogue
         self.depth = depth
@@ -172,6 +223,16 @@ class FeedReport:
         self._places = {cut: np.zeros(n_items, dtype=np.float64) for cut in CUTS}
         self._weighted = {cut: np.zeros(n_items, dtype=np.float64) for cut in CUTS}
         self._means: dict[str, dict[str, _Mean]] = {cut: {} for cut in CUTS}
+        self.convergence_pairs = convergence_pairs
+        self.seed = seed
+        # The convergence reservoir: the non-empty lists with the smallest keys, key order.
+        self._sample_keys = {cut: np.zeros(0, dtype=np.uint64) for cut in CUTS}
+        self._sample = {cut: np.zeros((0, 0), dtype=np.int64) for cut in CUTS}
+        # With history: kept and known entries, by places and weighted; audience per creator.
+        self._with_history = False
+        self._relation = {cut: np.zeros(4, dtype=np.float64) for cut in CUTS}
+        self._audience = {cut: np.zeros(catalogue.n_creators, dtype=np.float64) for cut in CUTS}
+        self._kept = {cut: np.zeros(catalogue.n_creators, dtype=np.float64) for cut in CUTS}
 
     def add(
         self,
@@ -189,18 +250,29 @@ class FeedReport:
         truth : scipy.sparse.csr_matrix, shape (m, n_items), optional
             Held-out items per member: adds precision, recall and nDCG at each cut.
         history : scipy.sparse.csr_matrix, shape (m, n_items), optional
-            Each member's own items: adds miscalibration (needs ``item_tags``).
+            Each member's own (earlier, positive) items: adds miscalibration (needs
+            ``item_tags``), the relation kept and discovery shares and the audience kept.
         """
         array = np.asarray(recs)
         if array.ndim != 2:
             raise ValueError(f"recs must be two-dimensional (members x n), got {array.shape}")
+        start = self.members
         self.length = max(self.length, int(array.shape[1]))
         self.members += int(array.shape[0])
         if array.shape[1] == 0:
             return
         catalogue = self.catalogue
         n_items = catalogue.n_items
+        owner = np.asarray(catalogue.item_creator, dtype=np.int64)
+        keys = _sample_keys(np.arange(start, self.members, dtype=np.int64), self.seed)
+        kept = None
+        if history is not None:
+            self._with_history = True
+            kept = metrics.relation_kept(array, history, owner, catalogue.n_creators)
         for cut, part in (("at_depth", array[:, : self.depth]), ("whole_feed", array)):
+            self._keep_sample(cut, part, keys)
+            if history is not None and kept is not None:
+                self._add_relation(cut, part, kept[:, : part.shape[1]], history)
             self._places[cut] += metrics.exposure(part, n_items)
             self._weighted[cut] += metrics.exposure(part, n_items, discount=self.discount)
             values: dict[str, FloatArray] = {}
@@ -224,12 +296,88 @@ class FeedReport:
             for name, per_member in values.items():
                 self._means[cut].setdefault(name, _Mean()).add(per_member)
 
+    def _keep_sample(self, cut: str, part: npt.NDArray[Any], keys: npt.NDArray[np.uint64]) -> None:
+        shown = (part >= 0).any(axis=1)
+        width = max(self._sample[cut].shape[1], int(part.shape[1]))
+        lists = np.concatenate(
+            [_pad(self._sample[cut], width), _pad(part[shown].astype(np.int64), width)]
+        )
+        candidates = np.concatenate([self._sample_keys[cut], keys[shown]])
+        order = np.argsort(candidates, kind="stable")[: 2 * self.convergence_pairs]
+        self._sample_keys[cut], self._sample[cut] = candidates[order], lists[order]
+
+    def _add_relation(
+        self,
+        cut: str,
+        part: npt.NDArray[Any],
+        kept: FloatArray,
+        history: csr_matrix,
+    ) -> None:
+        catalogue = self.catalogue
+        known = np.isfinite(kept)
+        weights = np.broadcast_to(
+            metrics.position_weights(kept.shape[1], self.discount), kept.shape
+        )
+        self._relation[cut] += [
+            float(kept[known].sum()),
+            float(known.sum()),
+            float((weights[known] * kept[known]).sum()),
+            float(weights[known].sum()),
+        ]
+        audience = metrics.audience_kept(
+            part, history, catalogue.item_creator, catalogue.n_creators
+        )
+        self._audience[cut] += audience.audience
+        self._kept[cut] += audience.kept
+
+    def audience_kept(self, cut: str = "at_depth") -> metrics.AudienceKept:
+        """Per creator, their earlier audience among the measured members and how many of
+        them the feeds reach (in the first ``depth`` places, or over the ``"whole_feed"``).
+
+        Returns
+        -------
+        ranking.metrics.AudienceKept
+            ``audience`` (members with a history item by the creator), ``kept`` (of those,
+            members whose feed holds an item by them) and ``share`` (``NaN`` without an
+            audience), each of shape ``(n_creators,)``; all zeros if no ``history`` was given.
+        """
+        if cut not in CUTS:
+            raise ValueError(f"unknown cut {cut!r}; expected one of {CUTS}")
+        return metrics.AudienceKept(
+            audience=self._audience[cut].copy(), kept=self._kept[cut].copy()
+        )
+
+    def _across(self, cut: str) -> tuple[dict[str, float | None], dict[str, float | None]]:
+        """Convergence and relation (members' side), audience kept (creators' side)."""
+        consumers: dict[str, float | None] = {
+            "convergence": _value(
+                metrics.convergence(self._sample[cut], pairs=self.convergence_pairs, seed=self.seed)
+            )
+        }
+        producers: dict[str, float | None] = {}
+        if not self._with_history:
+            return consumers, producers
+        kept, known, kept_weighted, known_weighted = self._relation[cut]
+        for suffix, numerator, denominator in (
+            ("", kept, known),
+            ("_weighted", kept_weighted, known_weighted),
+        ):
+            share = numerator / denominator if denominator > 0 else None
+            consumers[f"relation_kept_share{suffix}"] = share
+            consumers[f"discovery_share{suffix}"] = None if share is None else 1.0 - share
+        shares = self.audience_kept(cut).share
+        shares = shares[np.isfinite(shares)]
+        producers["audience_kept_mean"] = float(shares.mean()) if shares.size else None
+        producers["audience_kept_median"] = float(np.median(shares)) if shares.size else None
+        return consumers, producers
+
     def _producers(
         self, cut: str, listed: npt.NDArray[np.bool_], creator_listed: npt.NDArray[np.bool_]
     ) -> dict[str, float | None]:
         catalogue = self.catalogue
         owner = np.asarray(catalogue.item_creator, dtype=np.int64)
         ai = np.asarray(catalogue.item_provenance) == AI_GENERATED
+        human = np.asarray(catalogue.item_provenance) == HUMAN
         out: dict[str, float | None] = {}
         places = self._places[cut]
         creator_places = metrics.creator_totals(places, owner, catalogue.n_creators)
@@ -254,6 +402,7 @@ class FeedReport:
                 metrics.exposure_share(per_creator, catalogue.new)
             )
             out[f"ai_generated_share{suffix}"] = _value(metrics.exposure_share(per_item, ai))
+            out[f"human_share{suffix}"] = _value(metrics.exposure_share(per_item, human))
         return out
 
     def result(self) -> dict[str, Any]:
@@ -264,16 +413,22 @@ class FeedReport:
         dict
             ``depth``, ``length`` (the longest feed measured), ``discount`` (the attention
             model), ``members``, ``catalogue`` (``items`` and ``creators`` listed, see
-            :class:`Catalogue`) and, for each of ``at_depth`` and ``whole_feed``,
+            :class:`Catalogue`), ``convergence_pairs`` (the member pairs the convergence at
+            depth averages) and, for each of ``at_depth`` and ``whole_feed``,
             ``{"consumers": {...}, "producers": {...}}``. Consumers are means over the members
             for whom a value is defined: ``precision@c``, ``recall@c``, ``ndcg@c`` (``c`` the
             cut's length; with ``truth``), ``diversity_tags``, ``novelty_bits``,
-            ``avg_popularity``, ``miscalibration_kl`` (each when its inputs were given).
-            Producers: ``item_coverage``, ``creator_coverage``, and ``item_gini``,
-            ``creator_gini``, ``long_tail_creator_share``, ``new_creator_share``,
-            ``ai_generated_share`` counting places, each with a ``..._weighted`` twin counting
-            position-weighted exposure. Coverage and Gini are over the listed catalogue plus
-            every item shown anywhere in the feeds, the same for both cuts.
+            ``avg_popularity``, ``miscalibration_kl`` (each when its inputs were given); and,
+            across members, ``convergence`` (mean over member pairs) and, with ``history``,
+            ``relation_kept_share`` and ``discovery_share`` (pooled over entries with a known
+            creator, each with a ``..._weighted`` twin). Producers: ``item_coverage``,
+            ``creator_coverage``, and ``item_gini``, ``creator_gini``,
+            ``long_tail_creator_share``, ``new_creator_share``, ``ai_generated_share``,
+            ``human_share`` counting places, each with a ``..._weighted`` twin counting
+            position-weighted exposure; with ``history``, ``audience_kept_mean`` and
+            ``audience_kept_median`` over the creators who had an earlier audience. Coverage
+            and Gini are over the listed catalogue plus every item shown anywhere in the feeds,
+            the same for both cuts.
         """
         listed = (
             np.ones(self.catalogue.n_items, dtype=bool)
@@ -290,13 +445,22 @@ class FeedReport:
             "discount": self.discount,
             "members": self.members,
             "catalogue": {"items": int(listed.sum()), "creators": int(creator_listed.sum())},
+            "convergence_pairs": self._pairs(),
         }
         for cut in CUTS:
+            consumers, producers = self._across(cut)
             report[cut] = {
-                "consumers": {name: mean.value() for name, mean in self._means[cut].items()},
-                "producers": self._producers(cut, listed, creator_listed),
+                "consumers": {
+                    **{name: mean.value() for name, mean in self._means[cut].items()},
+                    **consumers,
+                },
+                "producers": {**self._producers(cut, listed, creator_listed), **producers},
             }
         return report
+
+    def _pairs(self) -> int:
+        sampled = int(self._sample["at_depth"].shape[0])
+        return min(sampled * (sampled - 1) // 2, self.convergence_pairs)
 
 
 def feed_report(
@@ -307,6 +471,8 @@ def feed_report(
     history: csr_matrix | None = None,
     depth: int = DEFAULT_DEPTH,
     discount: metrics.Discount = "log2",
+    convergence_pairs: int = DEFAULT_PAIRS,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Consumer and producer metrics of one array of feeds, at ``depth`` and over the whole feed.
 
@@ -321,12 +487,16 @@ def feed_report(
         The visible depth; ``depth >= n`` makes both cuts the same.
     discount : {"none", "log2"}, default "log2"
         Attention model of the ``..._weighted`` metrics.
+    convergence_pairs, seed : int
+        See :class:`FeedReport`.
 
     Returns
     -------
     dict
         :meth:`FeedReport.result`.
     """
-    report = FeedReport(catalogue, depth=depth, discount=discount)
+    report = FeedReport(
+        catalogue, depth=depth, discount=discount, convergence_pairs=convergence_pairs, seed=seed
+    )
     report.add(recs, truth=truth, history=history)
     return report.result()

@@ -429,6 +429,30 @@ def test_metrics_are_reported_at_the_visible_depth_and_weighted_by_position(
             assert result["whole_feed"][section][key] == result[section][key]
 
 
+def test_metrics_say_how_alike_feeds_are_and_which_relations_they_keep(
+    measured: dict[str, Any],
+) -> None:
+    result = runs.feed_run_metrics_compute(run_id=measured["run"].pk)
+    assert result is not None and result["version"] == 3
+    # Histories (positive only): m1 A, C; m2 A; m3 A. Feeds: m1 A, B; m2 A, C; m3 C, E.
+    second = 1 / math.log2(3)
+    for cut in ("at_depth", "whole_feed"):  # the feeds are shorter than the depth
+        consumers, producers = result[cut]["consumers"], result[cut]["producers"]
+        # Pairs of the three non-empty feeds: {A,B}-{A,C} 1/3, {A,B}-{C,E} 0, {A,C}-{C,E} 1/3.
+        assert consumers["convergence"] == pytest.approx(2 / 9, abs=1e-6)
+        # c1's A and B for m1, c1's A for m2 keep a relation; C for m2, C and E for m3 do not.
+        assert consumers["relation_kept_share"] == pytest.approx(0.5, abs=1e-6)
+        assert consumers["discovery_share"] == pytest.approx(0.5, abs=1e-6)
+        assert consumers["relation_kept_share_weighted"] == pytest.approx(
+            (2 + second) / (3 + 3 * second), abs=1e-6
+        )
+        # c1's earlier audience m1, m2, m3: m1 and m2 still see it; c2's (m1) sees no C.
+        assert producers["audience_kept_mean"] == pytest.approx(1 / 3, abs=1e-6)
+        assert producers["audience_kept_median"] == pytest.approx(1 / 3, abs=1e-6)
+        assert producers["human_share"] == pytest.approx(5 / 6, abs=1e-6)
+    assert result["convergence_pairs"] == 3
+
+
 def test_metrics_are_computed_once(measured: dict[str, Any]) -> None:
     run = measured["run"]
     first = runs.feed_run_metrics_compute(run_id=run.pk)
@@ -477,6 +501,9 @@ def test_the_runs_page_shows_a_run_s_metrics(measured: dict[str, Any]) -> None:
     assert "Creator exposure Gini 0.222" in html
     assert "AI-generated share 0.167" in html
     assert "Novelty (bits) 1.057" in html
+    assert "Convergence (how alike members&#x27; feeds are) 0.222" in html
+    assert "From creators new to the member 0.500" in html
+    assert "Creators&#x27; earlier audience still reached (mean) 0.333" in html
     # Both cuts; a depth past these two-entry feeds gives the whole feed twice.
     assert "Creators and items in the top 10:" in html
     assert "Creators and items over the whole feed (2):" in html
@@ -486,7 +513,7 @@ def test_the_runs_page_shows_a_run_s_metrics(measured: dict[str, Any]) -> None:
     # The API serves the same figures, the old keys beside the new ones.
     served = client.get(reverse("api-feed-runs", args=[run.community.slug])).json()[0]["metrics"]
     assert served["producers"]["ai_generated_share"] == pytest.approx(1 / 6, abs=1e-6)
-    assert served["depth"] == 10 and served["version"] == 2
+    assert served["depth"] == 10 and served["version"] == 3
     assert served["at_depth"]["producers"]["ai_generated_share_weighted"] == pytest.approx(
         second / (3 + 3 * second), abs=1e-6
     )
@@ -507,6 +534,20 @@ def test_the_runs_page_shows_the_figures_of_runs_measured_before_the_depth(
     html = client.get(reverse("feed-runs", args=[run.community.slug])).content.decode()
     assert "Novelty (bits) 1.500" in html and "Creator exposure Gini 0.250" in html
     assert "top 10" not in html.split('id="run-')[1]
+
+
+def test_the_runs_page_leaves_out_figures_a_run_measured_before_they_existed(
+    measured: dict[str, Any],
+) -> None:
+    run = measured["run"]
+    result = runs.feed_run_metrics_compute(run_id=run.pk)
+    assert result is not None
+    for cut in ("at_depth", "whole_feed"):
+        del result[cut]["consumers"]["convergence"]
+    FeedRun.objects.filter(pk=run.pk).update(metrics={**result, "version": 2})
+    client = person_client(run.community, "mod", "moderator")
+    html = client.get(reverse("feed-runs", args=[run.community.slug])).content.decode()
+    assert "Convergence" not in html.split('id="run-')[1] and "Novelty (bits) 1.057" in html
 
 
 # --- With a real worker -------------------------------------------------------------------------

@@ -203,3 +203,23 @@ def test_a_worker_measures_the_impact_for_the_page(
         html = Client().get(url).content.decode()
     assert "Long-tail creators" in html, html
     assert PolicyImpact.objects.get().status == PolicyImpact.Status.DONE
+
+
+def test_the_preview_says_how_alike_feeds_become_and_which_relations_they_keep(garden) -> None:  # type: ignore[no-untyped-def]
+    community, _, proposal = garden
+    a, b = _policies(community, proposal)
+    report = policy_impact_compute(
+        impact_id=policy_impact_request(community=community, a=a, b=b).pk
+    ).report
+    for cut in ("at_depth", "whole_feed"):
+        consumers = report["b"][cut]["consumers"]
+        assert 0 <= consumers["convergence"] <= 1
+        assert consumers["relation_kept_share"] + consumers["discovery_share"] == pytest.approx(1)
+        assert 0 <= report["b"][cut]["producers"]["audience_kept_mean"] <= 1
+        assert report["deltas"][cut]["consumers"]["convergence"] == pytest.approx(
+            consumers["convergence"] - report["a"][cut]["consumers"]["convergence"]
+        )
+    html = Client().get(reverse("proposal-impact", args=[community.slug, proposal.pk]))
+    text = html.content.decode()
+    assert "Convergence" in text and "Relation kept by position" in text and "Discovery" in text
+    assert "Audience kept (mean)" in text and "Human-made share" in text
