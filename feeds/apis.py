@@ -30,6 +30,7 @@ from rest_framework.views import exception_handler as drf_exception_handler
 from feeds import choices, fastpath, feedcache, ingest, ingest_schemas, runs
 from feeds.auth import AppPrincipal, community_for_credential_manager
 from feeds.cursors import cursor_decode, cursor_encode
+from feeds.enqueue import member_feeds_refresh_request
 from feeds.fields import (
     StrictBooleanField,
     StrictCharField,
@@ -52,7 +53,6 @@ from feeds.services import (
     AppCredentialInvalid,
     app_credential_create,
     app_credential_revoke,
-    member_feeds_refresh_request,
 )
 from governance.apis import QueryIntegerField, QuerySerializer
 from governance.models import Community, Membership

@@ -16,7 +16,7 @@ import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from feeds import feedcache
+from feeds import enqueue, feedcache
 from feeds.models import Creator, Interaction, ItemCreator, MemberChoices
 from governance.models import Community, Membership
 from governance.services import audit_append
@@ -51,11 +51,11 @@ def member_choices_as_dict(choices: MemberChoices) -> dict[str, Any]:
 def _refresh_after_commit(member: Membership) -> None:
     # The member's served feed follows their choices and deletions within seconds (fold-in),
     # not only from the next feed run.
-    from feeds.services import member_feeds_refresh_request
-
     community_id, member_id = member.community_id, member.pk
     transaction.on_commit(
-        lambda: member_feeds_refresh_request(community_id=community_id, member_ids=[member_id])
+        lambda: enqueue.member_feeds_refresh_request(
+            community_id=community_id, member_ids=[member_id]
+        )
     )
 
 

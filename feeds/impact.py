@@ -35,6 +35,7 @@ from django.db.models import Max
 from django.utils import timezone
 from scipy.sparse import csr_matrix
 
+from feeds import enqueue
 from feeds.models import Interaction, Item, ItemCreator, MemberChoices, PolicyImpact
 from feeds.runs import feeds_measure
 from feeds.services import served_feeds_compute
@@ -86,8 +87,6 @@ def policy_impact_request(*, community: Community, a: Policy, b: Policy) -> Poli
     unique constraint keeps it to one computation in flight per comparison, however many people
     open the page at once.
     """
-    from feeds.tasks import compute_policy_impact
-
     latest = policy_impact_latest(community=community, a=a, b=b)
     max_age = timedelta(seconds=settings.COMMONFEED_IMPACT_MAX_AGE_SECONDS)
     if latest is not None:
@@ -106,7 +105,7 @@ def policy_impact_request(*, community: Community, a: Policy, b: Policy) -> Poli
                 policy_a=a.model_dump(mode="json"),
                 policy_b=b.model_dump(mode="json"),
             )
-            transaction.on_commit(lambda: compute_policy_impact.delay(impact.pk))
+            transaction.on_commit(lambda: enqueue.impact_compute(impact_id=impact.pk))
     except IntegrityError:
         # Someone else started the same comparison a moment ago: show theirs.
         impact = policy_impact_latest(community=community, a=a, b=b)  # type: ignore[assignment]

@@ -18,7 +18,7 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from feeds import feedcache
+from feeds import enqueue, feedcache
 from feeds.choices import creator_member_link_audit
 from feeds.models import Creator, FeedRun, Interaction, Item, ItemCreator
 from governance.models import Community, Membership
@@ -448,11 +448,11 @@ def events_ingest(*, community: Community, rows: Sequence[dict[str, Any]]) -> In
     # duplicates changed nothing.
     changed = sorted({members[r["member"]] for r in rows if r["id"] in inserted})
     if changed:
-        from feeds.services import member_feeds_refresh_request
-
         community_id = community.pk
         transaction.on_commit(
-            lambda: member_feeds_refresh_request(community_id=community_id, member_ids=changed)
+            lambda: enqueue.member_feeds_refresh_request(
+                community_id=community_id, member_ids=changed
+            )
         )
     return IngestResult(
         accepted=len(inserted), duplicates=len(duplicates), duplicate_ids=duplicates

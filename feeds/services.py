@@ -19,7 +19,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 
-from feeds import feedcache, selectors
+from feeds import enqueue, feedcache, selectors
 from feeds.artifacts import artifact_load, artifact_save, artifacts_prune
 from feeds.auth import token_digest, token_generate
 from feeds.choices import RankingChoices, ranking_choices_load
@@ -66,16 +66,12 @@ def feed_run_request(*, community: Community, queue: str | None = None) -> FeedR
     The task is sent only after the transaction commits, so a worker never looks for a run that
     is not visible yet.
     """
-    from feeds.tasks import recompute_community_feeds
-
     with transaction.atomic():
         version = policy_version_current(community=community)
         run = FeedRun.objects.create(
             community=community, policy_version=version, policy_sha256=version.sha256
         )
-        transaction.on_commit(
-            lambda: recompute_community_feeds.apply_async((run.pk, queue), queue=queue)
-        )
+        transaction.on_commit(lambda: enqueue.run_recompute(run_id=run.pk, queue=queue))
     return run
 
 
@@ -310,10 +306,8 @@ def feed_run_execute(
             prepared, shards = _train(run, token, heartbeat)
         inline = shards_inline or len(shards) == 1
         if not inline:
-            from feeds.tasks import score_feed_shard
-
             for shard_id in shards:
-                score_feed_shard.apply_async((shard_id,), queue=queue)
+                enqueue.shard_score(shard_id=shard_id, queue=queue)
     except LostClaim:
         logger.warning("feed run %s: lost the claim to another worker; stopping", run_id)
         return FeedRun.objects.get(pk=run_id)
@@ -966,28 +960,6 @@ def _refresh_inputs(
     }
 
 
-def member_feeds_refresh_request(*, community_id: int, member_ids: Sequence[int]) -> None:
-    """Have these members' served feeds refreshed soon (call after the change commits).
-
-    With Redis the members join the community's queue and at most one drain task per community
-    is sent, however many batches arrive; without Redis (embedded mode) one task carries the
-    ids. Never raises: the change is committed whatever happens here, and the next feed run
-    includes it anyway.
-    """
-    if not settings.COMMONFEED_FOLD_IN or not member_ids:
-        return
-    from feeds.tasks import refresh_member_feeds
-
-    try:
-        queued = feedcache.foldin_mark(community_id=community_id, member_ids=list(member_ids))
-        if queued is None:
-            refresh_member_feeds.delay(community_id, list(member_ids))
-        elif queued:
-            refresh_member_feeds.delay(community_id)
-    except Exception:
-        logger.exception("could not request a fold-in refresh for community %s", community_id)
-
-
 def member_feeds_refresh_drain(*, community_id: int, member_ids: list[int] | None = None) -> int:
     """Refresh the given members and every member queued for the community; returns how many
     refreshes ran. Members are forgotten only after their refresh committed, and only if they
@@ -1047,18 +1019,16 @@ def published_items_fold_in() -> list[int]:
             .order_by("pk")
             .values_list("pk", flat=True)
         )
-        member_feeds_refresh_request(community_id=pointer.community_id, member_ids=members)
+        enqueue.member_feeds_refresh_request(community_id=pointer.community_id, member_ids=members)
         asked.append(pointer.community_id)
     return asked
 
 
 def member_feeds_refresh_reconcile() -> list[int]:
     """Re-send drain tasks for communities whose queued refreshes lost their task."""
-    from feeds.tasks import refresh_member_feeds
-
     stranded = feedcache.foldin_stranded()
     for community_id in stranded:
-        refresh_member_feeds.delay(community_id)
+        enqueue.members_refresh(community_id=community_id)
     return stranded
 
 
@@ -1093,7 +1063,9 @@ def _refresh_after_swap(run: FeedRun) -> None:
             ).values_list("object_id", flat=True)
         }
     if members:
-        member_feeds_refresh_request(community_id=run.community_id, member_ids=sorted(members))
+        enqueue.member_feeds_refresh_request(
+            community_id=run.community_id, member_ids=sorted(members)
+        )
 
 
 @dataclass(frozen=True)
@@ -1115,8 +1087,6 @@ def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
     policy version has none (after a ratification whose announcement was lost). Safe to run any
     time, from beat or by hand: claims make duplicate messages harmless.
     """
-    from feeds.tasks import recompute_community_feeds, score_feed_shard
-
     now = timezone.now()
     grace = timedelta(seconds=settings.COMMONFEED_QUEUE_GRACE_SECONDS)
     stale = FeedRun.objects.filter(
@@ -1125,7 +1095,7 @@ def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
     ).values_list("pk", flat=True)
     resent = list(stale)
     for run_id in resent:
-        recompute_community_feeds.apply_async((run_id, queue), queue=queue)
+        enqueue.run_recompute(run_id=run_id, queue=queue)
 
     shards_resent = list(
         FeedRunShard.objects.filter(run__status=FeedRun.Status.SCORING)
@@ -1142,7 +1112,7 @@ def feed_runs_reconcile(*, queue: str | None = None) -> Reconciled:
         queued_at=now
     )
     for shard_id in shards_resent:
-        score_feed_shard.apply_async((shard_id,), queue=queue)
+        enqueue.shard_score(shard_id=shard_id, queue=queue)
 
     finished = []
     for run in FeedRun.objects.filter(

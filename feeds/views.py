@@ -17,6 +17,7 @@ from django.views.decorators.http import require_http_methods, require_POST
 from feeds import choices, creators, impact, runs, trends
 from feeds.auth import community_for_credential_manager
 from feeds.charts import Series, line_chart
+from feeds.enqueue import member_feeds_refresh_request
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.models import Creator, FeedRun
 from feeds.selectors import (
@@ -30,14 +31,13 @@ from feeds.services import (
     AppCredentialInvalid,
     app_credential_create,
     app_credential_revoke,
-    member_feeds_refresh_request,
 )
 from governance.models import Community, Membership, Proposal
 from governance.selectors import membership_of_user, policy_of, policy_version_current
 from ranking.policy import policy_validate
 
 # What the member is told after a change: with fold-in on, their served feed is refreshed within
-# seconds (feeds.services.member_feeds_refresh_request); the model learns it at the next run.
+# seconds (feeds.enqueue.member_feeds_refresh_request); the model learns it at the next run.
 _WHEN_SAVED = {
     True: "Mutes apply from your next visit; your feed is refreshed with the other choices "
     "within seconds.",

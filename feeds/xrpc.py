@@ -16,6 +16,7 @@ from django.views.decorators.http import require_GET
 
 from feeds import bsky, feedcache
 from feeds.cursors import cursor_decode, cursor_encode
+from feeds.enqueue import member_feeds_refresh_request
 from feeds.models import BlueskyFeed, FeedRun
 from feeds.selectors import (
     FeedNotReady,
@@ -26,7 +27,6 @@ from feeds.selectors import (
     member_mutes,
     withdrawn_items,
 )
-from feeds.services import member_feeds_refresh_request
 from governance.models import Membership
 
 View = Callable[..., HttpResponse]

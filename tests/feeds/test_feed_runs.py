@@ -44,12 +44,10 @@ def _csrf(client: Client, community: Community) -> str:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Run ids whose recompute task was sent (no broker, no worker)."""
-    from feeds.tasks import recompute_community_feeds
+    from feeds import enqueue
 
     sent: list[int] = []
-    monkeypatch.setattr(
-        recompute_community_feeds, "apply_async", lambda args, **kw: sent.append(args[0])
-    )
+    monkeypatch.setattr(enqueue, "run_recompute", lambda **kw: sent.append(kw["run_id"]))
     return sent
 
 

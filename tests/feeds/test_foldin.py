@@ -17,7 +17,7 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.test import Client
 
-from feeds import feedcache, services
+from feeds import enqueue, feedcache, services
 from feeds.choices import member_choices_set, member_data_delete
 from feeds.models import FeedPointer, FeedRun, Interaction, MemberFeed
 from feeds.selectors import feed_run_for_read
@@ -130,7 +130,7 @@ def test_after_a_data_deletion_the_refreshed_feed_no_longer_uses_the_members_his
     assert all(mask & 1 for mask in _row(run, me).reasons)
     requested: list[list[int]] = []
     monkeypatch.setattr(
-        services,
+        enqueue,
         "member_feeds_refresh_request",
         lambda *, community_id, member_ids: requested.append(list(member_ids)),
     )
@@ -250,7 +250,7 @@ def test_events_after_a_runs_watermark_are_folded_in_once_it_swaps_in(
     interact(me, garden["items"][1])  # arrives while the run "trains": after its watermark
     requested: list[list[int]] = []
     monkeypatch.setattr(
-        services,
+        enqueue,
         "member_feeds_refresh_request",
         lambda *, community_id, member_ids: requested.append(list(member_ids)),
     )
@@ -266,7 +266,7 @@ def test_without_fold_in_nothing_is_requested(
     settings.COMMONFEED_FOLD_IN = False
     sent: list[Any] = []
     monkeypatch.setattr(feedcache, "foldin_mark", lambda **kw: sent.append(kw))
-    services.member_feeds_refresh_request(community_id=1, member_ids=[1, 2])
+    enqueue.member_feeds_refresh_request(community_id=1, member_ids=[1, 2])
     assert sent == []
 
 

@@ -19,12 +19,10 @@ pytestmark = pytest.mark.django_db
 def test_ratifying_a_proposal_recomputes_feeds_under_the_new_version(
     django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from feeds.tasks import recompute_community_feeds
+    from feeds import enqueue
 
     sent: list[int] = []
-    monkeypatch.setattr(
-        recompute_community_feeds, "apply_async", lambda args, **kw: sent.append(args[0])
-    )
+    monkeypatch.setattr(enqueue, "run_recompute", lambda **kw: sent.append(kw["run_id"]))
     community, moderator, members = make_voting_community("ratified")
     creator = CreatorFactory(community=community)
     items = [ItemFactory(community=community, by=[creator]) for _ in range(12)]

@@ -19,12 +19,10 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Messages the reconciler sends, instead of a broker."""
-    from feeds.tasks import recompute_community_feeds
+    from feeds import enqueue
 
     messages: list[int] = []
-    monkeypatch.setattr(
-        recompute_community_feeds, "apply_async", lambda args, **kw: messages.append(args[0])
-    )
+    monkeypatch.setattr(enqueue, "run_recompute", lambda **kw: messages.append(kw["run_id"]))
     return messages
 
 

@@ -70,13 +70,11 @@ def community(settings: Any, tmp_path: Any) -> Community:
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Shard messages, collected instead of sent to a broker."""
-    from feeds.tasks import recompute_community_feeds, score_feed_shard
+    from feeds import enqueue
 
     messages: list[int] = []
-    monkeypatch.setattr(
-        score_feed_shard, "apply_async", lambda args, **kw: messages.append(args[0])
-    )
-    monkeypatch.setattr(recompute_community_feeds, "apply_async", lambda args, **kw: None)
+    monkeypatch.setattr(enqueue, "shard_score", lambda **kw: messages.append(kw["shard_id"]))
+    monkeypatch.setattr(enqueue, "run_recompute", lambda **kw: None)
     return messages
 
 
