@@ -4,6 +4,8 @@ The protocol, in four steps, each a plain function over :class:`~ranking.dataset
 
 1. **Split** the interactions into train and test: :func:`split_random` (per-member random
    holdout, seeded) or :func:`split_temporal` (each member's latest interactions held out).
+   :func:`split_validation` splits a split's training part again the same way, so a policy can
+   be chosen on validation and reported on a test part that played no part in choosing it.
 2. **Recommend** with the product's own pipeline, :func:`ranking.feeds.compute_feeds`, trained on
    the train part only, for every member with held-out items, with the whole catalogue as
    candidates (:func:`recommend`). Training uses the policy's ``weighting``; ``"binary"`` (the
@@ -13,7 +15,8 @@ The protocol, in four steps, each a plain function over :class:`~ranking.dataset
    whatever its rating (the implicit-feedback reading), except pairs the member also has in
    train, which the pipeline can never recommend and which are therefore dropped from the truth.
 4. **Report** as a JSON-ready dict (:func:`evaluate`), or two policies side by side with deltas
-   and churn (:func:`compare`).
+   and churn (:func:`compare`); :func:`evaluate_seeds` and :func:`compare_seeds` repeat either
+   over several seeds and report each figure's mean and 95 % interval (:func:`aggregate`).
 
 Re-ranking effects (creator cap, quotas, freshness, refusals, provenance rules) need item
 attributes; :func:`item_attributes` builds them from the data set (creators, provenance, tags,
@@ -25,13 +28,14 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 from implicit.cpu.als import AlternatingLeastSquares
+from scipy import stats
 from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 
@@ -45,21 +49,27 @@ from ranking.report import CUTS, DEFAULT_DEPTH, Catalogue, feed_report
 __all__ = [
     "Recommendations",
     "Split",
+    "aggregate",
     "compare",
+    "compare_seeds",
     "evaluate",
+    "evaluate_seeds",
     "evaluated_members",
     "history_matrix",
     "implicit_baseline",
     "item_attributes",
+    "make_split",
     "metrics_report",
     "recommend",
     "reference_time",
     "split_random",
     "split_temporal",
+    "split_validation",
     "truth_matrix",
 ]
 
 SplitMethod = Literal["random", "temporal"]
+SplitPart = Literal["test", "validation"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -69,24 +79,31 @@ class Split:
     Attributes
     ----------
     train : numpy.ndarray of bool, shape (n_interactions,)
-        ``True`` for training interactions; the rest are held out.
+        ``True`` for training interactions; the rest are held out, except ``excluded`` ones.
     method : {"random", "temporal"}
         How it was made.
     test_fraction : float
         The requested share of each member's interactions held out.
     seed : int or None
         The seed of a random split; ``None`` for a temporal one.
+    part : {"test", "validation"}, default "test"
+        ``"validation"`` for a split of another split's training part (:func:`split_validation`).
+    excluded : numpy.ndarray of bool, shape (n_interactions,), optional
+        Interactions in neither part: a validation split's outer test part, which must neither
+        train the model nor be measured. ``None``: every interaction is in one part.
     """
 
     train: npt.NDArray[np.bool_]
     method: SplitMethod
     test_fraction: float
     seed: int | None = None
+    part: SplitPart = "test"
+    excluded: npt.NDArray[np.bool_] | None = None
 
     @property
     def test(self) -> npt.NDArray[np.bool_]:
-        """``True`` for held-out interactions (``~train``)."""
-        return ~self.train
+        """``True`` for held-out interactions (``~train``, less ``excluded``)."""
+        return ~self.train if self.excluded is None else ~(self.train | self.excluded)
 
     def describe(self) -> dict[str, Any]:
         """The split's parameters and sizes, JSON-ready."""
@@ -94,8 +111,10 @@ class Split:
             "method": self.method,
             "test_fraction": self.test_fraction,
             "seed": self.seed,
+            "part": self.part,
             "n_train": int(self.train.sum()),
-            "n_test": int(self.train.size - self.train.sum()),
+            "n_test": int(self.test.sum()),
+            "n_excluded": 0 if self.excluded is None else int(self.excluded.sum()),
         }
 
 
@@ -177,6 +196,74 @@ def split_temporal(data: InteractionData, *, test_fraction: float = 0.2) -> Spli
     order = np.lexsort((position, data.timestamps, data.member_ids)).astype(np.int64)
     train = _holdout(data.member_ids, order, test_fraction)
     return Split(train=train, method="temporal", test_fraction=test_fraction, seed=None)
+
+
+def split_validation(
+    data: InteractionData,
+    split: Split,
+    *,
+    validation_fraction: float | None = None,
+    seed: int | None = None,
+) -> Split:
+    """Split ``split``'s training part again, the same way, into train and validation.
+
+    The validation part is to *choose* with (a policy, its settings): the test part of ``split``
+    is then left for *reporting* on, having played no part in the choice. Made like ``split``
+    but on its training interactions only: for a temporal split, each member's latest
+    ``validation_fraction`` of their *training* interactions (so validation precedes test for
+    every member, as a tuning period before the reported one); for a random split, a random
+    holdout of them. ``split``'s test part is ``excluded``: it trains nothing and is measured
+    nowhere.
+
+    Parameters
+    ----------
+    data : InteractionData
+        The interactions ``split`` was made from.
+    split : Split
+        A test split (from :func:`split_random` or :func:`split_temporal`).
+    validation_fraction : float, optional
+        Share of each member's *training* interactions held out for validation, in ``(0, 1)``;
+        default ``split.test_fraction`` (0.2 of the 80 % left by a 0.2 test split: 16 % of all).
+    seed : int, optional
+        Seed of a random validation holdout; default ``split.seed + 1``, so it is not the shuffle
+        that made the test part. Ignored for a temporal split.
+
+    Returns
+    -------
+    Split
+        With ``part="validation"``, the same ``method``, ``test_fraction`` the validation
+        fraction, and ``excluded`` the outer test part.
+
+    Raises
+    ------
+    ValueError
+        If ``split`` is itself a validation split or the fraction is outside ``(0, 1)``.
+    """
+    if split.part != "test":
+        raise ValueError("split_validation needs a test split, not a validation split")
+    fraction = split.test_fraction if validation_fraction is None else validation_fraction
+    _check_fraction(fraction)
+    inside = np.flatnonzero(split.train)
+    members = data.member_ids[inside]
+    if split.method == "temporal":
+        position = np.arange(inside.size)
+        local = np.lexsort((position, data.timestamps[inside], members)).astype(np.int64)
+        chosen_seed = None
+    else:
+        chosen_seed = (0 if split.seed is None else split.seed + 1) if seed is None else seed
+        key = np.random.default_rng(chosen_seed).random(inside.size)
+        local = np.lexsort((key, members)).astype(np.int64)
+    keep = _holdout(members, local, fraction)
+    train = np.zeros_like(split.train)
+    train[inside[keep]] = True
+    return Split(
+        train=train,
+        method=split.method,
+        test_fraction=fraction,
+        seed=chosen_seed,
+        part="validation",
+        excluded=split.test.copy(),
+    )
 
 
 def _member_rows(
@@ -732,3 +819,232 @@ def compare(
             "n_members": int(visible.per_member.size),
         },
     }
+
+
+def make_split(
+    data: InteractionData,
+    method: SplitMethod = "random",
+    *,
+    test_fraction: float = 0.2,
+    seed: int = 42,
+    part: SplitPart = "test",
+) -> Split:
+    """The split the command line names: ``method``, then its validation part if asked.
+
+    Parameters
+    ----------
+    data : InteractionData
+    method : {"random", "temporal"}, default "random"
+        :func:`split_random` (seeded with ``seed``) or :func:`split_temporal` (``seed`` unused).
+    test_fraction : float, default 0.2
+        Share of each member's interactions held out for test (and, for ``part="validation"``,
+        of their remaining training interactions held out for validation).
+    seed : int, default 42
+    part : {"test", "validation"}, default "test"
+        ``"validation"``: :func:`split_validation` of the test split, with its defaults.
+
+    Returns
+    -------
+    Split
+    """
+    split = (
+        split_random(data, test_fraction=test_fraction, seed=seed)
+        if method == "random"
+        else split_temporal(data, test_fraction=test_fraction)
+    )
+    return split if part == "test" else split_validation(data, split)
+
+
+def _seeded(policy: Policy, seed: int) -> Policy:
+    document = policy.model_dump(mode="json")
+    document["model"]["seed"] = seed
+    return Policy.model_validate(document)
+
+
+def _ratios(a: Any, b: Any) -> Any:
+    """``b / a`` leaf by leaf (``None`` where either is missing or ``a`` is 0)."""
+    if isinstance(a, dict):
+        return {
+            name: _ratios(value, b.get(name) if isinstance(b, dict) else None)
+            for name, value in a.items()
+        }
+    if isinstance(a, bool) or not isinstance(a, int | float) or not isinstance(b, int | float):
+        return None
+    return None if a == 0 else _float(b / a)
+
+
+def _interval(values: Sequence[Any], confidence: float) -> dict[str, Any]:
+    defined = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    mean = float(defined.mean()) if defined.size else None
+    low = high = None
+    if defined.size >= 2 and mean is not None:
+        half = float(
+            stats.t.ppf(0.5 + confidence / 2, defined.size - 1)
+            * defined.std(ddof=1)
+            / math.sqrt(defined.size)
+        )
+        low, high = mean - half, mean + half
+    return {"mean": mean, "low": low, "high": high, "values": list(values)}
+
+
+def aggregate(reports: Sequence[dict[str, Any]], *, confidence: float = 0.95) -> dict[str, Any]:
+    """Mean and t-interval, seed by seed, of every figure in reports of the same shape.
+
+    Parameters
+    ----------
+    reports : sequence of dict
+        Reports of :func:`evaluate` or :func:`compare` (or any JSON-ready trees of the same
+        shape), one per seed.
+    confidence : float, default 0.95
+        Coverage of the interval.
+
+    Returns
+    -------
+    dict
+        The first report's shape, each number (``bool`` excepted) replaced by ``{"mean": ...,
+        "low": ..., "high": ..., "values": [...]}``: the mean over the reports where it is
+        defined and the Student t interval ``mean ± t(n - 1) · s / √n`` over those ``n``
+        values (``low``/``high`` ``None`` when ``n < 2``), ``values`` the per-report values in
+        order. ``params`` sections are not figures: the first report's are kept. The interval
+        is over seeds (runs), not over members: it says how much the figure moves with the
+        seed, the noise a one-seed comparison would hide.
+    """
+    if not reports:
+        raise ValueError("aggregate needs at least one report")
+
+    def walk(nodes: Sequence[Any]) -> Any:
+        first = nodes[0]
+        if isinstance(first, dict):
+            return {
+                name: first[name] if name == "params" else walk([node.get(name) for node in nodes])
+                for name in first
+            }
+        if isinstance(first, bool) or not isinstance(first, int | float | None):
+            return first
+        if all(node is None for node in nodes):
+            return None
+        return _interval(nodes, confidence)
+
+    result: dict[str, Any] = walk(list(reports))
+    return result
+
+
+def _seed_params(result: dict[str, Any], seeds: Sequence[int], confidence: float) -> None:
+    result["seeds"] = {
+        "seeds": [int(seed) for seed in seeds],
+        "interval": f"{confidence:.0%} Student t interval over seeds",
+        "varies": "ALS initialisation (model.seed), and the holdout of a random split",
+    }
+
+
+def evaluate_seeds(
+    policy: Policy,
+    data: InteractionData,
+    *,
+    seeds: Sequence[int],
+    method: SplitMethod = "random",
+    test_fraction: float = 0.2,
+    part: SplitPart = "test",
+    k: int = 10,
+    discount: metrics.Discount = "none",
+    depth: int = DEFAULT_DEPTH,
+    num_threads: int = 0,
+    feed_options: Mapping[str, Any] | None = None,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """:func:`evaluate` once per seed, aggregated by :func:`aggregate`.
+
+    Seed ``s`` seeds the policy's model (``model.seed = s``) and, for a random split, the
+    holdout (``make_split(data, method, seed=s, ...)``); a temporal split is the same for every
+    seed, so its interval is the model's noise alone.
+
+    Parameters
+    ----------
+    policy : Policy
+    data : InteractionData
+    seeds : sequence of int
+        One run per seed.
+    method, test_fraction, part
+        As in :func:`make_split`.
+    k, discount, depth, num_threads, feed_options
+        As in :func:`evaluate`.
+    confidence : float, default 0.95
+
+    Returns
+    -------
+    dict
+        :func:`aggregate` of the per-seed reports, with ``seeds`` (the seeds and what the
+        interval is).
+    """
+    reports = [
+        evaluate(
+            _seeded(policy, seed),
+            data,
+            make_split(data, method, test_fraction=test_fraction, seed=seed, part=part),
+            k=k,
+            discount=discount,
+            depth=depth,
+            num_threads=num_threads,
+            feed_options=feed_options,
+        )
+        for seed in seeds
+    ]
+    result = aggregate(reports, confidence=confidence)
+    _seed_params(result, seeds, confidence)
+    return result
+
+
+def compare_seeds(
+    policy_a: Policy,
+    policy_b: Policy,
+    data: InteractionData,
+    *,
+    seeds: Sequence[int],
+    method: SplitMethod = "random",
+    test_fraction: float = 0.2,
+    part: SplitPart = "test",
+    k: int = 10,
+    discount: metrics.Discount = "none",
+    depth: int = DEFAULT_DEPTH,
+    num_threads: int = 0,
+    feed_options: Mapping[str, Any] | None = None,
+    confidence: float = 0.95,
+) -> dict[str, Any]:
+    """:func:`compare` once per seed, aggregated by :func:`aggregate`, with ratios.
+
+    Both policies get the same seed and split in each run (see :func:`evaluate_seeds`).
+    Besides :func:`compare`'s sections, each run gets ``ratios``: ``b / a`` of every figure of
+    the ``at_depth`` and ``whole_feed`` cuts (e.g. ``ratios.at_depth.consumers["ndcg@10"]``:
+    0.95 is a 5 % loss), so a claim such as "twice the share at 5 % loss" has an interval too.
+
+    Parameters
+    ----------
+    policy_a, policy_b : Policy
+        The baseline and the candidate.
+    data, seeds, method, test_fraction, part, k, discount, depth, num_threads, feed_options,
+    confidence
+        As in :func:`evaluate_seeds`.
+
+    Returns
+    -------
+    dict
+        :func:`aggregate` of the per-seed comparisons, with ``ratios`` and ``seeds``.
+    """
+    reports = []
+    for seed in seeds:
+        report = compare(
+            _seeded(policy_a, seed),
+            _seeded(policy_b, seed),
+            data,
+            make_split(data, method, test_fraction=test_fraction, seed=seed, part=part),
+            k=k,
+            discount=discount,
+            depth=depth,
+            num_threads=num_threads,
+            feed_options=feed_options,
+        )
+        report["ratios"] = {cut: _ratios(report["a"][cut], report["b"][cut]) for cut in CUTS}
+        reports.append(report)
+    result = aggregate(reports, confidence=confidence)
+    _seed_params(result, seeds, confidence)
+    return result

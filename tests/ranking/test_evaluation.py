@@ -8,14 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
 from scipy.sparse import csr_matrix
 
 from ranking import evaluate as cli
 from ranking.datasets import InteractionData, load_movielens
 from ranking.evaluation import (
     Split,
+    aggregate,
     compare,
+    compare_seeds,
     evaluate,
+    evaluate_seeds,
     evaluated_members,
     history_matrix,
     implicit_baseline,
@@ -25,6 +31,7 @@ from ranking.evaluation import (
     reference_time,
     split_random,
     split_temporal,
+    split_validation,
     truth_matrix,
 )
 from ranking.policy import ModelParams, Policy, neutral_policy
@@ -81,8 +88,10 @@ def test_split_random_counts_per_member() -> None:
         "method": "random",
         "test_fraction": 0.9,
         "seed": 1,
+        "part": "test",
         "n_train": 7,
         "n_test": 34,
+        "n_excluded": 0,
     }
 
 
@@ -106,6 +115,84 @@ def test_split_temporal_breaks_ties_by_position() -> None:
     tied = replace(data, timestamps=np.zeros(5, dtype=np.int64))
     split = split_temporal(tied, test_fraction=0.4)
     assert np.flatnonzero(split.test).tolist() == [3, 4]
+
+
+def test_split_temporal_is_per_member_not_a_global_cut() -> None:
+    # Member 1 is active early (t = 0..4), member 2 late (t = 100..104): a global cutoff would
+    # hold out only member 2; the per-member split holds out each one's latest.
+    data = synthetic([5, 5])
+    late = replace(data, timestamps=data.timestamps + np.repeat([0, 100], 5))
+    split = split_temporal(late, test_fraction=0.2)
+    assert late.timestamps[split.test].tolist() == [4, 104]
+
+
+def test_split_validation_holds_out_the_latest_of_the_training_part() -> None:
+    data = synthetic([5, 10])
+    split = split_temporal(data, test_fraction=0.2)
+    validation = split_validation(data, split)
+    # Train parts of 4 and 8 interactions; 0.2 of them: 1 (t=3) and 2 (t=6, 7).
+    assert data.timestamps[validation.test].tolist() == [3, 6, 7]
+    assert data.timestamps[validation.train].tolist() == [0, 1, 2, 0, 1, 2, 3, 4, 5]
+    # The outer test part is in neither part: it trains nothing and is measured nowhere.
+    assert validation.excluded is not None
+    assert np.array_equal(validation.excluded, split.test)
+    assert validation.describe() == {
+        "method": "temporal",
+        "test_fraction": 0.2,
+        "seed": None,
+        "part": "validation",
+        "n_train": 9,
+        "n_test": 3,
+        "n_excluded": 3,
+    }
+    assert evaluated_members(data, validation).tolist() == [1, 2]
+    truth = truth_matrix(data, validation, [1, 2])
+    assert truth.toarray()[1].nonzero()[0].tolist() == [6, 7]
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    counts=st.lists(st.integers(1, 12), min_size=1, max_size=6),
+    stamps=st.data(),
+    fraction=st.floats(0.05, 0.95),
+)
+def test_validation_precedes_test_for_every_member(
+    counts: list[int], stamps: st.DataObject, fraction: float
+) -> None:
+    data = synthetic(counts)
+    times = stamps.draw(
+        st.lists(st.integers(0, 5), min_size=sum(counts), max_size=sum(counts)), label="times"
+    )
+    data = replace(data, timestamps=np.asarray(times, dtype=np.int64))
+    split = split_temporal(data, test_fraction=fraction)
+    validation = split_validation(data, split)
+    parts = split.test.astype(int) + validation.test + validation.train
+    assert (parts == 1).all()  # train, validation and test partition the interactions
+    key = data.timestamps * sum(counts) + np.arange(sum(counts))  # time, then file order
+    for member in np.unique(data.member_ids):
+        mine = data.member_ids == member
+        train, valid, test = (
+            key[mine & part] for part in (validation.train, validation.test, split.test)
+        )
+        assert train.size >= 1  # every member keeps something to learn from
+        later = np.concatenate([valid, test])
+        assert later.size == 0 or train.max() < later.min()
+        assert valid.size == 0 or test.size == 0 or valid.max() < test.min()
+
+
+def test_split_validation_of_a_random_split_is_seeded_apart_from_it() -> None:
+    data = synthetic([20, 20, 20], n_items=30)
+    split = split_random(data, seed=7)
+    validation = split_validation(data, split)
+    assert validation.seed == 8 and validation.part == "validation"
+    assert not (validation.test & split.test).any() and not (validation.train & split.test).any()
+    assert held_out_per_member(data, validation) == [3, 3, 3]  # 0.2 of 16
+    again = split_validation(data, split, seed=8)
+    assert np.array_equal(again.train, validation.train)
+    with pytest.raises(ValueError, match="test split"):
+        split_validation(data, validation)
+    with pytest.raises(ValueError, match="test_fraction"):
+        split_validation(data, split, validation_fraction=1.0)
 
 
 @pytest.mark.parametrize("fraction", [0.0, 1.0, -0.1])
@@ -280,6 +367,76 @@ def test_compare(ml100k: InteractionData) -> None:
     )
 
 
+# ---------------------------------------------------------------- seeds and intervals
+
+
+def test_aggregate_gives_mean_and_student_t_interval() -> None:
+    reports = [
+        {"consumers": {"ndcg@10": 1.0, "x": None}, "members": {"evaluated": 5}, "params": {"k": 1}},
+        {"consumers": {"ndcg@10": 3.0, "x": 2.0}, "members": {"evaluated": 5}, "params": {"k": 2}},
+    ]
+    result = aggregate(reports)
+    ndcg = result["consumers"]["ndcg@10"]
+    # Two runs: mean 2, s = sqrt(2), half-width t(0.975, 1) * s / sqrt(2) = 12.706.
+    assert ndcg["mean"] == 2.0 and ndcg["values"] == [1.0, 3.0]
+    assert ndcg["high"] - 2.0 == pytest.approx(12.7062, abs=1e-4)
+    assert ndcg["low"] == pytest.approx(2.0 - 12.7062, abs=1e-4)
+    # Undefined in some runs: over the others (here one, so no interval).
+    assert result["consumers"]["x"] == {
+        "mean": 2.0,
+        "low": None,
+        "high": None,
+        "values": [None, 2.0],
+    }
+    assert result["members"]["evaluated"]["mean"] == 5
+    assert result["params"] == {"k": 1}  # settings, not figures: the first run's
+    with pytest.raises(ValueError):
+        aggregate([])
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=2, max_size=12))
+def test_the_interval_is_centred_on_the_mean_and_as_scipy_says(values: list[float]) -> None:
+    figure = aggregate([{"v": value} for value in values])["v"]
+    assert figure["mean"] == pytest.approx(np.mean(values), abs=1e-9)
+    if np.std(values) == 0:  # scipy gives NaN for identical values; ours is zero-width
+        assert figure["low"] == pytest.approx(figure["high"], abs=1e-6)
+    else:
+        low, high = stats.t.interval(
+            0.95, len(values) - 1, loc=np.mean(values), scale=stats.sem(values)
+        )
+        assert figure["low"] == pytest.approx(low, abs=1e-6)
+        assert figure["high"] == pytest.approx(high, abs=1e-6)
+    assert figure["low"] <= figure["mean"] + 1e-9 <= figure["high"] + 2e-9
+
+
+def test_seeds_repeat_the_evaluation_and_one_seed_is_a_plain_run(ml100k: InteractionData) -> None:
+    split = split_temporal(ml100k)
+    plain = evaluate(PLAIN, ml100k, split, k=20)  # PLAIN's model seed is 42
+    seeded = evaluate_seeds(PLAIN, ml100k, seeds=[42, 43], method="temporal", k=20)
+    ndcg = seeded["at_depth"]["consumers"]["ndcg@10"]
+    assert ndcg["values"][0] == plain["at_depth"]["consumers"]["ndcg@10"]
+    assert ndcg["values"][0] != ndcg["values"][1]  # another ALS initialisation
+    assert ndcg["low"] < ndcg["mean"] < ndcg["high"]
+    assert seeded["seeds"]["seeds"] == [42, 43]
+
+
+def test_compare_seeds_reports_ratios_per_run(ml100k: InteractionData) -> None:
+    wider = Policy(model=PLAIN.model.model_copy(update={"factors": 32}))
+    result = compare_seeds(
+        PLAIN, wider, ml100k, seeds=[1, 2], method="random", part="validation", k=10
+    )
+    assert result["a"]["params"]["split"]["part"] == "validation"
+    a = result["a"]["at_depth"]["producers"]["item_coverage"]["values"]
+    b = result["b"]["at_depth"]["producers"]["item_coverage"]["values"]
+    ratio = result["ratios"]["at_depth"]["producers"]["item_coverage"]["values"]
+    assert ratio == pytest.approx([y / x for x, y in zip(a, b, strict=True)])
+    # Seed 1 and seed 2 hold out different interactions of a random split.
+    assert result["a"]["at_depth"]["consumers"]["ndcg@10"]["values"][0] != pytest.approx(
+        result["a"]["at_depth"]["consumers"]["ndcg@10"]["values"][1], abs=1e-6
+    )
+
+
 # ---------------------------------------------------------------- command line
 
 
@@ -312,6 +469,26 @@ def test_cli_json_and_table(
     table = capsys.readouterr().out
     assert "ndcg@10" in table and "B - A" in table and "churn" in table
     assert "producers, top 10" in table and "ndcg@50" in table
+
+
+def test_cli_seeds_and_validation(
+    ml100k: InteractionData, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    a = write_policy(tmp_path, "a.json", PLAIN)
+    b = write_policy(
+        tmp_path, "b.json", Policy(model=PLAIN.model, ranking={"long_tail_quota": 0.2})
+    )
+    argv = ["--movielens", str(ML_100K), "--policy", str(a), "--compare", str(b), "--k", "20"]
+    argv += ["--split", "temporal", "--part", "validation", "--seeds", "2"]
+    assert cli.main(argv) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["seeds"]["seeds"] == [42, 43]
+    assert report["a"]["params"]["split"]["part"] == "validation"
+    share = report["ratios"]["at_depth"]["producers"]["long_tail_creator_share"]
+    assert share["mean"] > 1 and len(share["values"]) == 2
+    assert cli.main([*argv, "--format", "table"]) == 0
+    table = capsys.readouterr().out
+    assert "B / A" in table and "±" in table and "measured on validation" in table
 
 
 def test_cli_rejects_an_invalid_policy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
