@@ -1006,9 +1006,14 @@ def _greedy(
         if cap is not None:
             chosen = np.where(got, creator[rows, pick], -1)
             picked_creator[:, k] = chosen
-            count = np.count_nonzero(picked_creator[:, : k + 1] == chosen[:, None], axis=1)
-            full = np.flatnonzero((chosen >= 0) & (count >= cap))
-            if full.size:
+            if cap == 1:  # a pick is its creator's first (eligible means below the cap)
+                full = np.flatnonzero(chosen >= 0)
+            else:
+                count = np.count_nonzero(picked_creator[:, : k + 1] == chosen[:, None], axis=1)
+                full = np.flatnonzero((chosen >= 0) & (count >= cap))
+            if full.size == m:  # every row (a cap of 1): in place, without gathering rows
+                np.logical_and(open_caps, creator != chosen[:, None], out=open_caps)
+            elif full.size:
                 open_caps[full] &= creator[full] != chosen[full, None]
         if share_capped:
             taken_class = provenance[rows, pick]
