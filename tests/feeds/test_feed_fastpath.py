@@ -5,7 +5,7 @@ resolution and middleware, as ``config.wsgi`` serves it.
 
 These need the default cache to be Redis (REDIS_URL set); with the embedded mode's local-memory
 cache every read takes the database path and they are skipped (test_feed_api.py covers that
-mode). test_feed_redis_tls.py runs the main ones against Redis over TLS.
+mode). test_feed_redis_tls.py checks a hit, a swap and a revocation against Redis over TLS.
 """
 
 from __future__ import annotations
