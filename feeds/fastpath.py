@@ -12,7 +12,7 @@ which everything is already cached and valid:
 * the member's page record carries that generation's stamp;
 * the credential is within its rate.
 
-One round trip through redis-py (a pipeline: MGET of the three records, then INCR and EXPIRE NX
+One round trip through redis-py (one script: MGET of the three records, then INCR and EXPIRE NX
 of the credential's rate counter) is all the Redis it needs, and it needs no SQL.
 Anything else (a miss, a revocation marker, a stale stamp, an unusual header or parameter, over
 the rate, Redis down) goes to the DRF view, which answers from the database exactly as before,
@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Callable
+from typing import Any
 
+import redis
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
@@ -91,6 +93,29 @@ def _params(request: HttpRequest) -> tuple[int | None, int, int | None] | None:
     return run_id, offset, limit
 
 
+# The three records, and the credential's request counted as feeds.throttling counts it (INCR,
+# then EXPIRE NX). One script rather than a pipeline of the same commands: one command for
+# redis-py to pack and parse, about 10 µs less per request (docs/benchmarks.md, "Feed GET").
+# A missing key reads as false in Lua.
+_READ_AND_COUNT = """
+local records = redis.call('MGET', KEYS[1], KEYS[2], KEYS[3])
+local count = redis.call('INCR', KEYS[4])
+redis.call('EXPIRE', KEYS[4], ARGV[1], 'NX')
+return {records[1], records[2], records[3], count}
+"""
+# By id: feeds.feedcache keeps each client for the life of the process.
+_scripts: dict[int, Any] = {}
+
+
+def _read_and_count(client: redis.Redis) -> Any:
+    """``_READ_AND_COUNT`` registered with ``client`` (redis-py sends it by its SHA and loads
+    it again after a Redis restart)."""
+    script = _scripts.get(id(client))
+    if script is None:
+        script = _scripts[id(client)] = client.register_script(_READ_AND_COUNT)
+    return script
+
+
 def _serve(
     request: HttpRequest, slug: str, member_external_id: str, allow: str
 ) -> HttpResponse | None:
@@ -114,26 +139,21 @@ def _serve(
     page_key = feedcache.page_key(
         slug=slug, member=member_external_id, pinned=pinned, offset=offset, limit=limit
     )
-    counter = make_key(throttling.throttle_key(digest))
+    keys = [
+        make_key(feedcache.credential_key(digest)),
+        make_key(feedcache.pointer_key(slug)),
+        make_key(page_key),
+        make_key(throttling.throttle_key(digest)),
+    ]
     rate, period = throttling.current_rate()
-    pipe = client.pipeline(transaction=False)
-    pipe.mget(
-        [
-            make_key(feedcache.credential_key(digest)),
-            make_key(feedcache.pointer_key(slug)),
-            make_key(page_key),
-        ]
-    )
-    pipe.incr(counter)
-    pipe.expire(counter, period, nx=True)
     try:
-        (credential, pointer, page), count, _ = pipe.execute()
+        credential, pointer, page, count = _read_and_count(client)(keys=keys, args=[period])
     except Exception as exc:  # any cache outage degrades to the database
         feedcache.failed(exc)
         request.META[throttling.COUNTED_KEY] = throttling.UNCOUNTED
         return None
     request.META[throttling.COUNTED_KEY] = count
-    if count > rate or credential is None or pointer is None or page is None:
+    if count > rate or not credential or not pointer or not page:
         return None
     return _respond(request, slug, credential, pointer, page, pinned=pinned, allow=allow)
 

@@ -158,6 +158,11 @@ def test_feed_hits_and_invalidations_work_over_rediss(
     assert cold.status_code == warm.status_code == 200
     assert cold_queries > 0 and warm_queries == 0  # the hit came from Redis, over TLS
     assert warm.content == cold.content
+    # As after a Redis restart (done here, on this test's own server): the read script is
+    # loaded again, and the request is still a hit.
+    store[0].script_flush()
+    reloaded, reloaded_queries = _get(client, url, token)
+    assert reloaded.content == cold.content and reloaded_queries == 0
 
     # A swap reaches the next request, which then fills the cache again.
     with django_capture_on_commit_callbacks(execute=True):
