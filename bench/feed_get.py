@@ -1,23 +1,21 @@
-"""Feed GET throughput and latency: our API against a bare Django view on the same server.
+"""Feed GET throughput and latency: our API against bare Django views on the same server.
 
 Usage (needs `wrk` from Debian and gunicorn; the community must have computed feeds)::
 
     DEBUG=true DATABASE_URL=... REDIS_URL=... python bench/feed_get.py SLUG [--connections 32]
         [--members N]   # N members' feeds in turn instead of one member's over and over
 
-The server inherits the environment: ``COMMONFEED_FEED_NEAR_CACHE_SECONDS=0`` measures every
-request with its Redis round trip (no near cache), as for an app that pulls many feeds once.
-
 Starts gunicorn (config.wsgi through bench.bench_settings) on 127.0.0.1, warms the feed once,
-then runs wrk for the same duration, alternating for ``--rounds`` rounds, against (1)
-`GET /api/v1/communities/SLUG/feeds/MEMBER/` with a bearer token, served from the Redis fast
-path after the first request (``api``: in front of Django, as deployed), (2) with
-``--django-layer``, the same from a second server with ``COMMONFEED_WSGI_FASTPATH=false``
-(``api-django``: the fast path inside the view, after Django's handler and middleware), and (3)
-`/bench/bare/`, a Django view that returns the same bytes from memory with no authentication, no
-database and no cache. Reports requests/s, p50 and p99 latency, the ratio per round and its
-median, and the load average. The server runs with COMMONFEED_APP_RATE lifted (``--rate``):
-every request is still counted against the credential, but none is refused.
+then runs wrk for the same duration, alternating for ``--rounds`` rounds, against (1) ``api``:
+`GET /api/v1/communities/SLUG/feeds/MEMBER/` with a bearer token, answered by the feed's
+ordinary view from one Redis round trip after the first request; (2) ``bare-auth``:
+`/bench/bare-auth/`, a Django view that checks the same bearer token as the app API's
+authentication does (one indexed query) and returns the same bytes from memory: the goal's
+reference; (3) ``bare``: `/bench/bare/`, the same bytes with no authentication at all. All three
+run on the same server, behind the same middleware. Reports requests/s, p50 and p99 latency,
+the ratios per round and their medians, CPU per request in process, and the load average. The
+server runs with COMMONFEED_APP_RATE lifted (``--rate``): every request is still counted against
+the credential, but none is refused.
 """
 
 from __future__ import annotations
@@ -34,7 +32,6 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -127,36 +124,31 @@ def _rotating_paths_script(paths: list[str]) -> Path:
 
 def cpu_probe(api_path: str, token: str, *, requests: int, rounds: int) -> None:
     """CPU seconds per request in this process (run with the server's environment), no network
-    and no wrk: the API through the deployed WSGI application (``config.wsgi``: the fast path in
-    front of Django), the API through Django's handler alone (the fast path inside the view),
-    and the bare view. CPU time is what a saturated server spends; unlike requests/s it barely
-    moves with other load on the machine. Prints JSON."""
-    from django.core.handlers.wsgi import WSGIHandler
-
+    and no wrk: the three sides through the deployed WSGI application (``config.wsgi``). CPU
+    time is what a saturated server spends; unlike requests/s it barely moves with other load
+    on the machine (Redis's and PostgreSQL's own CPU is not in it). Prints JSON."""
     from config.wsgi import application
 
-    handler = WSGIHandler()
-
-    def call(app: Any, path: str, auth: str | None) -> bytes:
+    def call(path: str, auth: str | None) -> bytes:
         status: list[str] = []
-        response = app(wsgi_get(path, auth), lambda s, h: status.append(s))
+        response = application(wsgi_get(path, auth), lambda s, h: status.append(s))
         body = b"".join(response)
         getattr(response, "close", lambda: None)()
         assert status[0].startswith("200"), status
         return body
 
     sides = (
-        ("api", application, api_path, token),
-        ("api-django", handler, api_path, token),
-        ("bare", handler, "/bench/bare/", None),
+        ("api", api_path, token),
+        ("bare-auth", "/bench/bare-auth/", token),
+        ("bare", "/bench/bare/", None),
     )
-    assert len({call(app, path, auth) for _, app, path, auth in sides}) == 1
+    assert len({call(path, auth) for _, path, auth in sides}) == 1
     cpu: dict[str, list[float]] = {name: [] for name, *_ in sides}
     for _ in range(rounds):
-        for name, app, path, auth in sides:
+        for name, path, auth in sides:
             started = time.process_time()
             for _ in range(requests):
-                call(app, path, auth)
+                call(path, auth)
             cpu[name].append((time.process_time() - started) / requests * 1e6)
     print(json.dumps(cpu))
 
@@ -169,17 +161,11 @@ def main() -> None:
     parser.add_argument("slug")
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=3, help="api/bare pairs, alternated")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of all sides, alternated")
     parser.add_argument(
         "--cpu-requests", type=int, default=2000, help="requests per round of the CPU probe"
     )
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument(
-        "--django-layer",
-        action="store_true",
-        help="also serve the API from a second server with COMMONFEED_WSGI_FASTPATH=false (the "
-        "fast path inside the view, after Django's middleware), alternated with the others",
-    )
     parser.add_argument("--port", type=int, default=8765)
     parser.add_argument("--rate", default="100000000/min", help="COMMONFEED_APP_RATE to serve with")
     parser.add_argument(
@@ -187,7 +173,7 @@ def main() -> None:
         type=int,
         default=1,
         help="pull the feeds of this many members in turn (each warmed once first) instead of "
-        "one member's over and over; the bare view still serves the first member's bytes",
+        "one member's over and over; the bare views still serve the first member's bytes",
     )
     args = parser.parse_args()
 
@@ -211,55 +197,44 @@ def main() -> None:
         # run measures feeds, not 429s. Every request is still counted (the INCR stays).
         "COMMONFEED_APP_RATE": args.rate,
     }
-    # The bare view must return the very bytes the API returns: fetch them with a first server.
+    # The bare views must return the very bytes the API returns: fetch them with a first server.
     with _server(args.port, args.workers, env):
         body_file.write_bytes(_get(api, token))
-    servers = {"api": (args.port, env)}
-    if args.django_layer:
-        # The same server but for COMMONFEED_WSGI_FASTPATH: the fast path inside the view.
-        servers["api-django"] = (args.port + 1, {**env, "COMMONFEED_WSGI_FASTPATH": "false"})
-    with contextlib.ExitStack() as stack:
-        for port, server_env in servers.values():
-            stack.enter_context(_server(port, args.workers, server_env))
-        urls = {
-            name: api.replace(base, f"http://127.0.0.1:{port}")
-            for name, (port, _) in servers.items()
-        }
-        for url in urls.values():
-            assert _get(url, token) == body_file.read_bytes()
-        bare = urllib.request.urlopen(f"{base}/bench/bare/").read()
-        assert bare == body_file.read_bytes(), "the bare view must serve the same bytes"
-        body = bare
-        scripts: dict[str, Path | None] = dict.fromkeys([*servers, "bare"])
+    sides = ("api", "bare-auth", "bare")
+    with _server(args.port, args.workers, env):
+        assert _get(api, token) == body_file.read_bytes()
+        urls = {"api": api, "bare-auth": f"{base}/bench/bare-auth/", "bare": f"{base}/bench/bare/"}
+        for name in ("bare-auth", "bare"):
+            served = _get(urls[name], token)
+            assert served == body_file.read_bytes(), f"{name} must serve the same bytes"
+        body = body_file.read_bytes()
+        scripts: dict[str, Path | None] = dict.fromkeys(sides)
         if len(members) > 1:
             paths = [f"/api/v1/communities/{args.slug}/feeds/{m.external_id}/" for m in members]
-            for url in urls.values():
-                server_base = url.removesuffix(api.removeprefix(base))
-                for path in paths:  # each page through the database path once: Redis has them
-                    _get(server_base + path, token)
+            for path in paths:  # each page through the database path once: Redis has them
+                _get(base + path, token)
             # wrk runs the same Lua per request on every side (it costs wrk CPU on the same
-            # cores); the bare view ignores the query string.
-            for name in servers:
-                scripts[name] = _rotating_paths_script(paths)
-            scripts["bare"] = _rotating_paths_script(
-                [f"/bench/bare/?member={m.external_id}" for m in members]
-            )
-        targets = [(name, url, token) for name, url in urls.items()]
-        targets.append(("bare", f"{base}/bench/bare/", None))
+            # cores); the bare views ignore the query string.
+            scripts["api"] = _rotating_paths_script(paths)
+            for name in ("bare-auth", "bare"):
+                scripts[name] = _rotating_paths_script(
+                    [f"/bench/{name}/?member={m.external_id}" for m in members]
+                )
         # Alternate the sides for several rounds: on a shared machine the load drifts, and a
-        # ratio of two runs taken minutes apart would measure the drift.
+        # ratio of two runs taken minutes apart would measure the drift. The bare side gets the
+        # token too: it ignores it, and every side's requests are then the same size.
         rounds: list[dict[str, dict[str, float]]] = []
         for _ in range(args.rounds):
             rounds.append(
                 {
                     name: wrk(
-                        url,
+                        urls[name],
                         connections=args.connections,
                         seconds=args.seconds,
-                        token=auth,
+                        token=token,
                         script=scripts[name],
                     )
-                    for name, url, auth in targets
+                    for name in sides
                 }
             )
     print(
@@ -273,12 +248,13 @@ def main() -> None:
                 f"round {i} {name:10} {r['rps']:8.0f} req/s  p50 {r['p50_ms']:.2f} ms"
                 f"  p99 {r['p99_ms']:.2f} ms  non-2xx {r['non_2xx']:.0f}"
             )
-        for name in servers:
-            ratio = results[name]["rps"] / results["bare"]["rps"]
-            print(f"round {i} ratio {name}/bare: {ratio:.2f}")
-    for name in servers:
-        ratios = sorted(r[name]["rps"] / r["bare"]["rps"] for r in rounds)
-        print(f"median ratio {name}/bare: {ratios[len(ratios) // 2]:.2f}")
+        for name in ("bare-auth", "bare"):
+            print(f"round {i} ratio api/{name}: {results['api']['rps'] / results[name]['rps']:.2f}")
+    for name in ("bare-auth", "bare"):
+        ratios = sorted(r["api"]["rps"] / r[name]["rps"] for r in rounds)
+        print(f"median ratio api/{name}: {ratios[len(ratios) // 2]:.2f}")
+    p99 = sorted(r["api"]["p99_ms"] for r in rounds)
+    print(f"api p99 over rounds: {p99[0]:.2f}-{p99[-1]:.2f} ms, median {p99[len(p99) // 2]:.2f} ms")
     probe = subprocess.run(
         [
             sys.executable,
@@ -300,7 +276,8 @@ def main() -> None:
     print(
         f"CPU per request in process (median of {args.rounds} rounds of {args.cpu_requests}): "
         + ", ".join(f"{name} {value:.0f} us" for name, value in medians.items())
-        + f"; ratio bare/api {medians['bare'] / medians['api']:.2f}"
+        + f"; ratios bare-auth/api {medians['bare-auth'] / medians['api']:.2f}, "
+        + f"bare/api {medians['bare'] / medians['api']:.2f}"
     )
     print(f"load average (1, 5, 15 min) after the run: {os.getloadavg()}")
 

@@ -321,19 +321,6 @@ COMMONFEED_FOLD_IN = env_bool("COMMONFEED_FOLD_IN", True)
 # Requests one app credential may make to the app API, e.g. "6000/min" (per s, min, hour, day).
 # Counted per credential in the default cache; over it, 429 with Retry-After.
 COMMONFEED_APP_RATE = env_str("COMMONFEED_APP_RATE", "6000/min") or "6000/min"
-# The feed GET's near cache (feeds.fastpath): each web thread keeps the Redis records it read
-# and answers repeated requests without a round trip, kept exact by Redis client tracking
-# (Redis >= 7). Entries live at most this many seconds (0 turns the near cache off), and a
-# thread holds at most this many bytes of them.
-COMMONFEED_FEED_NEAR_CACHE_SECONDS = env_int("COMMONFEED_FEED_NEAR_CACHE_SECONDS", 10, minimum=0)
-COMMONFEED_FEED_NEAR_CACHE_BYTES = env_int(
-    "COMMONFEED_FEED_NEAR_CACHE_BYTES", 16 * 1024 * 1024, minimum=0
-)
-# The feed GET's fast path runs in front of Django under WSGI (config/wsgi.py installs
-# feeds.fastpath.WSGIFastPath): a cache hit skips Django's request handling and middleware, whose
-# checks (ALLOWED_HOSTS, HTTPS redirect) and headers it reproduces. False: hits are answered by
-# the fast path inside the view, after Django's middleware, as under ASGI.
-COMMONFEED_WSGI_FASTPATH = env_bool("COMMONFEED_WSGI_FASTPATH", True)
 # A policy proposal's impact preview (feeds.impact): an offline evaluation of current vs proposed
 # policy on the community's data, reused until it is this old, on at most this many members (a
 # seeded sample beyond that keeps it to seconds).

@@ -239,7 +239,8 @@ def feed_data(feed: Feed) -> dict[str, Any]:
 
 
 class MemberFeedApi(APIView):
-    """The database path of the feed GET; ``feeds.fastpath`` answers cache hits in front of it."""
+    """The feed GET: its schema, errors and database path; cache hits are answered by the view
+    ``feeds.fastpath.wrap`` makes of it."""
 
     permission_classes = [scope_required("feeds:read")]
 

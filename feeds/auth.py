@@ -79,7 +79,7 @@ class AppCredentialAuthentication(authentication.BaseAuthentication):
             credential.secret_sha256, token_digest(token)
         ):
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
-        # Lets the feed's fast path (feeds.fastpath) authenticate this token without the
+        # Lets the feed GET (feeds.fastpath) authenticate this token without the
         # database until the record expires or the credential is revoked.
         feedcache.credential_publish(credential)
         return AppPrincipal(credential), credential

@@ -1,7 +1,7 @@
 """What the feed API keeps in the cache (Redis in production): a fast path, never the truth.
 
-Three kinds of record, each written by the database path and read by ``feeds.fastpath`` in one
-Redis round trip:
+Three kinds of record, each written by the database path and read by the feed GET
+(``feeds.fastpath``) in one Redis round trip:
 
 ``cf:cred:<sha256 of the token>``
     ``<community identity>|<slug>|<scopes>`` of an active credential, for ``CREDENTIAL_TTL``.
@@ -51,11 +51,13 @@ credentials and pointers change in other processes, which a per-process cache ca
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
-import weakref
 from typing import TYPE_CHECKING, Any
 
+import redis
+from django.conf import settings
 from django.core.cache import cache, caches
 from django.core.cache.backends.redis import RedisCache
 from django.core.signals import setting_changed
@@ -68,7 +70,6 @@ from feeds.models import AppCredential, Creator, FeedPointer, FeedRun, Item
 
 if TYPE_CHECKING:
     from django.core.cache.backends.base import BaseCache
-    from redis import Redis
 
     from governance.models import Community
 
@@ -80,7 +81,8 @@ POINTER_TTL = 60
 BACKOFF_SECONDS = 5.0
 REVALIDATE = b"!"  # a credential record that sends readers to the database
 _down_until = 0.0
-_clients: weakref.WeakKeyDictionary[Any, Redis] = weakref.WeakKeyDictionary()
+_clients: dict[str, redis.Redis] = {}
+_clients_lock = threading.Lock()
 
 
 def available() -> bool:
@@ -95,7 +97,7 @@ def failed(exc: Exception) -> None:
 
 
 class _Memo(threading.local):
-    store: tuple[Redis, BaseCache] | None = None
+    store: tuple[redis.Redis, BaseCache] | None = None
     resolved = False
 
 
@@ -108,7 +110,29 @@ def _forget_store(*, setting: str, **kwargs: Any) -> None:
         _memo.resolved = False
 
 
-def redis_store() -> tuple[Redis, BaseCache] | None:
+def _client(location: str | list[str], options: dict[str, Any]) -> redis.Redis:
+    """A redis-py client of the cache's primary server, one per process and URL.
+
+    Built from the cache's own settings with redis-py's public ``from_url`` (Django's backend
+    keeps its client private): the same server, database, credentials and TLS (``rediss://``).
+    The primary, never a replica: a revocation marker must be read where it was written.
+    """
+    # Django's RedisCache takes a list, or one string of URLs separated by ";" or ",".
+    url = location[0] if isinstance(location, list) else re.split("[;,]", location)[0]
+    with _clients_lock:
+        client = _clients.get(url)
+        if client is None:
+            # Django's own options (serializer, pool and parser classes) are not redis-py's.
+            kwargs = {
+                key: value
+                for key, value in options.items()
+                if key not in ("serializer", "pool_class", "parser_class")
+            }
+            client = _clients[url] = redis.Redis.from_url(url, **kwargs)
+        return client
+
+
+def redis_store() -> tuple[redis.Redis, BaseCache] | None:
     """The default cache's Redis client (one per process, reused) and the backend for keys.
 
     None when the cache is not Redis or is in its back-off after a failure.
@@ -122,13 +146,8 @@ def redis_store() -> tuple[Redis, BaseCache] | None:
         backend = caches["default"]
         memo.store = None
         if isinstance(backend, RedisCache):
-            inner = backend._cache
-            client = _clients.get(inner)
-            if client is None:
-                # The primary, never a replica: a revocation marker must be read where it was
-                # written.
-                client = _clients[inner] = inner.get_client(None, write=True)
-            memo.store = (client, backend)
+            config = settings.CACHES["default"]
+            memo.store = (_client(config["LOCATION"], config.get("OPTIONS", {})), backend)
         memo.resolved = True
     return memo.store
 
@@ -166,7 +185,7 @@ def skeleton_cached(*, community: Community, key: str) -> bytes | None:
     """A cached skeleton page (``skeleton_key``) that is current, from Redis alone: one round
     trip reads the community's pointer record and the page, and the page is served only if its
     stamp is the pointer's (the generation and revision served now; with a cursor, only while
-    the cursor's generation is the one served, as in the feed API's fast path). A viewer's
+    the cursor's generation is the one served, as in the feed GET). A viewer's
     refreshed feed and changed mutes delete their pages (``member_pages_invalidate``), and
     pages are only written under the viewer's revision (``page_set``): nothing else to check.
 
@@ -194,17 +213,6 @@ def skeleton_cached(*, community: Community, key: str) -> bytes | None:
     return body if header.partition(b"|")[0] == generation else None
 
 
-def _fence(client: Redis) -> None:
-    """Call after a write that makes a record stale, before telling anyone it is done.
-
-    Web threads keep records in a near cache (feeds.fastpath) that Redis invalidates with a
-    push on their connection. Redis writes those pushes out when it has run the write, at the
-    latest before it reads the next command; once the reply to one more command is back, every
-    tracking connection has its push, and the next request anywhere forgets the stale record.
-    """
-    client.ping()
-
-
 def _write(fn: str, key: str, value: bytes | None, ttl: int, *, nx: bool) -> None:
     store = redis_store()
     if store is None:
@@ -215,8 +223,6 @@ def _write(fn: str, key: str, value: bytes | None, ttl: int, *, nx: bool) -> Non
             client.set(backend.make_key(key), value, ex=ttl, nx=nx)  # type: ignore[arg-type]
         else:
             client.delete(backend.make_key(key))
-        if not nx:  # an overwrite or a deletion: readers must not keep the old record
-            _fence(client)
     except Exception as exc:  # any cache outage degrades to the database
         failed(exc)
 
@@ -469,7 +475,6 @@ def member_pages_invalidate(*, slug: str, members: list[str]) -> None:
         ]
     try:
         client.eval(_PAGES_INVALIDATE, len(keys), *keys, REVISION_TTL)
-        _fence(client)
     except Exception as exc:
         failed(exc)
 

@@ -10,9 +10,8 @@ which a forger cannot share with the real app.
 The limit is ``COMMONFEED_APP_RATE`` requests per window; a window opens with a credential's
 first request and lasts the rate's period. In Redis that is one counter per credential (INCR,
 then EXPIRE NX: atomic across every web process, a few microseconds; EXPIRE NX needs Redis 7.0
-or later). The feed's fast path counts into the same counter in its one round trip, reserving a
-small block of tokens per web thread at high rates (see feeds.fastpath). Other
-caches (local memory in development) get the same rule through Django's cache API.
+or later). The feed GET counts into the same counter in its one round trip (see feeds.fastpath).
+Other caches (local memory in development) get the same rule through Django's cache API.
 
 If the cache is down, requests are let through unthrottled rather than refused: the limit
 protects the service, and an outage of its counter must not become an outage of the API. After
@@ -45,10 +44,8 @@ BACKOFF_SECONDS = 5.0
 _down_until = 0.0
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# Set in the request's WSGI environ (``request.META``) by the feed's fast path once it has counted
-# the request: the count (an int), or UNCOUNTED when Redis failed it and the request goes on
-# unthrottled. The environ, not the request object: the fast path in front of Django
-# (``feeds.fastpath.WSGIFastPath``) counts before Django makes its request from that environ.
+# Set in ``request.META`` by the feed GET (feeds.fastpath) once it has counted the request: the
+# count (an int), or UNCOUNTED when Redis failed it and the request goes on unthrottled.
 COUNTED_KEY = "commonfeed.throttle_count"
 UNCOUNTED = -1
 
@@ -80,7 +77,7 @@ class AppCredentialRateThrottle(BaseThrottle):
             return True  # Not an app request (e.g. a moderator's session): not this throttle's.
         limit, period = current_rate()
         key = throttle_key(principal.credential.secret_sha256)
-        counted = request._request.META.get(COUNTED_KEY)
+        counted = request.META.get(COUNTED_KEY)
         if counted == UNCOUNTED or time.monotonic() < _down_until:
             return True
         try:

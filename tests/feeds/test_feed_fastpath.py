@@ -1,26 +1,31 @@
-"""The feed GET's Redis fast path (feeds.fastpath): same answers as the database path, no SQL.
+"""The feed GET's cache hits (feeds.fastpath): same answers as the database path, no SQL.
 
-Every test here runs with requests sent both ways the fast path is deployed: through Django's
-handler (the fast path inside the view, as under ASGI) and through ``WSGIFastPath`` in front of
-it (as ``config/wsgi.py`` serves them).
+The view is an ordinary Django view: every request here goes through Django's handler, URL
+resolution and middleware, as ``config.wsgi`` serves it.
 
 These need the default cache to be Redis (REDIS_URL set); with the embedded mode's local-memory
-cache there is no fast path and they are skipped (test_feed_api.py covers that mode).
+cache every read takes the database path and they are skipped (test_feed_api.py covers that
+mode). test_feed_redis_tls.py checks a hit, a swap and a revocation against Redis over TLS.
 """
 
 from __future__ import annotations
 
+import gzip
 from typing import Any
 
 import pytest
+import redis
 from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
+from django.core.handlers.wsgi import WSGIHandler
 from django.db import connection
+from django.http import HttpRequest, HttpResponse
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
-from django.urls import reverse
+from django.urls import path, reverse
 
-from feeds import fastpath, feedcache, redis_wire
+from config import urls as config_urls
+from feeds import feedcache
 from feeds.selectors import feed_run_for_read
 from feeds.services import (
     app_credential_create,
@@ -28,7 +33,7 @@ from feeds.services import (
     feed_run_execute,
     feed_run_request,
 )
-from tests.factories import WSGIClient, make_community, small_catalogue
+from tests.factories import make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db
 
@@ -36,41 +41,38 @@ pytestmark = pytest.mark.django_db
 @pytest.fixture(autouse=True)
 def redis_cache() -> None:
     if not isinstance(caches["default"], RedisCache):
-        pytest.skip("the fast path needs the Redis cache (REDIS_URL)")
+        pytest.skip("cache hits need the Redis cache (REDIS_URL)")
     feedcache._down_until = 0.0
 
 
-@pytest.fixture(autouse=True, params=["near", "no-near"])
-def near_cache(request: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> bool:
-    """Every test runs with the near cache on, leasing the most throttle tokens whatever the
-    rate (so that nearly every request after the first two is a near-cache hit), and off."""
-    near = request.param == "near"
-    settings.COMMONFEED_FEED_NEAR_CACHE_SECONDS = 10 if near else 0
-    if near:
-        monkeypatch.setattr(fastpath, "_lease", lambda rate: fastpath._LEASE_MAX)
-    fastpath._near.clear(0)
-    fastpath._near.keys.clear()
-    return near
-
-
-@pytest.fixture(params=["django", "wsgi"])
-def client(request: Any) -> Any:
-    """Django's test client, or the same requests through WSGIFastPath first."""
-    return Client() if request.param == "django" else WSGIClient()
-
-
 class _Spy:
-    """Counts the Redis round trips of the fast path."""
+    """Counts Redis round trips: single commands and pipelines sent through redis-py."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls = 0
-        real = redis_wire.call
+        command, pipeline = redis.Redis.execute_command, redis.client.Pipeline.execute
 
-        def call(*args: Any, **kwargs: Any) -> Any:
+        def execute_command(client: Any, *args: Any, **kwargs: Any) -> Any:
             self.calls += 1
-            return real(*args, **kwargs)
+            return command(client, *args, **kwargs)
 
-        monkeypatch.setattr(redis_wire, "call", call)
+        def execute(pipe: Any, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            return pipeline(pipe, *args, **kwargs)
+
+        monkeypatch.setattr(redis.Redis, "execute_command", execute_command)
+        monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+
+
+def _shadowing_view(request: HttpRequest, **kwargs: Any) -> HttpResponse:
+    return HttpResponse(b"shadowed", content_type="text/plain")
+
+
+# A URLconf in which another view comes before the feed's on the same paths (used by one test).
+urlpatterns = [
+    path("api/v1/communities/<slug:slug>/feeds/<str:member_external_id>/", _shadowing_view),
+    *config_urls.urlpatterns,
+]
 
 
 def _computed(slug: str = "alpha") -> tuple[Any, dict[str, Any]]:
@@ -284,94 +286,13 @@ def test_a_parameter_given_twice_is_a_400_even_when_the_page_is_cached(client: C
     assert twice.json()["detail"]["limit"] == ["Give this parameter once."]
 
 
-def test_the_packed_commands_are_the_resp_of_mget_incrby_expire_pttl() -> None:
-    a, b, c, d, lease, period = b"cred", b"ptr", b"page:x:\xc3\xa9", b"thr", b"7", b"60"
-    filled = fastpath._COMMANDS % (
-        *(len(a), a, len(b), b, len(c), c),
-        *(len(d), d, len(lease), lease),
-        *(len(d), d, 2, period),
-        *(len(d), d),
-    )
-    assert filled == (
-        redis_wire.pack(b"MGET", a, b, c)
-        + redis_wire.pack(b"INCRBY", d, lease)
-        + redis_wire.pack(b"EXPIRE", d, period, b"NX")
-        + redis_wire.pack(b"PTTL", d)
-    )
-    assert redis_wire.pack(b"CLIENT", b"CACHING", b"YES") == fastpath._CACHING
-
-
-def test_the_wire_reads_pipelined_replies_and_drops_a_connection_after_an_error() -> None:
-    client, backend = feedcache.redis_store()  # type: ignore[misc]
-    key = backend.make_key("cf:test:wire").encode()
-    client.delete(key)
-    pool = client.connection_pool
-    big = b"x" * 200_000  # several socket reads
-
-    replies = redis_wire.call(
-        pool,
-        redis_wire.pack(b"SET", key, big)
-        + redis_wire.pack(b"MGET", key, key + b":missing")
-        + redis_wire.pack(b"INCR", key + b":n")
-        + redis_wire.pack(b"DEL", key, key + b":n"),
-        replies=4,
-    )
-    assert replies == [b"OK", [big, None], 1, 2]
-
-    with pytest.raises(redis_wire.WireError):
-        redis_wire.call(pool, redis_wire.pack(b"NOSUCHCOMMAND"))
-    assert redis_wire._local.sock is None  # dropped, and the next call connects again
-    assert redis_wire.call(pool, redis_wire.pack(b"PING")) == [b"PONG"]
-
-
-# --- The near cache ------------------------------------------------------------------------------
-
-
-# Tests about the near cache itself run with it on only.
-near_only = pytest.mark.parametrize("near_cache", ["near"], indirect=True)
-
-
-def _warmed(client: Client) -> tuple[Any, str, str]:
-    """A credential, its token and a member's feed URL, read twice: the database path filled
-    Redis, then the fast path filled this thread's near cache."""
-    community, data = _computed()
-    credential, token = app_credential_create(
-        community=community, name="app", scopes=["feeds:read"]
-    )
-    url = _url(community.slug, data["members"][0].external_id)
-    _get(client, url, token)
-    _get(client, url, token)
-    return credential, token, url
-
-
-@near_only
-def test_a_stale_page_in_the_near_cache_sends_the_request_to_redis_not_the_database(
-    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # As when a page was rewritten in Redis and its invalidation push has not reached this
-    # thread yet: the thread holds the current pointer and a page of an older stamp.
-    _, token, url = _warmed(client)
-    fresh = _get(client, url, token)
-    stale = [key for key, (value, _) in fastpath._near.values.items() if b"\n" in value]
-    assert len(stale) == 1
-    value, expires = fastpath._near.values[stale[0]]
-    fastpath._near.values[stale[0]] = (b"0.old.0|" + value.partition(b"|")[2], expires)
-    spy = _Spy(monkeypatch)
-
-    response, queries = _counted(client, url, token)
-
-    assert (response.status_code, response.content) == (200, fresh.content)
-    assert queries == 0 and spy.calls == 1
-
-
-def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
-    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
+def test_repeated_reads_take_one_redis_round_trip_and_no_sql_each(
+    client: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     community, data = _computed()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
     url = _url(community.slug, data["members"][0].external_id)
     cold = _get(client, url, token)  # the database path fills Redis
-    _get(client, url, token)  # the fast path reads Redis
     spy = _Spy(monkeypatch)
 
     warm = [_counted(client, url, token) for _ in range(10)]
@@ -379,26 +300,11 @@ def test_repeated_reads_take_no_redis_round_trip_and_answer_the_same_bytes(
     assert all(response.content == cold.content for response, _ in warm)
     assert all(_headers(response) == _headers(cold) for response, _ in warm)
     assert all(queries == 0 for _, queries in warm)
-    # Near cache: no round trip at all; without it, one per request.
-    assert spy.calls == (0 if near_cache else 10)
+    assert spy.calls == 10
 
 
-@near_only
-def test_a_revocation_reaches_a_thread_that_serves_from_its_near_cache(
-    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    credential, token, url = _warmed(client)
-    spy = _Spy(monkeypatch)
-    assert _get(client, url, token).status_code == 200 and spy.calls == 0  # near-cache hit
-
-    app_credential_revoke(credential=credential)
-
-    assert _get(client, url, token).status_code == 401
-
-
-@near_only
-def test_a_swap_and_a_fold_in_refresh_reach_the_near_cache(
-    client: Client, near_cache: bool, django_capture_on_commit_callbacks: Any
+def test_a_swap_and_a_fold_in_refresh_reach_the_next_request(
+    client: Client, django_capture_on_commit_callbacks: Any
 ) -> None:
     community, data = _computed()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
@@ -415,44 +321,33 @@ def test_a_swap_and_a_fold_in_refresh_reach_the_near_cache(
     fresh = _get(client, url, token)
     feedcache.member_pages_invalidate(slug=community.slug, members=[member])
     response, queries = _counted(client, url, token)
-    assert queries > 0  # not the near cache's copy: the database path answered
+    assert queries > 0  # not the cached copy: the database path answered
     assert response.content == fresh.content
 
 
-@near_only
-def test_a_lost_connection_empties_the_near_cache(
-    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, token, url = _warmed(client)
-    redis_wire._drop()  # as after an error: pushes sent meanwhile would be lost
-    spy = _Spy(monkeypatch)
+def test_a_connection_the_server_closed_does_not_turn_the_cache_off(client: Client) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    cold = _get(client, url, token)
+    assert _counted(client, url, token)[1] == 0
+    store = feedcache.redis_store()
+    assert store is not None
+    # As a Redis restart or a client-kill would: the pooled connections are dead.
+    store[0].client_kill_filter(_type="normal", skipme=False)
 
-    assert _get(client, url, token).status_code == 200
-    assert spy.calls == 1
+    response = _get(client, url, token)
+    again, again_queries = _counted(client, url, token)
 
-
-@near_only
-def test_a_connection_the_server_closed_is_noticed_before_the_near_cache_answers(
-    client: Client, near_cache: bool, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    _, token, url = _warmed(client)
-    assert redis_wire._local.sock is not None
-    host, port = redis_wire._local.sock.getsockname()[:2]
-    # As a Redis restart or a client-kill would: pushes sent from now on would never arrive.
-    caches["default"]._cache.get_client(None, write=True).client_kill(f"{host}:{port}")
-    spy = _Spy(monkeypatch)
-
-    assert _get(client, url, token).status_code == 200
-    assert spy.calls == 1  # the near cache was emptied: a new connection, a round trip
-    assert redis_wire._local.sock is not None
-    assert redis_wire._local.sock.getsockname()[1] != port
+    assert response.status_code == again.status_code == 200
+    assert response.content == again.content == cold.content
+    assert again_queries == 0 and feedcache.available()
 
 
-def test_leased_throttle_tokens_never_let_a_credential_past_its_rate(
-    client: Client, settings: Any, monkeypatch: pytest.MonkeyPatch
+def test_throttle_counts_never_let_a_credential_past_its_rate(
+    client: Client, settings: Any
 ) -> None:
     settings.COMMONFEED_APP_RATE = "12/min"
-    monkeypatch.setattr(fastpath, "_lease", lambda rate: 5)
     community, data = _computed()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
     url = _url(community.slug, data["members"][0].external_id)
@@ -462,34 +357,81 @@ def test_leased_throttle_tokens_never_let_a_credential_past_its_rate(
     assert statuses == [200] * 12 + [429] * 4
 
 
-def test_the_wire_hands_over_tracking_pushes_and_keeps_a_push_cut_in_two() -> None:
-    client, backend = feedcache.redis_store()  # type: ignore[misc]
-    key = backend.make_key("cf:test:tracked").encode()
-    client.set(key, b"v1")
-    pool = client.connection_pool
-    redis_wire.invalidations()
+# --- Through Django's stack ----------------------------------------------------------------------
 
-    read = redis_wire.call(
-        pool,
-        fastpath._CACHING + redis_wire.pack(b"MGET", key),
-        replies=2,
-        tracking=True,
-    )
-    assert read == [b"OK", [b"v1"]]
-    epoch = redis_wire.epoch()
-    assert redis_wire.poll(pool) == epoch and redis_wire.invalidations() == []
 
-    client.set(key, b"v2")
-    client.ping()  # the writer's fence (feeds.feedcache._fence)
-    assert redis_wire.poll(pool) == epoch
-    assert redis_wire.invalidations() == [key]
-    client.delete(key)
+def test_config_wsgi_is_djangos_own_application() -> None:
+    from config.wsgi import application
 
-    # A flush is a push with a null key list; a push cut between two reads waits for its end.
-    push = b">2\r\n$10\r\ninvalidate\r\n*1\r\n$3\r\nabc\r\n"
-    flush = b">2\r\n$10\r\ninvalidate\r\n_\r\n"
-    assert redis_wire._take_frames(push[:20], 0) == ([], push[:20])
-    assert redis_wire._take_frames(push + flush + b":7\r\n", 1) == ([7], b"")
-    assert redis_wire.invalidations() == [b"abc", None]
-    redis_wire._drop()
-    assert redis_wire.poll(pool) == 0 and redis_wire.epoch() == 0
+    assert type(application) is WSGIHandler
+
+
+def test_hits_carry_djangos_middleware_headers(client: Client) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    cold = _get(client, url, token)
+    warm, queries = _counted(client, url, token)
+    not_modified = _get(client, url, token, HTTP_IF_NONE_MATCH=cold["ETag"])
+
+    assert queries == 0 and warm.content == cold.content
+    assert {"X-Frame-Options", "X-Content-Type-Options", "Referrer-Policy"} <= set(warm.headers)
+    assert warm["Content-Length"] == str(len(cold.content))
+    assert _headers(warm) == _headers(cold)
+    assert not_modified.status_code == 304 and not_modified["ETag"] == cold["ETag"]
+
+
+def test_a_host_outside_allowed_hosts_gets_djangos_400_on_a_cached_page(
+    client: Client, settings: Any
+) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    settings.ALLOWED_HOSTS = ["feeds.example"]
+    assert _get(client, url, token, HTTP_HOST="feeds.example").status_code == 200
+    assert _counted(client, url, token, HTTP_HOST="feeds.example")[1] == 0  # cached
+
+    assert _get(client, url, token, HTTP_HOST="attacker.example").status_code == 400
+
+
+def test_the_https_redirect_and_hsts_apply_to_a_cached_page(client: Client, settings: Any) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    settings.SECURE_SSL_REDIRECT = True
+    settings.SECURE_HSTS_SECONDS = 3600
+
+    cold = _get(client, url, token, secure=True)
+    warm, queries = _counted(client, url, token, secure=True)
+    plain = _get(client, url, token)
+
+    assert plain.status_code == 301 and plain["Location"].startswith("https://")
+    assert cold.status_code == warm.status_code == 200 and queries == 0
+    assert warm["Strict-Transport-Security"] == "max-age=3600"
+    assert _headers(warm) == _headers(cold)
+
+
+def test_any_middleware_applies_to_a_cached_page(client: Client, settings: Any) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    settings.MIDDLEWARE = ["django.middleware.gzip.GZipMiddleware", *settings.MIDDLEWARE]
+    cold = _get(client, url, token, HTTP_ACCEPT_ENCODING="gzip")
+
+    warm, queries = _counted(client, url, token, HTTP_ACCEPT_ENCODING="gzip")
+
+    assert queries == 0
+    assert warm["Content-Encoding"] == cold["Content-Encoding"] == "gzip"
+    # Django's GZip pads each response at random (against BREACH): compare what it carries.
+    assert gzip.decompress(warm.content) == gzip.decompress(cold.content)
+
+
+def test_a_pattern_django_tries_first_keeps_its_requests(client: Client, settings: Any) -> None:
+    community, data = _computed()
+    _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
+    url = _url(community.slug, data["members"][0].external_id)
+    for _ in range(2):  # the page is cached
+        assert _get(client, url, token).status_code == 200
+    settings.ROOT_URLCONF = __name__
+
+    assert _get(client, url, token).content == b"shadowed"

@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from feeds import apis, fastpath, feedcache, services
+from feeds import apis, feedcache, services
 from feeds.apis import _etag_current
 from feeds.bsky import did_key_of, service_jwt
 from feeds.models import (
@@ -69,16 +69,11 @@ POLICY = {
 }
 
 
-@pytest.fixture(autouse=True, params=["near", "no-near"])
-def near_cache(request: Any, settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With Redis, the fast path with its near cache on and off; without, the database path."""
+@pytest.fixture(autouse=True)
+def cache_reachable(settings: Any) -> None:
+    """With Redis, cache hits and the database path; without, the database path."""
     feedcache._down_until = 0.0
     settings.COMMONFEED_FOLD_IN = False  # what is checked here must not wait for a refresh
-    settings.COMMONFEED_FEED_NEAR_CACHE_SECONDS = 10 if request.param == "near" else 0
-    if request.param == "near":
-        monkeypatch.setattr(fastpath, "_lease", lambda rate: fastpath._LEASE_MAX)
-    fastpath._near.clear(0)
-    fastpath._near.keys.clear()
 
 
 @pytest.fixture
@@ -115,7 +110,7 @@ def _feed(garden: dict[str, Any], member: str, query: str = "") -> dict[str, Any
 
 
 def _warm(garden: dict[str, Any], members: list[str]) -> None:
-    # Twice: the first fills Redis from the database, the second fills the near cache.
+    # Twice: the first fills Redis from the database, the second is a cache hit.
     for member in members * 2:
         _feed(garden, member)
 
