@@ -321,9 +321,9 @@ COMMONFEED_FOLD_IN = env_bool("COMMONFEED_FOLD_IN", True)
 # Requests one app credential may make to the app API, e.g. "6000/min" (per s, min, hour, day).
 # Counted per credential in the default cache; over it, 429 with Retry-After.
 COMMONFEED_APP_RATE = env_str("COMMONFEED_APP_RATE", "6000/min") or "6000/min"
-# A policy proposal's impact preview (feeds.impact): an offline evaluation of current vs proposed
-# policy on the community's data, reused until it is this old, on at most this many members (a
-# seeded sample beyond that keeps it to seconds).
+# A policy proposal's impact preview (feeds.insights.impact): an offline evaluation of current
+# vs proposed policy on the community's data, reused until it is this old, on at most this many
+# members (a seeded sample beyond that keeps it to seconds).
 COMMONFEED_IMPACT_MAX_AGE_SECONDS = env_int("COMMONFEED_IMPACT_MAX_AGE_SECONDS", 3600, minimum=0)
 COMMONFEED_IMPACT_MAX_MEMBERS = env_int("COMMONFEED_IMPACT_MAX_MEMBERS", 20_000, minimum=100)
 if not re.fullmatch(r"[1-9][0-9]*/(s|sec|second|m|min|minute|h|hour|d|day)", COMMONFEED_APP_RATE):

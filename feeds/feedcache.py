@@ -176,7 +176,7 @@ def page_key(*, slug: str, member: str, pinned: int | None, offset: int, limit: 
 
 
 def skeleton_key(*, slug: str, viewer: str, pinned: int | None, offset: int, limit: int) -> str:
-    """A Bluesky feed skeleton page (``feeds.xrpc``): ``viewer`` is the member's external id
+    """A Bluesky feed skeleton page (``feeds.bluesky.xrpc``): ``viewer`` is the member's external id
     (their DID), or empty for the community skeleton everyone else gets."""
     return f"cf:skel:{slug}:{pinned or 0}:{offset}:{limit}:{viewer}"
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from celery import shared_task
 
-from feeds import impact, services
+from feeds import services
+from feeds.insights import impact
 
 
 @shared_task(acks_late=True, reject_on_worker_lost=True)

@@ -1,6 +1,7 @@
 from django.urls import path
 
-from feeds import views, xrpc
+from feeds import views
+from feeds.bluesky import xrpc
 
 urlpatterns = [
     path("", views.home, name="home"),

@@ -14,11 +14,12 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods, require_POST
 
-from feeds import choices, creators, impact, runs, trends
+from feeds import choices, runs
 from feeds.auth import community_for_credential_manager
-from feeds.charts import Series, line_chart
 from feeds.enqueue import member_feeds_refresh_request
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
+from feeds.insights import creators, impact, trends
+from feeds.insights.charts import Series, line_chart
 from feeds.models import Creator, FeedRun
 from feeds.selectors import (
     FeedNotReady,
@@ -613,7 +614,7 @@ def feed_trends(request: HttpRequest, slug: str) -> HttpResponse:
             {
                 "trend": trend,
                 "labels": [label for _, _, label in trend.lines],
-                # feeds.charts escapes every text it writes.
+                # feeds.insights.charts escapes every text it writes.
                 "svg": mark_safe(svg),
                 "rows": rows,
             }

@@ -14,7 +14,7 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from feeds import feedcache
-from feeds.bsky import did_key_of, service_jwt
+from feeds.bluesky.auth import did_key_of, service_jwt
 from feeds.models import BlueskyFeed, Interaction, Item
 from feeds.services import (
     app_credential_create,

@@ -1,4 +1,4 @@
-"""feeds.charts: server-side SVG line charts, well-formed, accessible and escaped."""
+"""feeds.insights.charts: server-side SVG line charts, well-formed, accessible and escaped."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from feeds.charts import Series, _top, line_chart
+from feeds.insights.charts import Series, _top, line_chart
 
 SVG = "{http://www.w3.org/2000/svg}"
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)

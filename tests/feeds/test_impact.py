@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from feeds.impact import (
+from feeds.insights.impact import (
     community_interaction_data,
     policy_impact_compute,
     policy_impact_request,

@@ -12,7 +12,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from feeds.impact import policy_impact_compute, policy_impact_request
+from feeds.insights.impact import policy_impact_compute, policy_impact_request
 from feeds.runs import run_metrics
 from governance.models import Proposal
 from governance.selectors import policy_of, policy_version_current

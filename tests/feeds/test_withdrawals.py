@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 
 from feeds import apis, feedcache, services
 from feeds.apis import _etag_current
-from feeds.bsky import did_key_of, service_jwt
+from feeds.bluesky.auth import did_key_of, service_jwt
 from feeds.models import (
     BlueskyFeed,
     Creator,

@@ -1,0 +1,1 @@
+"""Bluesky feed generator: XRPC endpoints (``xrpc``) and service-auth JWTs and DIDs (``auth``)."""
