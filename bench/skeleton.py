@@ -51,7 +51,7 @@ from bench.wsgi import wsgi_get  # noqa: E402
 from config.wsgi import application  # noqa: E402
 from feeds import feedcache, ingest_schemas  # noqa: E402
 from feeds.bluesky.auth import did_key_of, service_jwt  # noqa: E402
-from feeds.ingest import creators_upsert, events_ingest, items_upsert, members_upsert  # noqa: E402
+from feeds.ingest.services import creators_upsert, events_ingest, items_upsert, members_upsert  # noqa: E402
 from feeds.models import BlueskyFeed  # noqa: E402
 from feeds.services import feed_run_execute, feed_run_request  # noqa: E402
 from governance.models import Community  # noqa: E402

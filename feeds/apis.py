@@ -27,7 +27,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from feeds import choices, fastpath, feedcache, ingest, ingest_schemas, runs
+from feeds import choices, fastpath, feedcache, runs
 from feeds.auth import AppPrincipal, community_for_credential_manager
 from feeds.cursors import cursor_decode, cursor_encode
 from feeds.enqueue import member_feeds_refresh_request
@@ -39,6 +39,8 @@ from feeds.fields import (
     StrictRegexField,
     StrictURLField,
 )
+from feeds.ingest import schemas as ingest_schemas
+from feeds.ingest import services as ingest
 from feeds.models import AppCredential, Creator, FeedRun, Interaction, Item
 from feeds.selectors import (
     Feed,
@@ -418,7 +420,7 @@ class BatchApi(APIView):
         return Response(self.service(community=community, rows=self.validate_rows(rows)))
 
 
-# A batch row as the OpenAPI schema documents it. Only the schema: ``feeds.ingest_schemas``
+# A batch row as the OpenAPI schema documents it. Only the schema: ``feeds.ingest.schemas``
 # validates the rows, by the same rules (tests/feeds/test_ingest_schemas.py compares the two).
 class RowSerializer(serializers.Serializer[Any]):
     pass

@@ -1,4 +1,4 @@
-"""The batch rows' validators (pydantic, feeds.ingest_schemas) and the OpenAPI schema the API
+"""The batch rows' validators (pydantic, feeds.ingest.schemas) and the OpenAPI schema the API
 publishes (DRF serializers in feeds.apis) must state the same rules; apps read the schema."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import pytest
 from django.test import Client
 from pydantic import TypeAdapter
 
-from feeds import ingest_schemas
+from feeds.ingest import schemas as ingest_schemas
 
 pytestmark = pytest.mark.django_db
 

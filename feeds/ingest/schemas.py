@@ -39,7 +39,7 @@ from pydantic_core import PydanticCustomError
 # pydantic needs typing_extensions' TypedDict before Python 3.12.
 from typing_extensions import TypedDict
 
-from feeds.ingest import BatchRejected, RowError
+from feeds.ingest.services import BatchRejected, RowError
 
 # The schema's pattern is ``^[^\s]{1,255}$``; a null character is refused too (PostgreSQL text
 # cannot hold one), in the same regular expression so that ids never cost a Python call.

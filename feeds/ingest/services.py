@@ -1,6 +1,6 @@
 """Ingestion from apps: upsert members, creators and items; record interaction events.
 
-Every batch is all-or-nothing: rows are checked first (shape by ``feeds.ingest_schemas``,
+Every batch is all-or-nothing: rows are checked first (shape by ``feeds.ingest.schemas``,
 references here, in bulk), and a batch with any bad row writes nothing and reports every bad row by
 index. Writes are bulk statements, a few per batch whatever its size; events go in with a single
 ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` on PostgreSQL.
