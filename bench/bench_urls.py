@@ -10,7 +10,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import path
 
 from config import urls as config_urls
-from feeds.auth import TOKEN_PREFIX, token_digest
+from feeds.credentials.auth import TOKEN_PREFIX, token_digest
 from feeds.models import AppCredential
 
 _BODY = Path(os.environ.get("BENCH_BARE_BODY", "/dev/null")).read_bytes()
@@ -21,9 +21,10 @@ def bare(request: HttpRequest) -> HttpResponse:
 
 
 def bare_auth(request: HttpRequest) -> HttpResponse:
-    """The bytes, once the bearer token is checked as ``feeds.auth.AppCredentialAuthentication``
-    checks it (the credential row by its prefix, one indexed query, then the digest), without
-    DRF around it and without publishing the credential to the cache."""
+    """The bytes, once the bearer token is checked as
+    ``feeds.credentials.auth.AppCredentialAuthentication`` checks it (the credential row by its
+    prefix, one indexed query, then the digest), without DRF around it and without publishing
+    the credential to the cache."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     parts = token.split("_", 2)
     if scheme != "Bearer" or len(parts) != 3 or parts[0] != TOKEN_PREFIX:

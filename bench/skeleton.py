@@ -49,11 +49,12 @@ from django.test.utils import CaptureQueriesContext  # noqa: E402
 
 from bench.wsgi import wsgi_get  # noqa: E402
 from config.wsgi import application  # noqa: E402
-from feeds import feedcache, ingest_schemas  # noqa: E402
+from feeds import ingest_schemas  # noqa: E402
 from feeds.bluesky.auth import did_key_of, service_jwt  # noqa: E402
 from feeds.ingest.services import creators_upsert, events_ingest, items_upsert, members_upsert  # noqa: E402
 from feeds.models import BlueskyFeed  # noqa: E402
 from feeds.services import feed_run_execute, feed_run_request  # noqa: E402
+from feeds.serving import cache as feedcache  # noqa: E402
 from governance.models import Community  # noqa: E402
 from governance.services import community_get_or_create  # noqa: E402
 

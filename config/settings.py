@@ -235,7 +235,7 @@ if DEBUG:
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=1024)
 
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["feeds.auth.AppCredentialAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["feeds.credentials.auth.AppCredentialAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # The API speaks JSON only; form encodings would be advertised in the schema but cannot
@@ -244,8 +244,8 @@ REST_FRAMEWORK = {
     "EXCEPTION_HANDLER": "feeds.apis.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
-    # Keyed by the app credential, not the client address (see feeds/throttling.py).
-    "DEFAULT_THROTTLE_CLASSES": ["feeds.throttling.AppCredentialRateThrottle"],
+    # Keyed by the app credential, not the client address (see feeds/credentials/throttling.py).
+    "DEFAULT_THROTTLE_CLASSES": ["feeds.credentials.throttling.AppCredentialRateThrottle"],
 }
 
 SPECTACULAR_SETTINGS = {

@@ -6,8 +6,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
-from feeds import feedcache
-from feeds.choices import creator_member_set
+from feeds.choices.services import creator_member_set
 from feeds.models import (
     AppCredential,
     BlueskyFeed,
@@ -18,6 +17,7 @@ from feeds.models import (
     Item,
     ItemCreator,
 )
+from feeds.serving import cache as feedcache
 from governance.models import Community
 
 
@@ -29,7 +29,7 @@ class ItemCreatorInline(admin.TabularInline):
 
 class _ServedContentAdmin(admin.ModelAdmin):
     """Deleting items or creators changes what served pages show (an edit does too, through
-    feeds.feedcache's post_save receiver): their cached pages must not outlive it."""
+    feeds.serving.cache's post_save receiver): their cached pages must not outlive it."""
 
     def delete_model(self, request: HttpRequest, obj: Any) -> None:
         with transaction.atomic():

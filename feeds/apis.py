@@ -27,9 +27,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from feeds import choices, fastpath, feedcache, runs
-from feeds.auth import AppPrincipal, community_for_credential_manager
-from feeds.cursors import cursor_decode, cursor_encode
+from feeds import runs
+from feeds.choices import services as choices
+from feeds.credentials.auth import AppPrincipal, community_for_credential_manager
 from feeds.enqueue import member_feeds_refresh_request
 from feeds.fields import (
     StrictBooleanField,
@@ -42,7 +42,15 @@ from feeds.fields import (
 from feeds.ingest import schemas as ingest_schemas
 from feeds.ingest import services as ingest
 from feeds.models import AppCredential, Creator, FeedRun, Interaction, Item
-from feeds.selectors import (
+from feeds.services import (
+    AppCredentialInvalid,
+    app_credential_create,
+    app_credential_revoke,
+)
+from feeds.serving import cache as feedcache
+from feeds.serving import feed_get as fastpath
+from feeds.serving.cursors import cursor_decode, cursor_encode
+from feeds.serving.selectors import (
     Feed,
     FeedNotReady,
     FeedRunGone,
@@ -50,11 +58,6 @@ from feeds.selectors import (
     feed_run_for_read,
     member_feed_get,
     member_feed_row,
-)
-from feeds.services import (
-    AppCredentialInvalid,
-    app_credential_create,
-    app_credential_revoke,
 )
 from governance.apis import QueryIntegerField, QuerySerializer
 from governance.models import Community, Membership
@@ -242,7 +245,7 @@ def feed_data(feed: Feed) -> dict[str, Any]:
 
 class MemberFeedApi(APIView):
     """The feed GET: its schema, errors and database path; cache hits are answered by the view
-    ``feeds.fastpath.wrap`` makes of it."""
+    ``feeds.serving.feed_get.wrap`` makes of it."""
 
     permission_classes = [scope_required("feeds:read")]
 

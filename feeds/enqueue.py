@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from celery import current_app
 from django.conf import settings
 
-from feeds import feedcache
+from feeds.serving import cache as feedcache
 
 logger = logging.getLogger(__name__)
 

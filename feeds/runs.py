@@ -27,7 +27,7 @@ from django.db.models import Count, Q, QuerySet
 from django.http import Http404
 from django.utils import timezone
 
-from feeds.auth import CREDENTIAL_MANAGER_ROLES
+from feeds.credentials.auth import CREDENTIAL_MANAGER_ROLES
 from feeds.models import FeedRun, Interaction, Item, ItemCreator, MemberFeed
 from feeds.services import feed_run_request
 from governance.models import AuditEntry, Community

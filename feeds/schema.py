@@ -8,7 +8,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 
 
 class AppCredentialScheme(OpenApiAuthenticationExtension):  # type: ignore[misc]
-    target_class = "feeds.auth.AppCredentialAuthentication"
+    target_class = "feeds.credentials.auth.AppCredentialAuthentication"
     name = "appCredential"
 
     def get_security_definition(self, auto_schema: Any) -> dict[str, str]:

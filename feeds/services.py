@@ -19,11 +19,11 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Exists, F, Max, OuterRef, Q
 from django.utils import timezone
 
-from feeds import enqueue, feedcache, selectors
+from feeds import enqueue
 from feeds.artifacts import artifact_load, artifact_save, artifacts_prune
-from feeds.auth import token_digest, token_generate
-from feeds.choices import RankingChoices, ranking_choices_load
+from feeds.choices.services import RankingChoices, ranking_choices_load
 from feeds.copytext import feed_copy_text
+from feeds.credentials.auth import token_digest, token_generate
 from feeds.models import (
     AppCredential,
     FeedPointer,
@@ -35,6 +35,8 @@ from feeds.models import (
     MemberChoices,
     MemberFeed,
 )
+from feeds.serving import cache as feedcache
+from feeds.serving import selectors
 from governance.models import AuditEntry, Community, Membership, PolicyVersion
 from governance.selectors import policy_of, policy_version_current
 from governance.services import audit_append
@@ -877,7 +879,7 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
 def _refused_by_policy_now(community: Community, policy: Policy) -> np.ndarray:
     """Active items the run's policy refuses by their attributes *now*, as
     ``ranking.effects.ItemAttributes.refused_by`` and the excluded provenance classes decide
-    (``feeds.selectors.withdrawn_items`` applies the same when serving): a refresh must not
+    (``feeds.serving.selectors.withdrawn_items`` applies the same when serving): a refresh must not
     rank again what the page would withdraw. One query, the rules as SQL conditions (tags by
     JSON containment on PostgreSQL; elsewhere the tag rules are checked here)."""
     excluded = selectors.excluded_provenance(policy)
@@ -1241,7 +1243,7 @@ def app_credential_revoke(
 ) -> bool:
     """Revoke the credential from its next request on. Returns False if it was revoked already."""
     with transaction.atomic():
-        feedcache.credential_invalidate(credential)  # before the commit: see feeds/feedcache.py
+        feedcache.credential_invalidate(credential)  # before the commit: see feeds/serving/cache.py
         # Conditional update: of two concurrent revokes exactly one writes (and audits).
         revoked = AppCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
             revoked_at=timezone.now()

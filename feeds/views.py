@@ -14,24 +14,25 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods, require_POST
 
-from feeds import choices, runs
-from feeds.auth import community_for_credential_manager
+from feeds import runs
+from feeds.choices import services as choices
+from feeds.credentials.auth import community_for_credential_manager
 from feeds.enqueue import member_feeds_refresh_request
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.insights import creators, impact, trends
 from feeds.insights.charts import Series, line_chart
 from feeds.models import Creator, FeedRun
-from feeds.selectors import (
+from feeds.services import (
+    AppCredentialInvalid,
+    app_credential_create,
+    app_credential_revoke,
+)
+from feeds.serving.selectors import (
     FeedNotReady,
     creators_a_member_may_mute,
     current_run,
     feed_run_for_read,
     member_feed_get,
-)
-from feeds.services import (
-    AppCredentialInvalid,
-    app_credential_create,
-    app_credential_revoke,
 )
 from governance.models import Community, Membership, Proposal
 from governance.selectors import membership_of_user, policy_of, policy_version_current

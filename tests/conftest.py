@@ -151,7 +151,8 @@ def redis_reachable() -> None:
     """Each test starts with Redis taken as reachable. After a failed call the feed cache and
     the throttle leave Redis alone for a few seconds (a back-off, module state); a test that
     made one fail, on purpose or not, must not turn the next test's cache off."""
-    from feeds import feedcache, throttling
+    from feeds.credentials import throttling
+    from feeds.serving import cache as feedcache
 
     feedcache._down_until = throttling._down_until = 0.0
 

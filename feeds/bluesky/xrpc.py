@@ -14,12 +14,12 @@ from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.http import require_GET
 
-from feeds import feedcache
 from feeds.bluesky import auth as bsky
-from feeds.cursors import cursor_decode, cursor_encode
 from feeds.enqueue import member_feeds_refresh_request
 from feeds.models import BlueskyFeed, FeedRun
-from feeds.selectors import (
+from feeds.serving import cache as feedcache
+from feeds.serving.cursors import cursor_decode, cursor_encode
+from feeds.serving.selectors import (
     FeedNotReady,
     FeedRunGone,
     feed_run_for_read,

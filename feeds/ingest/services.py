@@ -18,9 +18,10 @@ from django.db import connection, transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from feeds import enqueue, feedcache
-from feeds.choices import creator_member_link_audit
+from feeds import enqueue
+from feeds.choices.services import creator_member_link_audit
 from feeds.models import Creator, FeedRun, Interaction, Item, ItemCreator
+from feeds.serving import cache as feedcache
 from governance.models import Community, Membership
 
 MAX_BATCH = 1_000

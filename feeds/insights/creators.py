@@ -10,13 +10,13 @@ people who already engaged with the creator or new to them. Then what keeps item
 creator's own opt-out, the community's refusal rules that match their items (with the rule's
 reason), members' mutes, and the policy's treatment of their items' provenance.
 
-Counting reads every stored feed of the run once (``json_array_elements_text`` on PostgreSQL),
-and leaves out the entries that are withdrawn when served (``feeds.selectors.withdrawn_items``:
-the creator's opt-out, items deactivated or refused since the run, members' mutes), so the
-figures are those of the feeds as members get them; the share's denominator stays every stored
-place. The result is cached per run, pointer revision and creator for ``CREATOR_REPORT_TTL``
-seconds: an opt-out or a catalogue change recounts at once, fold-in refreshes and new mutes
-between runs (docs/pipeline.md) from the next computation on.
+Counting reads every stored feed of the run once (``json_array_elements_text`` on PostgreSQL), and
+leaves out the entries that are withdrawn when served (``feeds.serving.selectors.withdrawn_items``:
+the creator's opt-out, items deactivated or refused since the run, members' mutes), so the figures
+are those of the feeds as members get them; the share's denominator stays every stored place. The
+result is cached per run, pointer revision and creator for ``CREATOR_REPORT_TTL`` seconds: an
+opt-out or a catalogue change recounts at once, fold-in refreshes and new mutes between runs
+(docs/pipeline.md) from the next computation on.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from feeds.models import (
     MemberChoices,
     MemberFeed,
 )
-from feeds.selectors import items_with_credits, withdrawn_items
+from feeds.serving.selectors import items_with_credits, withdrawn_items
 from governance.models import Community
 from governance.selectors import policy_of
 from ranking.effects import ItemAttributes

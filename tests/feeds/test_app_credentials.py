@@ -8,7 +8,7 @@ import pytest
 from django.test import Client
 from django.urls import reverse
 
-from feeds.auth import token_digest
+from feeds.credentials.auth import token_digest
 from feeds.models import AppCredential
 from feeds.services import app_credential_create, app_credential_revoke
 from governance.models import AuditEntry, Community, Membership
@@ -307,7 +307,7 @@ def test_a_bad_token_is_refused_by_authentication_not_counted(settings) -> None:
 
 
 def test_requests_are_let_through_when_the_throttle_cache_is_down(settings) -> None:
-    from feeds import throttling
+    from feeds.credentials import throttling
 
     settings.COMMONFEED_APP_RATE = "1/min"
     community = make_community("alpha")

@@ -13,7 +13,6 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from feeds import feedcache
 from feeds.bluesky.auth import did_key_of, service_jwt
 from feeds.models import BlueskyFeed, Interaction, Item
 from feeds.services import (
@@ -22,6 +21,7 @@ from feeds.services import (
     feed_run_request,
     member_feeds_refresh,
 )
+from feeds.serving import cache as feedcache
 from governance.models import Community
 from tests.factories import (
     CreatorFactory,

@@ -12,7 +12,7 @@ from django.core.cache import cache
 from django.test import Client
 from django.urls import reverse
 
-from feeds.choices import creator_choices_set, member_choices_set
+from feeds.choices.services import creator_choices_set, member_choices_set
 from feeds.insights.creators import creator_report
 from feeds.models import MemberChoices, MemberFeed
 from feeds.services import feed_run_execute, feed_run_request

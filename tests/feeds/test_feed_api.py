@@ -9,13 +9,13 @@ from rest_framework.renderers import JSONRenderer
 
 from feeds.apis import FeedOutput, feed_data
 from feeds.models import AppCredential, FeedPointer, FeedRun, Interaction, Item
-from feeds.selectors import feed_run_for_read, member_feed_get
 from feeds.services import (
     app_credential_create,
     app_credential_revoke,
     feed_run_execute,
     feed_run_request,
 )
+from feeds.serving.selectors import feed_run_for_read, member_feed_get
 from tests.factories import MembershipFactory, make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db
@@ -156,7 +156,7 @@ def test_feed_reads_take_a_fixed_number_of_queries(
     community, data = _computed_community()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])
     # The same 6 as before refusals were checked when serving, plus the run's policy document
-    # once per process (feeds.selectors._policy_refusals); a member without choices has no
+    # once per process (feeds.serving.selectors._policy_refusals); a member without choices has no
     # mutes to read.
     with django_assert_max_num_queries(7):
         response = client.get(
@@ -275,7 +275,8 @@ def test_a_second_read_is_served_from_the_cache_with_fewer_queries(
 
 
 def test_feeds_are_still_served_when_the_cache_is_down(client: Client, settings: Any) -> None:
-    from feeds import feedcache, throttling
+    from feeds.credentials import throttling
+    from feeds.serving import cache as feedcache
 
     community, data = _computed_community()
     _, token = app_credential_create(community=community, name="app", scopes=["feeds:read"])

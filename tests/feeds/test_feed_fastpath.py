@@ -1,4 +1,4 @@
-"""The feed GET's cache hits (feeds.fastpath): same answers as the database path, no SQL.
+"""The feed GET's cache hits (feeds.serving.feed_get): same answers as the database path, no SQL.
 
 The view is an ordinary Django view: every request here goes through Django's handler, URL
 resolution and middleware, as ``config.wsgi`` serves it.
@@ -25,14 +25,14 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import path, reverse
 
 from config import urls as config_urls
-from feeds import feedcache
-from feeds.selectors import feed_run_for_read
 from feeds.services import (
     app_credential_create,
     app_credential_revoke,
     feed_run_execute,
     feed_run_request,
 )
+from feeds.serving import cache as feedcache
+from feeds.serving.selectors import feed_run_for_read
 from tests.factories import make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db

@@ -17,7 +17,8 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from feeds import choices, runs
+from feeds import runs
+from feeds.choices import services as choices
 from feeds.models import FeedRun, Interaction, Item, MemberFeed
 from governance.models import AuditEntry, Community, Membership
 from governance.selectors import policy_version_current

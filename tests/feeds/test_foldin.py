@@ -17,16 +17,17 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.test import Client
 
-from feeds import enqueue, feedcache, services
-from feeds.choices import member_choices_set, member_data_delete
+from feeds import enqueue, services
+from feeds.choices.services import member_choices_set, member_data_delete
 from feeds.models import FeedPointer, FeedRun, Interaction, MemberFeed
-from feeds.selectors import feed_run_for_read
 from feeds.services import (
     app_credential_create,
     feed_run_execute,
     feed_run_request,
     member_feeds_refresh,
 )
+from feeds.serving import cache as feedcache
+from feeds.serving.selectors import feed_run_for_read
 from governance.models import Membership
 from tests.factories import (
     CreatorFactory,

@@ -1,9 +1,9 @@
 """Refusals that arrive between runs reach the served feeds from the next request.
 
 A run ranks the catalogue as it was; a creator's opt-out, an item deactivated or edited into a
-refused one, and a member's mutes apply when the feed is served (feeds.selectors), through the
-fast path's caches (the pointer's revision, feeds.feedcache.served_content_changed), without a
-new run and whether or not fold-in is on.
+refused one, and a member's mutes apply when the feed is served (feeds.serving.selectors),
+through the caches (the pointer's revision, feeds.serving.cache.served_content_changed), without
+a new run and whether or not fold-in is on.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from feeds import apis, feedcache, services
+from feeds import apis, services
 from feeds.apis import _etag_current
 from feeds.bluesky.auth import did_key_of, service_jwt
 from feeds.models import (
@@ -35,17 +35,18 @@ from feeds.models import (
     MemberChoices,
     MemberFeed,
 )
-from feeds.selectors import (
-    feed_run_for_read,
-    items_with_credits,
-    member_feed_get,
-    withdrawn_items,
-)
 from feeds.services import (
     app_credential_create,
     feed_run_execute,
     feed_run_request,
     member_feeds_refresh,
+)
+from feeds.serving import cache as feedcache
+from feeds.serving.selectors import (
+    feed_run_for_read,
+    items_with_credits,
+    member_feed_get,
+    withdrawn_items,
 )
 from governance.models import Membership
 from governance.services import community_create

@@ -36,8 +36,9 @@ import redis
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from django.views.decorators.csrf import csrf_exempt
 
-from feeds import feedcache, throttling
-from feeds.cursors import cursor_decode
+from feeds.credentials import throttling
+from feeds.serving import cache as feedcache
+from feeds.serving.cursors import cursor_decode
 
 # Only canonical values are answered here; DRF parses (or refuses) anything else.
 _LIMIT = re.compile(r"[1-9][0-9]{0,3}")
@@ -93,8 +94,8 @@ def _params(request: HttpRequest) -> tuple[int | None, int, int | None] | None:
     return run_id, offset, limit
 
 
-# The three records, and the credential's request counted as feeds.throttling counts it (INCR,
-# then EXPIRE NX). One script rather than a pipeline of the same commands: one command for
+# The three records, and the credential's request counted as feeds.credentials.throttling counts it
+# (INCR, then EXPIRE NX). One script rather than a pipeline of the same commands: one command for
 # redis-py to pack and parse, about 10 µs less per request (docs/benchmarks.md, "Feed GET").
 # A missing key reads as false in Lua.
 _READ_AND_COUNT = """
@@ -103,7 +104,7 @@ local count = redis.call('INCR', KEYS[4])
 redis.call('EXPIRE', KEYS[4], ARGV[1], 'NX')
 return {records[1], records[2], records[3], count}
 """
-# By id: feeds.feedcache keeps each client for the life of the process.
+# By id: feeds.serving.cache keeps each client for the life of the process.
 _scripts: dict[int, Any] = {}
 
 

@@ -10,7 +10,8 @@ which a forger cannot share with the real app.
 The limit is ``COMMONFEED_APP_RATE`` requests per window; a window opens with a credential's
 first request and lasts the rate's period. In Redis that is one counter per credential (INCR,
 then EXPIRE NX: atomic across every web process, a few microseconds; EXPIRE NX needs Redis 7.0
-or later). The feed GET counts into the same counter in its one round trip (see feeds.fastpath).
+or later). The feed GET counts into the same counter in its one round trip (see
+feeds.serving.feed_get).
 Other caches (local memory in development) get the same rule through Django's cache API.
 
 If the cache is down, requests are let through unthrottled rather than refused: the limit
@@ -31,8 +32,8 @@ from django.core.cache.backends.redis import RedisCache
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle
 
-from feeds import feedcache
-from feeds.auth import AppPrincipal
+from feeds.credentials.auth import AppPrincipal
+from feeds.serving import cache as feedcache
 
 if TYPE_CHECKING:
     # Only for annotations: rest_framework.views imports this module (DEFAULT_THROTTLE_CLASSES).
@@ -44,8 +45,8 @@ BACKOFF_SECONDS = 5.0
 _down_until = 0.0
 _PERIODS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
-# Set in ``request.META`` by the feed GET (feeds.fastpath) once it has counted the request: the
-# count (an int), or UNCOUNTED when Redis failed it and the request goes on unthrottled.
+# Set in ``request.META`` by the feed GET (feeds.serving.feed_get) once it has counted the request:
+# the count (an int), or UNCOUNTED when Redis failed it and the request goes on unthrottled.
 COUNTED_KEY = "commonfeed.throttle_count"
 UNCOUNTED = -1
 

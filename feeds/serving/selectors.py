@@ -96,7 +96,7 @@ def feed_run_for_read(
     through a feed never sees a mix of two generations, until its feeds are pruned.
 
     The run carries ``serving_revision``, the community pointer's revision
-    (``feeds.feedcache.served_content_changed``), read in the same query. With ``member``, it
+    (``feeds.serving.cache.served_content_changed``), read in the same query. With ``member``, it
     carries ``member_feed_id`` too: the id of the member's feed row in it (None without one),
     i.e. the feed's revision (member_feed_row), and ``member_choices_at``: when the member last
     changed their choices (None if never), which their mutes served now depend on.

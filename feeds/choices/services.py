@@ -16,8 +16,9 @@ import numpy as np
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 
-from feeds import enqueue, feedcache
+from feeds import enqueue
 from feeds.models import Creator, Interaction, ItemCreator, MemberChoices
+from feeds.serving import cache as feedcache
 from governance.models import Community, Membership
 from governance.services import audit_append
 
@@ -61,7 +62,7 @@ def _refresh_after_commit(member: Membership) -> None:
 
 def _pages_invalidate_after_commit(member: Membership) -> None:
     # Mutes apply from the next request: pages are rendered with the member's mutes as they are
-    # then (feeds.selectors.member_feed_get), so the cached ones must go once the change is
+    # then (feeds.serving.selectors.member_feed_get), so the cached ones must go once the change is
     # visible, whether or not a fold-in refresh follows.
     slug, external_id = member.community.slug, member.external_id
     transaction.on_commit(

@@ -19,8 +19,8 @@ from django.http import Http404
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 
-from feeds import feedcache
 from feeds.models import AppCredential
+from feeds.serving import cache as feedcache
 from governance.models import Community, Membership
 from governance.selectors import membership_of_user
 
@@ -79,7 +79,7 @@ class AppCredentialAuthentication(authentication.BaseAuthentication):
             credential.secret_sha256, token_digest(token)
         ):
             raise exceptions.AuthenticationFailed("Invalid or revoked token.")
-        # Lets the feed GET (feeds.fastpath) authenticate this token without the
+        # Lets the feed GET (feeds.serving.feed_get) authenticate this token without the
         # database until the record expires or the credential is revoked.
         feedcache.credential_publish(credential)
         return AppPrincipal(credential), credential

@@ -1,7 +1,7 @@
 """What the feed API keeps in the cache (Redis in production): a fast path, never the truth.
 
 Three kinds of record, each written by the database path and read by the feed GET
-(``feeds.fastpath``) in one Redis round trip:
+(``feeds.serving.feed_get``) in one Redis round trip:
 
 ``cf:cred:<sha256 of the token>``
     ``<community identity>|<slug>|<scopes>`` of an active credential, for ``CREDENTIAL_TTL``.
@@ -157,8 +157,9 @@ def community_identity(community: Community) -> str:
 
 
 def _run_stamp(run: FeedRun) -> str:
-    """``<run>.<claim>.<pointer revision>``: ``run`` as ``feeds.selectors.feed_run_for_read``
-    returns it, which carries the community pointer's ``serving_revision``."""
+    """``<run>.<claim>.<pointer revision>``: ``run`` as
+    ``feeds.serving.selectors.feed_run_for_read`` returns it, which carries the community
+    pointer's ``serving_revision``."""
     return f"{run.pk}.{run.claim}.{run.serving_revision}"  # type: ignore[attr-defined]
 
 
@@ -240,8 +241,8 @@ def credential_invalidate(credential: AppCredential) -> None:
     _write("set", credential_key(credential.secret_sha256), REVALIDATE, CREDENTIAL_TTL, nx=False)
 
 
-@receiver(post_save, sender=AppCredential, dispatch_uid="feeds.feedcache.credential_saved")
-@receiver(post_delete, sender=AppCredential, dispatch_uid="feeds.feedcache.credential_deleted")
+@receiver(post_save, sender=AppCredential, dispatch_uid="feeds.serving.cache.credential_saved")
+@receiver(post_delete, sender=AppCredential, dispatch_uid="feeds.serving.cache.credential_deleted")
 def _credential_changed(*, instance: AppCredential, created: bool = False, **kwargs: Any) -> None:
     # Edits that bypass app_credential_revoke (the admin: scopes, revoked_at, a deletion) take
     # effect from the next request too. A new credential has nothing cached yet.
@@ -290,7 +291,7 @@ def served_content_changed(*, community: Community) -> None:
 
     Bumps the pointer's revision, which every cached page's stamp and every ETag name, so no
     page cached before the change is served after it commits (the database path re-renders it
-    through ``feeds.selectors``, which withdraws what is refused now). Every page of the
+    through ``feeds.serving.selectors``, which withdraws what is refused now). Every page of the
     community is rendered again once: a catalogue that changes all the time costs the cache
     its hits.
     """
@@ -298,8 +299,8 @@ def served_content_changed(*, community: Community) -> None:
         pointer_changed(community=community)
 
 
-@receiver(post_save, sender=Item, dispatch_uid="feeds.feedcache.item_saved")
-@receiver(post_save, sender=Creator, dispatch_uid="feeds.feedcache.creator_saved")
+@receiver(post_save, sender=Item, dispatch_uid="feeds.serving.cache.item_saved")
+@receiver(post_save, sender=Creator, dispatch_uid="feeds.serving.cache.creator_saved")
 def _catalogue_saved(
     *, instance: Item | Creator, created: bool = False, raw: bool = False, **kwargs: Any
 ) -> None:

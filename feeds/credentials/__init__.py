@@ -1,0 +1,1 @@
+"""App credentials: bearer tokens (``auth``) and their rate limits (``throttling``)."""
