@@ -42,7 +42,7 @@ import django  # noqa: E402
 django.setup()
 
 from bench.wsgi import wsgi_get  # noqa: E402
-from feeds.services import app_credential_create  # noqa: E402
+from feeds.credentials.services import app_credential_create  # noqa: E402
 from governance.models import Community  # noqa: E402
 
 LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)

@@ -50,8 +50,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
     from django.test.utils import override_settings
 
     import feeds
+    from feeds.credentials.services import app_credential_create
     from feeds.models import FeedPointer, MemberFeed
-    from feeds.services import app_credential_create
     from governance.models import Community
 
     community = Community.objects.get(slug=args.slug)

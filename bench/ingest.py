@@ -43,9 +43,9 @@ from django.db import connection, transaction  # noqa: E402
 from django.test import Client  # noqa: E402
 from django.utils import timezone  # noqa: E402
 
+from feeds.credentials.services import app_credential_create  # noqa: E402
 from feeds.ingest.services import creators_upsert, items_upsert, members_upsert  # noqa: E402
 from feeds.models import Interaction, Item  # noqa: E402
-from feeds.services import app_credential_create  # noqa: E402
 from governance.models import Membership  # noqa: E402
 from governance.services import community_get_or_create  # noqa: E402
 

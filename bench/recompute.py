@@ -40,7 +40,8 @@ from implicit.cpu.als import AlternatingLeastSquares  # noqa: E402
 from scipy.sparse import csr_matrix  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from feeds.services import _load_training_data, feed_run_execute, feed_run_request  # noqa: E402
+from feeds.runs.inputs import _load_training_data  # noqa: E402
+from feeds.runs.services import feed_run_execute, feed_run_request  # noqa: E402
 from governance.models import Community  # noqa: E402
 from governance.selectors import policy_of, policy_version_current  # noqa: E402
 

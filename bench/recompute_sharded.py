@@ -48,7 +48,7 @@ from django.db import connection  # noqa: E402
 
 from bench.recompute import bare_implicit  # noqa: E402  (the same baseline, one definition)
 from feeds.models import FeedRun, FeedRunShard  # noqa: E402
-from feeds.services import feed_run_request  # noqa: E402
+from feeds.runs.services import feed_run_request  # noqa: E402
 from feeds.worker import worker_start, worker_stop  # noqa: E402
 from governance.models import Community  # noqa: E402
 from governance.selectors import policy_of, policy_version_current  # noqa: E402

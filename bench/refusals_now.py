@@ -6,10 +6,10 @@ Usage (a community seeded beforehand, e.g. ``seed_demo --community a100k --membe
 
     DEBUG=true DATABASE_URL=... python bench/refusals_now.py a100k [--repeat 5]
 
-For a policy with one tag rule, and one with a tag, a creator, a provenance and an
-``older_than`` rule: the time of ``feeds.services._refused_by_policy_now`` (the query a refresh
-runs) and of ``_load_item_attributes`` + ``ItemAttributes.refused_by`` (what a run does), their
-ratio, and whether both refuse the same items.
+For a policy with one tag rule, and one with a tag, a creator, a provenance and an ``older_than``
+rule: the time of ``feeds.foldin.services._refused_by_policy_now`` (the query a refresh runs) and of
+``_load_item_attributes`` + ``ItemAttributes.refused_by`` (what a run does), their ratio, and
+whether both refuse the same items.
 """
 
 from __future__ import annotations
@@ -32,7 +32,8 @@ import django  # noqa: E402
 
 django.setup()
 
-from feeds.services import _load_item_attributes, _refused_by_policy_now  # noqa: E402
+from feeds.foldin.services import _refused_by_policy_now  # noqa: E402
+from feeds.runs.inputs import _load_item_attributes  # noqa: E402
 from governance.models import Community  # noqa: E402
 from ranking.policy import Policy, policy_validate  # noqa: E402
 

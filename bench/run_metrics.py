@@ -1,4 +1,4 @@
-"""Two-sided metrics of a finished feed run (``feeds.runs.run_metrics``), timed.
+"""Two-sided metrics of a finished feed run (``feeds.insights.run_metrics.run_metrics``), timed.
 
 Usage (the community must exist in the configured database, e.g. after seed_demo)::
 
@@ -27,9 +27,9 @@ import django
 
 django.setup()
 
+from feeds.insights.run_metrics import run_metrics  # noqa: E402
 from feeds.models import FeedRun, MemberFeed  # noqa: E402
-from feeds.runs import run_metrics  # noqa: E402
-from feeds.services import feed_run_execute, feed_run_request  # noqa: E402
+from feeds.runs.services import feed_run_execute, feed_run_request  # noqa: E402
 from governance.models import Community  # noqa: E402
 
 

@@ -53,7 +53,7 @@ from feeds import ingest_schemas  # noqa: E402
 from feeds.bluesky.auth import did_key_of, service_jwt  # noqa: E402
 from feeds.ingest.services import creators_upsert, events_ingest, items_upsert, members_upsert  # noqa: E402
 from feeds.models import BlueskyFeed  # noqa: E402
-from feeds.services import feed_run_execute, feed_run_request  # noqa: E402
+from feeds.runs.services import feed_run_execute, feed_run_request  # noqa: E402
 from feeds.serving import cache as feedcache  # noqa: E402
 from governance.models import Community  # noqa: E402
 from governance.services import community_get_or_create  # noqa: E402

@@ -18,13 +18,13 @@ app.conf.beat_schedule = {
         "task": "governance.tasks.close_due_proposals",
         "schedule": 60.0,
     },
-    # The broker can lose messages; the database knows which runs are owed (feeds.services).
+    # The broker can lose messages; the database knows which runs are owed (feeds.runs.services).
     "feeds-reconcile-feed-runs": {
         "task": "feeds.tasks.reconcile_feed_runs",
         "schedule": 60.0,
     },
     # Recompute communities whose data changed (COMMONFEED_RECOMPUTE_INTERVAL_SECONDS) and
-    # measure finished runs (feeds.runs).
+    # measure finished runs (feeds.insights.run_metrics).
     "feeds-schedule-feed-runs": {
         "task": "feeds.tasks.schedule_feed_runs",
         "schedule": 60.0,

@@ -27,9 +27,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from feeds import runs
 from feeds.choices import services as choices
 from feeds.credentials.auth import AppPrincipal, community_for_credential_manager
+from feeds.credentials.services import (
+    AppCredentialInvalid,
+    app_credential_create,
+    app_credential_revoke,
+)
 from feeds.enqueue import member_feeds_refresh_request
 from feeds.fields import (
     StrictBooleanField,
@@ -42,11 +46,7 @@ from feeds.fields import (
 from feeds.ingest import schemas as ingest_schemas
 from feeds.ingest import services as ingest
 from feeds.models import AppCredential, Creator, FeedRun, Interaction, Item
-from feeds.services import (
-    AppCredentialInvalid,
-    app_credential_create,
-    app_credential_revoke,
-)
+from feeds.runs import schedule as runs
 from feeds.serving import cache as feedcache
 from feeds.serving import feed_get as fastpath
 from feeds.serving.cursors import cursor_decode, cursor_encode

@@ -185,8 +185,9 @@ class FeedRun(models.Model):
     # shards_done to shards_total swaps the run in.
     shards_total = models.PositiveIntegerField(default=0)
     shards_done = models.PositiveIntegerField(default=0)
-    # What the finished run's feeds do for members and creators (feeds.runs), computed by a
-    # worker after the swap; null until then. ``metrics_claimed_at`` is that worker's claim.
+    # What the finished run's feeds do for members and creators (feeds.insights.run_metrics),
+    # computed by a worker after the swap; null until then. ``metrics_claimed_at`` is that worker's
+    # claim.
     metrics = models.JSONField(null=True, blank=True)
     metrics_claimed_at = models.DateTimeField(null=True, blank=True, editable=False)
 

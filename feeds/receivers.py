@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from feeds.services import feed_run_request
+from feeds.runs.services import feed_run_request
 from governance.models import Community
 
 

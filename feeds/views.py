@@ -14,19 +14,19 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_http_methods, require_POST
 
-from feeds import runs
 from feeds.choices import services as choices
 from feeds.credentials.auth import community_for_credential_manager
+from feeds.credentials.services import (
+    AppCredentialInvalid,
+    app_credential_create,
+    app_credential_revoke,
+)
 from feeds.enqueue import member_feeds_refresh_request
 from feeds.forms import AppCredentialForm, DataDeletionForm, MemberChoicesForm
 from feeds.insights import creators, impact, trends
 from feeds.insights.charts import Series, line_chart
 from feeds.models import Creator, FeedRun
-from feeds.services import (
-    AppCredentialInvalid,
-    app_credential_create,
-    app_credential_revoke,
-)
+from feeds.runs import schedule as runs
 from feeds.serving.selectors import (
     FeedNotReady,
     creators_a_member_may_mute,
@@ -492,7 +492,7 @@ def creator_account(request: HttpRequest, slug: str, creator_external_id: str) -
     return redirect("creator-dashboard", slug=slug, creator_external_id=creator_external_id)
 
 
-# Labels of the run metrics (keys of feeds.runs.run_metrics), in the order shown.
+# Labels of the run metrics (keys of feeds.insights.run_metrics.run_metrics), in the order shown.
 RUN_METRIC_LABELS: dict[str, dict[str, str]] = {
     "consumers": {
         "diversity_tags": "Diversity (tags)",

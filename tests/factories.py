@@ -123,7 +123,7 @@ def run_computed(community: Community) -> FeedRun:
     With committed data (``transaction=True`` tests) and a real worker running, the worker may
     claim the run first, and computing it here then skips it: wait for the worker to finish.
     """
-    from feeds.services import feed_run_execute, feed_run_request
+    from feeds.runs.services import feed_run_execute, feed_run_request
 
     run = feed_run_execute(run_id=feed_run_request(community=community).pk)
     deadline = time.monotonic() + 60

@@ -10,9 +10,9 @@ both, their differences and the churn, at the visible depth (``COMMONFEED_VISIBL
 over the whole feed, with the definitions of the run metrics (``ranking.report``).
 
 Besides, both policies are ranked by the feed pipeline itself on all of today's data
-(``feeds.services.served_feeds_compute``: a run's inputs, candidates, feed length, refusals
-and choices) and measured by the run metrics (``feeds.runs.feeds_measure``): the ``served``
-part of the report is what the first run after ratification measures, on the same data.
+(``feeds.runs.services.served_feeds_compute``: a run's inputs, candidates, feed length, refusals and
+choices) and measured by the run metrics (``feeds.insights.run_metrics.feeds_measure``): the
+``served`` part of the report is what the first run after ratification measures, on the same data.
 
 What it reads respects members' choices: the interactions of members who refused that their
 data train the model are left out (an evaluation is a training run too). Large communities are
@@ -36,9 +36,9 @@ from django.utils import timezone
 from scipy.sparse import csr_matrix
 
 from feeds import enqueue
+from feeds.insights.run_metrics import feeds_measure
 from feeds.models import Interaction, Item, ItemCreator, MemberChoices, PolicyImpact
-from feeds.runs import feeds_measure
-from feeds.services import served_feeds_compute
+from feeds.runs.services import served_feeds_compute
 from governance.models import Community, Membership
 from ranking.datasets import PROVENANCES, InteractionData
 from ranking.evaluation import compare, split_random

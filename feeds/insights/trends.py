@@ -1,7 +1,7 @@
 """How a community's finished feed runs changed things, run after run: the trends page's data.
 
-Only the figures each run stored on itself (:func:`feeds.runs.run_metrics`, measured at the
-visible depth) are read: aggregates over all members and creators, nothing about one member.
+Only the figures each run stored on itself (:func:`feeds.insights.run_metrics.run_metrics`, measured
+at the visible depth) are read: aggregates over all members and creators, nothing about one member.
 """
 
 from __future__ import annotations

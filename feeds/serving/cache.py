@@ -22,10 +22,10 @@ Three kinds of record, each written by the database path and read by the feed GE
     generation or revision is never served.
 ``cf:mrev:<slug>:<member>`` and ``cf:mpages:<slug>:<member>``
     A member's page revision (a counter) and the keys of their cached pages. A fold-in refresh
-    (``feeds.services.member_feeds_refresh``) rewrites a member's feed inside a generation: after
-    it commits, :func:`member_pages_invalidate` bumps the revision and deletes the pages. The
-    database path reads the revision (:func:`page_guard`) before it reads the feed row and
-    writes its page only if the revision is unchanged (one Lua script), so a page rendered from
+    (``feeds.foldin.services.member_feeds_refresh``) rewrites a member's feed inside a generation:
+    after it commits, :func:`member_pages_invalidate` bumps the revision and deletes the pages. The
+    database path reads the revision (:func:`page_guard`) before it reads the feed row and writes
+    its page only if the revision is unchanged (one Lua script), so a page rendered from
     the row as it was before the refresh can never be cached after it.
 ``cf:foldin:dirty:<community id>`` (sorted set), ``cf:foldin:queued:<community id>``,
 ``cf:foldin:pending``, ``cf:foldin:seq``

@@ -18,7 +18,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
 from config.wsgi import application
-from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from feeds.credentials.services import app_credential_create
+from feeds.runs.services import feed_run_execute, feed_run_request
 from tests.factories import make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db

@@ -9,8 +9,8 @@ from django.test import Client
 from django.urls import reverse
 
 from feeds.credentials.auth import token_digest
+from feeds.credentials.services import app_credential_create, app_credential_revoke
 from feeds.models import AppCredential
-from feeds.services import app_credential_create, app_credential_revoke
 from governance.models import AuditEntry, Community, Membership
 from tests.factories import MembershipFactory, make_community, person_client
 

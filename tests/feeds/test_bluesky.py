@@ -14,13 +14,10 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from feeds.bluesky.auth import did_key_of, service_jwt
+from feeds.credentials.services import app_credential_create
+from feeds.foldin.services import member_feeds_refresh
 from feeds.models import BlueskyFeed, Interaction, Item
-from feeds.services import (
-    app_credential_create,
-    feed_run_execute,
-    feed_run_request,
-    member_feeds_refresh,
-)
+from feeds.runs.services import feed_run_execute, feed_run_request
 from feeds.serving import cache as feedcache
 from governance.models import Community
 from tests.factories import (

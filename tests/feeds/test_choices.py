@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from feeds.credentials.services import app_credential_create
 from feeds.models import Creator, FeedRun, Interaction, Item
-from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from feeds.runs.services import feed_run_execute, feed_run_request
 from governance.models import AuditEntry
 from tests.factories import (
     CreatorFactory,

@@ -18,9 +18,10 @@ import pytest
 from django.test import Client
 from django.utils import timezone
 
-from feeds import services
+from feeds.credentials.services import app_credential_create
+from feeds.foldin import services as foldin
+from feeds.foldin.services import member_feeds_refresh
 from feeds.models import FeedPointer, Item
-from feeds.services import app_credential_create, member_feeds_refresh
 from governance.services import community_create
 from ranking.effects import quota_required
 from ranking.policy import Policy, policy_validate
@@ -119,18 +120,18 @@ def test_items_published_after_the_run_reach_feeds_by_fold_in_and_refusals_hold(
 ) -> None:
     orchard = _orchard("later")
     community, run = orchard["community"], orchard["run"]
-    assert services.published_items_fold_in() == []  # nothing published since the run
+    assert foldin.published_items_fold_in() == []  # nothing published since the run
     late = CreatorFactory(community=community, external_id="late")
     now = timezone.now()
     kept = ItemFactory(community=community, external_id="l0", published_at=now, by=[late])
     ItemFactory(community=community, external_id="l1", published_at=now, tags=["banned"], by=[late])
 
-    asked = services.published_items_fold_in()
+    asked = foldin.published_items_fold_in()
 
     assert asked == [community.pk]
     pointer = FeedPointer.objects.get(community=community)
     assert (pointer.run_id, pointer.published_through) == (run.pk, Item.objects.latest("pk").pk)
-    assert services.published_items_fold_in() == []  # asked once per newest item
+    assert foldin.published_items_fold_in() == []  # asked once per newest item
     # The requests went to the fold-in queue (a worker drains it); refresh here instead.
     member_feeds_refresh(community=community, member_ids=[m.pk for m in orchard["members"]])
     reached = 0
@@ -162,7 +163,7 @@ def test_an_item_posted_by_an_app_reaches_feeds_through_the_worker(
     response = _api(client, orchard, "post", "items/", {"items": [item]})
     assert response.status_code == 200, response.content
 
-    assert services.published_items_fold_in() == [orchard["community"].pk]
+    assert foldin.published_items_fold_in() == [orchard["community"].pk]
 
     def reached() -> list[str]:
         return [

@@ -15,7 +15,7 @@ from django.urls import reverse
 from feeds.choices.services import creator_choices_set, member_choices_set
 from feeds.insights.creators import creator_report
 from feeds.models import MemberChoices, MemberFeed
-from feeds.services import feed_run_execute, feed_run_request
+from feeds.runs.services import feed_run_execute, feed_run_request
 from governance.models import AuditEntry, Membership
 from governance.selectors import policy_of, policy_version_current
 from governance.services import policy_version_create

@@ -25,12 +25,8 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import path, reverse
 
 from config import urls as config_urls
-from feeds.services import (
-    app_credential_create,
-    app_credential_revoke,
-    feed_run_execute,
-    feed_run_request,
-)
+from feeds.credentials.services import app_credential_create, app_credential_revoke
+from feeds.runs.services import feed_run_execute, feed_run_request
 from feeds.serving import cache as feedcache
 from feeds.serving.selectors import feed_run_for_read
 from tests.factories import make_community, small_catalogue

@@ -28,12 +28,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from feeds.services import (
-    app_credential_create,
-    app_credential_revoke,
-    feed_run_execute,
-    feed_run_request,
-)
+from feeds.credentials.services import app_credential_create, app_credential_revoke
+from feeds.runs.services import feed_run_execute, feed_run_request
 from feeds.serving import cache as feedcache
 from tests.factories import make_community, small_catalogue
 

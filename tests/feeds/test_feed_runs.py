@@ -17,9 +17,10 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from feeds import runs
 from feeds.choices import services as choices
+from feeds.insights import run_metrics
 from feeds.models import FeedRun, Interaction, Item, MemberFeed
+from feeds.runs import schedule
 from governance.models import AuditEntry, Community, Membership
 from governance.selectors import policy_version_current
 from tests.factories import (
@@ -200,16 +201,16 @@ def test_the_schedule_requests_a_run_only_when_data_changed_and_the_interval_pas
     data = small_catalogue(community, members=3, items=6)
     run = _finished_run(community, ago=timedelta(hours=2))
 
-    assert runs.feed_runs_schedule() == []  # nothing changed since the run
+    assert schedule.feed_runs_schedule() == []  # nothing changed since the run
 
     interact(data["members"][0], data["items"][5])
     FeedRun.objects.filter(pk=run.pk).update(requested_at=timezone.now() - timedelta(minutes=10))
-    assert runs.feed_runs_schedule() == []  # changed, but the interval has not passed
+    assert schedule.feed_runs_schedule() == []  # changed, but the interval has not passed
 
     FeedRun.objects.filter(pk=run.pk).update(requested_at=timezone.now() - timedelta(hours=2))
     with django_capture_on_commit_callbacks(execute=True):
-        requested = runs.feed_runs_schedule()
-        again = runs.feed_runs_schedule()
+        requested = schedule.feed_runs_schedule()
+        again = schedule.feed_runs_schedule()
 
     assert len(requested) == 1 and again == []  # not twice: the new run is in progress
     assert sent == requested
@@ -237,12 +238,12 @@ def test_the_schedule_counts_audited_choices_and_deletions_after_the_run(
     make_change()  # before the run: the run saw it
     _finished_run(community, ago=timedelta(0))
     later = timezone.now() + timedelta(minutes=5)
-    assert runs.feed_runs_schedule(now=later) == []
+    assert schedule.feed_runs_schedule(now=later) == []
 
     make_change()
-    requested = runs.feed_runs_schedule(now=later)
+    requested = schedule.feed_runs_schedule(now=later)
     assert len(requested) == 1
-    assert runs.feed_runs_schedule(now=later) == []
+    assert schedule.feed_runs_schedule(now=later) == []
 
 
 def test_the_schedule_waits_for_a_run_in_progress_and_counts_from_a_failed_one(
@@ -261,21 +262,21 @@ def test_the_schedule_waits_for_a_run_in_progress_and_counts_from_a_failed_one(
         status=FeedRun.Status.RUNNING,
     )
     FeedRun.objects.filter(pk=running.pk).update(requested_at=timezone.now() - timedelta(hours=3))
-    assert runs.feed_runs_schedule() == []
+    assert schedule.feed_runs_schedule() == []
 
     # It failed 3 hours ago: retried once the interval has passed since, not every tick.
     FeedRun.objects.filter(pk=running.pk).update(status=FeedRun.Status.FAILED)
-    assert len(runs.feed_runs_schedule()) == 1
+    assert len(schedule.feed_runs_schedule()) == 1
     FeedRun.objects.filter(community=community, status=FeedRun.Status.QUEUED).update(
         status=FeedRun.Status.FAILED
     )
-    assert runs.feed_runs_schedule() == []
+    assert schedule.feed_runs_schedule() == []
 
 
 def test_a_community_without_a_finished_run_is_left_to_the_reconciler(sent: list[int]) -> None:
     community = make_community("alpha")
     small_catalogue(community, members=3, items=6)
-    assert runs.feed_runs_schedule(now=timezone.now() + timedelta(days=1)) == []
+    assert schedule.feed_runs_schedule(now=timezone.now() + timedelta(days=1)) == []
 
 
 @pytest.mark.skipif(
@@ -295,7 +296,7 @@ def test_two_ticks_at_once_request_one_run(
     def tick() -> None:
         try:
             barrier.wait()
-            results.append(runs.feed_runs_schedule())
+            results.append(schedule.feed_runs_schedule())
         finally:
             connections.close_all()
 
@@ -382,11 +383,11 @@ def _expected() -> dict[str, dict[str, float]]:
 def test_metrics_of_a_finished_run_match_a_hand_checked_case(
     batch: int, measured: dict[str, Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(runs, "METRICS_BATCH", batch)  # 1: every member a batch of its own
+    monkeypatch.setattr(run_metrics, "METRICS_BATCH", batch)  # 1: every member a batch of its own
     run = measured["run"]
-    assert runs.feed_run_metrics_pending() == [run.pk]
+    assert run_metrics.feed_run_metrics_pending() == [run.pk]
 
-    result = runs.feed_run_metrics_compute(run_id=run.pk)
+    result = run_metrics.feed_run_metrics_compute(run_id=run.pk)
 
     assert result is not None and result["status"] == "done"
     for section, values in _expected().items():
@@ -402,7 +403,7 @@ def test_metrics_are_reported_at_the_visible_depth_and_weighted_by_position(
     measured: dict[str, Any], settings: Any
 ) -> None:
     settings.COMMONFEED_VISIBLE_DEPTH = 1
-    result = runs.feed_run_metrics_compute(run_id=measured["run"].pk)
+    result = run_metrics.feed_run_metrics_compute(run_id=measured["run"].pk)
     assert result is not None and result["status"] == "done"
     assert (result["depth"], result["length"], result["discount"]) == (1, 2, "log2")
     # First places only: A (m1), A (m2), C (m3); c1 has two places, c2 one, c4 none.
@@ -431,7 +432,7 @@ def test_metrics_are_reported_at_the_visible_depth_and_weighted_by_position(
 def test_metrics_say_how_alike_feeds_are_and_which_relations_they_keep(
     measured: dict[str, Any],
 ) -> None:
-    result = runs.feed_run_metrics_compute(run_id=measured["run"].pk)
+    result = run_metrics.feed_run_metrics_compute(run_id=measured["run"].pk)
     assert result is not None and result["version"] == 3
     # Histories (positive only): m1 A, C; m2 A; m3 A. Feeds: m1 A, B; m2 A, C; m3 C, E.
     second = 1 / math.log2(3)
@@ -454,11 +455,11 @@ def test_metrics_say_how_alike_feeds_are_and_which_relations_they_keep(
 
 def test_metrics_are_computed_once(measured: dict[str, Any]) -> None:
     run = measured["run"]
-    first = runs.feed_run_metrics_compute(run_id=run.pk)
+    first = run_metrics.feed_run_metrics_compute(run_id=run.pk)
     MemberFeed.objects.filter(run=run).delete()
 
-    assert runs.feed_run_metrics_compute(run_id=run.pk) is None
-    assert runs.feed_run_metrics_pending() == []
+    assert run_metrics.feed_run_metrics_compute(run_id=run.pk) is None
+    assert run_metrics.feed_run_metrics_pending() == []
     run.refresh_from_db()
     assert run.metrics == first
 
@@ -468,14 +469,14 @@ def test_a_claimed_computation_is_handed_over_only_after_its_lease(
 ) -> None:
     run = measured["run"]
     FeedRun.objects.filter(pk=run.pk).update(metrics_claimed_at=timezone.now())
-    assert runs.feed_run_metrics_pending() == []
-    assert runs.feed_run_metrics_compute(run_id=run.pk) is None
+    assert run_metrics.feed_run_metrics_pending() == []
+    assert run_metrics.feed_run_metrics_compute(run_id=run.pk) is None
 
     FeedRun.objects.filter(pk=run.pk).update(
-        metrics_claimed_at=timezone.now() - runs.METRICS_LEASE - timedelta(seconds=1)
+        metrics_claimed_at=timezone.now() - run_metrics.METRICS_LEASE - timedelta(seconds=1)
     )
-    assert runs.feed_run_metrics_pending() == [run.pk]
-    assert runs.feed_run_metrics_compute(run_id=run.pk)["status"] == "done"
+    assert run_metrics.feed_run_metrics_pending() == [run.pk]
+    assert run_metrics.feed_run_metrics_compute(run_id=run.pk)["status"] == "done"
 
 
 def test_a_run_whose_feeds_were_pruned_records_that_it_cannot_be_measured(
@@ -483,7 +484,7 @@ def test_a_run_whose_feeds_were_pruned_records_that_it_cannot_be_measured(
 ) -> None:
     run = measured["run"]
     MemberFeed.objects.filter(run=run).delete()
-    result = runs.feed_run_metrics_compute(run_id=run.pk)
+    result = run_metrics.feed_run_metrics_compute(run_id=run.pk)
     assert result is not None and result["status"] == "unavailable"
     page_client = person_client(run.community, "mod", "moderator")
     html = page_client.get(reverse("feed-runs", args=[run.community.slug])).content.decode()
@@ -495,7 +496,7 @@ def test_the_runs_page_shows_a_run_s_metrics(measured: dict[str, Any]) -> None:
     client = person_client(run.community, "mod", "moderator")
     url = reverse("feed-runs", args=[run.community.slug])
     assert "Metrics are being computed." in client.get(url).content.decode()
-    runs.feed_run_metrics_compute(run_id=run.pk)
+    run_metrics.feed_run_metrics_compute(run_id=run.pk)
     html = client.get(url).content.decode()
     assert "Creator exposure Gini 0.222" in html
     assert "AI-generated share 0.167" in html
@@ -539,7 +540,7 @@ def test_the_runs_page_leaves_out_figures_a_run_measured_before_they_existed(
     measured: dict[str, Any],
 ) -> None:
     run = measured["run"]
-    result = runs.feed_run_metrics_compute(run_id=run.pk)
+    result = run_metrics.feed_run_metrics_compute(run_id=run.pk)
     assert result is not None
     for cut in ("at_depth", "whole_feed"):
         del result[cut]["consumers"]["convergence"]

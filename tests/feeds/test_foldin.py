@@ -17,15 +17,13 @@ from django.core.cache import caches
 from django.core.cache.backends.redis import RedisCache
 from django.test import Client
 
-from feeds import enqueue, services
+from feeds import enqueue
 from feeds.choices.services import member_choices_set, member_data_delete
+from feeds.credentials.services import app_credential_create
+from feeds.foldin import services as foldin
+from feeds.foldin.services import member_feeds_refresh
 from feeds.models import FeedPointer, FeedRun, Interaction, MemberFeed
-from feeds.services import (
-    app_credential_create,
-    feed_run_execute,
-    feed_run_request,
-    member_feeds_refresh,
-)
+from feeds.runs.services import feed_run_execute, feed_run_request
 from feeds.serving import cache as feedcache
 from feeds.serving.selectors import feed_run_for_read
 from governance.models import Membership
@@ -178,7 +176,7 @@ def test_a_refresh_writes_nothing_when_the_pointer_moved_to_another_run_meanwhil
         (r.run_id, r.member_id): r.pk
         for r in MemberFeed.objects.filter(member__community=community)
     }
-    load = services.artifact_load
+    load = foldin.artifact_load
 
     def swap_then_load(name: str) -> Any:
         # The refresh loaded the old run's artifact; the newer run is swapped in before it
@@ -186,7 +184,7 @@ def test_a_refresh_writes_nothing_when_the_pointer_moved_to_another_run_meanwhil
         FeedPointer.objects.filter(community=community).update(run_id=newer.pk)
         return load(name)
 
-    monkeypatch.setattr(services, "artifact_load", swap_then_load)
+    monkeypatch.setattr(foldin, "artifact_load", swap_then_load)
 
     result = member_feeds_refresh(community=community, member_ids=[me.pk])
 
@@ -256,7 +254,7 @@ def test_events_after_a_runs_watermark_are_folded_in_once_it_swaps_in(
         lambda *, community_id, member_ids: requested.append(list(member_ids)),
     )
 
-    services._refresh_after_swap(run)
+    foldin._refresh_after_swap(run)
 
     assert requested == [[me.pk]]
 

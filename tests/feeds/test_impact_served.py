@@ -13,7 +13,7 @@ from django.test import Client
 from django.urls import reverse
 
 from feeds.insights.impact import policy_impact_compute, policy_impact_request
-from feeds.runs import run_metrics
+from feeds.insights.run_metrics import run_metrics
 from governance.models import Proposal
 from governance.selectors import policy_of, policy_version_current
 from governance.services import (

@@ -11,10 +11,11 @@ from django.contrib.auth import get_user_model
 from django.db import connection, transaction
 from django.test import Client
 
+from feeds.credentials.services import app_credential_create
 from feeds.ingest import schemas as ingest_schemas
 from feeds.ingest import services as ingest
 from feeds.models import Creator, Interaction, Item, ItemCreator
-from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from feeds.runs.services import feed_run_execute, feed_run_request
 from governance.models import AuditEntry, Membership
 from tests.factories import make_community, small_catalogue
 

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 from django.contrib.auth import get_user_model
 
+from feeds.credentials.services import app_credential_create
 from feeds.models import Creator
-from feeds.services import app_credential_create
 from governance.models import Membership
 from tests.factories import make_community, run_computed, small_catalogue
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from django.test import Client
 
+from feeds.credentials.services import app_credential_create
 from feeds.models import FeedRun, Item
-from feeds.services import app_credential_create, feed_run_execute, feed_run_request
+from feeds.runs.services import feed_run_execute, feed_run_request
 from governance.models import AuditEntry
 from governance.selectors import audit_verify
 from governance.services import community_create

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from feeds.models import FeedRun
-from feeds.services import feed_run_execute
+from feeds.runs.services import feed_run_execute
 from governance.selectors import policy_version_current
 from governance.services import proposal_ratify
 from tests.factories import CreatorFactory, ItemFactory, interact

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from django.utils import timezone
 
-from feeds import services
 from feeds.models import FeedPointer, FeedRun
-from feeds.services import feed_run_execute, feed_run_request, feed_runs_reconcile
+from feeds.runs import services
+from feeds.runs.services import feed_run_execute, feed_run_request, feed_runs_reconcile
 from tests.factories import make_community, small_catalogue
 
 pytestmark = pytest.mark.django_db

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
 from feeds.copytext import feed_copy_text
-from feeds.services import _feed_rows, _members_per_item
+from feeds.runs.services import _members_per_item
+from feeds.runs.store import _feed_rows
 from ranking.feeds import FeedBatch
 
 

@@ -11,7 +11,7 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from feeds import artifacts, services
+from feeds import artifacts
 from feeds.models import (
     Creator,
     FeedPointer,
@@ -21,7 +21,8 @@ from feeds.models import (
     MemberChoices,
     MemberFeed,
 )
-from feeds.services import (
+from feeds.runs import inputs, services
+from feeds.runs.services import (
     feed_run_execute,
     feed_run_request,
     feed_run_shard_execute,
@@ -250,7 +251,7 @@ def test_pruned_runs_lose_their_artifacts(
 
 def test_interactions_are_read_in_bulk_exactly(community: Community) -> None:
     # PostgreSQL reads them with one binary COPY, SQLite through the ORM: same arrays.
-    data = services._load_training_data(community)
+    data = inputs._load_training_data(community)
     expected = Interaction.objects.filter(community=community).values_list(
         "member_id", "item_id", "weight"
     )
@@ -260,5 +261,5 @@ def test_interactions_are_read_in_bulk_exactly(community: Community) -> None:
     assert data.member_ids.dtype == np.int64 and data.weights.dtype == np.float32
     assert list(data.feed_members) == sorted(data.feed_members)
 
-    empty = services._load_training_data(make_community())
+    empty = inputs._load_training_data(make_community())
     assert empty.member_ids.size == empty.item_ids.size == empty.weights.size == 0

@@ -12,7 +12,7 @@ from django.test import Client
 from django.urls import reverse
 from django.utils import timezone
 
-from feeds import runs
+from feeds.insights import run_metrics
 from feeds.models import FeedRun, Interaction, MemberFeed
 from governance.models import Community
 from governance.selectors import policy_version_current
@@ -174,7 +174,7 @@ def test_a_measured_run_s_figures_reach_the_page() -> None:
         MemberFeed.objects.create(
             run=run, member=member, item_ids=[i.pk for i in items], scores=[1.0] * len(items)
         )
-    assert runs.feed_run_metrics_compute(run_id=run.pk)["status"] == "done"  # type: ignore[index]
+    assert run_metrics.feed_run_metrics_compute(run_id=run.pk)["status"] == "done"  # type: ignore[index]
     html = Client().get(reverse("feed-trends", args=[community.slug])).content.decode()
     # Pages {A}, {A, B}, {B}: pairs 1/2, 0, 1/2.
     assert "<td>0.333</td>" in _section(html, "convergence")

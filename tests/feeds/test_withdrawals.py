@@ -23,9 +23,12 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from feeds import apis, services
+from feeds import apis
 from feeds.apis import _etag_current
 from feeds.bluesky.auth import did_key_of, service_jwt
+from feeds.credentials.services import app_credential_create
+from feeds.foldin import services as foldin
+from feeds.foldin.services import member_feeds_refresh
 from feeds.models import (
     BlueskyFeed,
     Creator,
@@ -35,12 +38,8 @@ from feeds.models import (
     MemberChoices,
     MemberFeed,
 )
-from feeds.services import (
-    app_credential_create,
-    feed_run_execute,
-    feed_run_request,
-    member_feeds_refresh,
-)
+from feeds.runs import inputs
+from feeds.runs.services import feed_run_execute, feed_run_request
 from feeds.serving import cache as feedcache
 from feeds.serving.selectors import (
     feed_run_for_read,
@@ -512,9 +511,9 @@ def test_a_refresh_refuses_by_the_same_rules_as_the_ranking_core() -> None:
             # c1 refused as primary creator only: second credits of c1 stay.
             by=[creators[i % 3], creators[(i + 1) % 3]],
         )
-    attributes, _ = services._load_item_attributes(community)
+    attributes, _ = inputs._load_item_attributes(community)
     excluded = [code for code, name in enumerate(PROVENANCE_CLASSES) if name == "unknown"]
     expected = attributes.refused_by(policy.refusals) | np.isin(attributes.provenance, excluded)
-    got = services._refused_by_policy_now(community, policy)
+    got = foldin._refused_by_policy_now(community, policy)
     assert sorted(got.tolist()) == sorted(attributes.item_ids[expected].tolist())
     assert 0 < got.size < 60

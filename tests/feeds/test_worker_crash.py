@@ -16,13 +16,9 @@ from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
+from feeds.credentials.services import app_credential_create
 from feeds.models import FeedRun, FeedRunShard, Item, MemberFeed
-from feeds.services import (
-    app_credential_create,
-    feed_run_execute,
-    feed_run_request,
-    feed_runs_reconcile,
-)
+from feeds.runs.services import feed_run_execute, feed_run_request, feed_runs_reconcile
 from feeds.worker import worker_start, worker_stop
 from governance.models import Community
 from tests.conftest import _database_url_for_worker

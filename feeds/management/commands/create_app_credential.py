@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from feeds.services import app_credential_create
+from feeds.credentials.services import app_credential_create
 from governance.models import Community
 
 

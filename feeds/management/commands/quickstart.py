@@ -9,9 +9,9 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db.models import Count
 
+from feeds.credentials.services import app_credential_create, app_credential_revoke
 from feeds.ingest.services import creators_upsert
 from feeds.models import AppCredential, Creator
-from feeds.services import app_credential_create, app_credential_revoke
 from feeds.worker import worker_start, worker_stop
 from governance.charter import Charter
 from governance.models import Community, Membership

@@ -6,7 +6,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from feeds.models import FeedRun
-from feeds.services import feed_run_request
+from feeds.runs.services import feed_run_request
 from governance.models import Community
 
 

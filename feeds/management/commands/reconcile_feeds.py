@@ -4,7 +4,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
 
-from feeds.services import feed_runs_reconcile
+from feeds.runs.services import feed_runs_reconcile
 
 
 class Command(BaseCommand):

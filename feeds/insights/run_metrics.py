@@ -1,11 +1,5 @@
-"""When feed runs happen, and what a finished run did for members and creators.
-
-Three triggers request runs: a ratification (``feeds.receivers``), a moderator's "Recompute now"
-(:func:`feed_run_request_on_demand`) and the beat schedule (:func:`feed_runs_schedule`), which
-recomputes a community whose data changed since its last run once the configured interval has
-passed. After a run finishes, a worker measures its stored feeds on both sides
-(:func:`feed_run_metrics_compute`) and keeps the figures on the run.
-"""
+"""A finished run's two-sided metrics, measured on its stored feeds (and, through
+``feeds_measure``, on any feeds: the impact preview measures what a policy would serve)."""
 
 from __future__ import annotations
 
@@ -21,45 +15,47 @@ import numpy as np
 import numpy.typing as npt
 import scipy.sparse
 from django.conf import settings
-from django.core.exceptions import PermissionDenied
-from django.db import transaction
-from django.db.models import Count, Q, QuerySet
-from django.http import Http404
+from django.db.models import Count, Q
 from django.utils import timezone
 
-from feeds.credentials.auth import CREDENTIAL_MANAGER_ROLES
-from feeds.models import FeedRun, Interaction, Item, ItemCreator, MemberFeed
-from feeds.services import feed_run_request
-from governance.models import AuditEntry, Community
-from governance.selectors import membership_of_user
-from governance.services import audit_append
+from feeds.models import (
+    FeedRun,
+    Interaction,
+    Item,
+    ItemCreator,
+    MemberFeed,
+)
 from ranking import metrics
 from ranking.datasets import PROVENANCES
 from ranking.report import CUTS, Catalogue, FeedReport
 
 logger = logging.getLogger(__name__)
 
-IN_PROGRESS = (FeedRun.Status.QUEUED, FeedRun.Status.RUNNING, FeedRun.Status.SCORING)
-# Audited changes that alter what a run computes, besides new interactions.
-DATA_CHANGE_ACTIONS = ("member.choices_changed", "member.data_deleted", "creator.choices_changed")
 
 # Members whose stored feeds are read and measured at a time; the consumer metrics hold one
 # (members x tags) dense matrix per batch, so the batch shrinks when there are many tags.
 METRICS_BATCH = 2_000
+
 METRICS_BATCH_CELLS = 4_000_000
+
 # A metrics computation whose worker has not written a result this long after claiming the run
 # is presumed dead; the next beat tick hands the run to another worker.
 METRICS_LEASE = timedelta(minutes=30)
+
 # As in ranking.evaluation.metrics_report: the "head" is the top 20 % of creators by the
 # members they reached, and a creator is new if their first item is at most two years old.
 HEAD_FRACTION = 0.2
+
 NEW_CREATOR_DAYS = 730.0
+
 # 2: adds depth, length, discount and the at_depth / whole_feed sections (ranking.report).
 # 3: adds convergence, relation kept / discovery, audience kept, human share (ranking.report)
 # and convergence_pairs.
 METRICS_VERSION = 3
+
 # The flat sections of version 1, kept for the API's readers: the whole feed, counting places.
 CONSUMERS = ("diversity_tags", "novelty_bits", "avg_popularity", "miscalibration_kl")
+
 PRODUCERS = (
     "item_coverage",
     "creator_coverage",
@@ -69,136 +65,6 @@ PRODUCERS = (
     "new_creator_share",
     "ai_generated_share",
 )
-
-
-# --- Who may see and trigger runs ---------------------------------------------------------------
-
-
-def community_for_run_manager(*, slug: str, user: Any) -> Community:
-    """The community ``slug`` if ``user`` moderates or administers it (404 unknown, 403 else)."""
-    community = Community.objects.filter(slug=slug).first()
-    if community is None:
-        raise Http404("No such community.")
-    membership = membership_of_user(community=community, user=user)
-    if membership is None or membership.role not in CREDENTIAL_MANAGER_ROLES:
-        raise PermissionDenied("Only the community's moderators and admins see and start runs.")
-    return community
-
-
-def feed_runs_recent(*, community: Community, limit: int = 20) -> QuerySet[FeedRun]:
-    """The community's newest runs, newest first, with their policy version."""
-    return (
-        FeedRun.objects.filter(community=community)
-        .select_related("policy_version")
-        .defer("fallback_item_ids", "fallback_scores")
-        .order_by("-id")[:limit]
-    )
-
-
-# --- On demand ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunRequested:
-    run: FeedRun
-    created: bool
-    """False: a run was already queued or in progress, and that one is returned."""
-
-
-def run_in_progress(community: Community) -> FeedRun | None:
-    return (
-        FeedRun.objects.filter(community=community, status__in=IN_PROGRESS).order_by("-id").first()
-    )
-
-
-def _lock_community(community: Community) -> None:
-    # FOR NO KEY UPDATE: serialises the run triggers of this community without blocking the
-    # inserts that reference the community row (those take FOR KEY SHARE). SQLite's BEGIN
-    # IMMEDIATE already holds the database's write lock.
-    Community.objects.select_for_update(no_key=True).filter(pk=community.pk).first()
-
-
-def feed_run_request_on_demand(*, community: Community, actor: Any) -> RunRequested:
-    """A moderator's "Recompute now": queue a run unless one is queued or in progress.
-
-    The caller has checked the actor's role (:func:`community_for_run_manager`). Two clicks at
-    once queue one run: both take the community's row lock and the second finds the first's run.
-    """
-    with transaction.atomic():
-        _lock_community(community)
-        running = run_in_progress(community)
-        if running is not None:
-            return RunRequested(run=running, created=False)
-        run = feed_run_request(community=community)
-        run = FeedRun.objects.select_related("policy_version").get(pk=run.pk)
-        audit_append(
-            community=community,
-            actor=actor,
-            action="feed_run.requested",
-            obj=run,
-            payload={
-                "run": run.pk,
-                "policy_version": run.policy_version.number,
-                "policy_sha256": run.policy_sha256,
-                "trigger": "moderator",
-            },
-        )
-    return RunRequested(run=run, created=True)
-
-
-# --- On a schedule ------------------------------------------------------------------------------
-
-
-def _data_changed_since(community: Community, run: FeedRun) -> bool:
-    """New interactions past the run's watermark, or audited choices or deletions since it was
-    requested (a run reads choices when it starts, so this errs towards one run too many)."""
-    if Interaction.objects.filter(community=community, id__gt=run.watermark or 0).exists():
-        return True
-    return AuditEntry.objects.filter(
-        community=community, action__in=DATA_CHANGE_ACTIONS, created_at__gt=run.requested_at
-    ).exists()
-
-
-def _due(community: Community, now: datetime) -> bool:
-    runs = FeedRun.objects.filter(community=community)
-    if runs.filter(status__in=IN_PROGRESS).exists():
-        return False
-    interval = timedelta(seconds=settings.COMMONFEED_RECOMPUTE_INTERVAL_SECONDS)
-    # The interval counts from the newest run of any outcome, so a run that keeps failing is
-    # retried once an interval, not on every tick.
-    newest = runs.order_by("-id").first()
-    if newest is None or newest.requested_at > now - interval:
-        return False
-    last_good = runs.filter(status=FeedRun.Status.FINISHED).order_by("-id").first()
-    # No finished run yet: the reconciler owns that case (a current version without a run).
-    return last_good is not None and _data_changed_since(community, last_good)
-
-
-def feed_runs_schedule(*, now: datetime | None = None) -> list[int]:
-    """Request a run for every community whose data changed since its last finished run, once
-    ``COMMONFEED_RECOMPUTE_INTERVAL_SECONDS`` passed since its newest run was requested.
-
-    Never while a run is in progress. Safe to call twice at once (beat delivering a tick twice):
-    each community is re-checked under its row lock before a run is requested.
-    Returns the ids of the runs requested.
-    """
-    now = now or timezone.now()
-    requested = []
-    for community in Community.objects.order_by("id"):
-        if not _due(community, now):  # cheap first pass without the lock
-            continue
-        with transaction.atomic():
-            _lock_community(community)
-            if not _due(community, now):
-                continue
-            run = feed_run_request(community=community)
-        requested.append(run.pk)
-    if requested:
-        logger.info("schedule: requested runs %s", requested)
-    return requested
-
-
-# --- Two-sided metrics of a finished run ----------------------------------------------------
 
 
 def feed_run_metrics_pending(*, now: datetime | None = None) -> list[int]:

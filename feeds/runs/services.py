@@ -1,4 +1,5 @@
-"""Feed pipeline writes: request a recompute, run it, swap it in; issue app credentials."""
+"""Feed runs: request, train, score in shards, swap in atomically, reconcile what the broker lost,
+prune old runs. Claims in the database make every step safe to deliver twice."""
 
 from __future__ import annotations
 
@@ -7,59 +8,49 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
 
 import numpy as np
 from django.conf import settings
-from django.contrib.auth.models import AbstractBaseUser
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Exists, F, Max, OuterRef, Q
+from django.db.models import F, Q
 from django.utils import timezone
 
 from feeds import enqueue
 from feeds.artifacts import artifact_load, artifact_save, artifacts_prune
-from feeds.choices.services import RankingChoices, ranking_choices_load
-from feeds.copytext import feed_copy_text
-from feeds.credentials.auth import token_digest, token_generate
+from feeds.choices.services import RankingChoices
+from feeds.foldin.services import _refresh_after_swap
 from feeds.models import (
-    AppCredential,
     FeedPointer,
     FeedRun,
     FeedRunShard,
-    Interaction,
-    Item,
-    ItemCreator,
-    MemberChoices,
     MemberFeed,
 )
+from feeds.runs.inputs import _run_inputs, _TrainingData
+from feeds.runs.store import WRITE_BATCH, _bulk_create_rows, _copy_rows, _feed_rows
 from feeds.serving import cache as feedcache
 from feeds.serving import selectors
-from governance.models import AuditEntry, Community, Membership, PolicyVersion
+from governance.models import Community, PolicyVersion
 from governance.selectors import policy_of, policy_version_current
 from governance.services import audit_append
 from ranking.effects import ItemAttributes
-from ranking.feeds import FeedBatch, PreparedFeeds, prepare_feeds, refresh_feeds, score_feeds
+from ranking.feeds import FeedBatch, PreparedFeeds, prepare_feeds, score_feeds
 from ranking.policy import (
     PROVENANCE_CLASSES,
-    CreatorRefusal,
-    ItemRefusal,
-    OlderThanRefusal,
     Policy,
-    ProvenanceRefusal,
-    TagRefusal,
 )
 
 logger = logging.getLogger(__name__)
 
+
 # A run whose current version failed this many times is not retried by the reconciler.
 MAX_FAILED_RUNS = 3
+
 # Feeds of this many most recent finished runs are kept; readers mid-request on the previous
 # generation still find their rows after a swap.
 RUNS_KEPT = 2
-WRITE_BATCH = 2_000
 
 
 def feed_run_request(*, community: Community, queue: str | None = None) -> FeedRun:
@@ -149,126 +140,6 @@ class _Heartbeat:
             self._thread.join()
 
 
-@dataclass(frozen=True)
-class _TrainingData:
-    member_ids: np.ndarray
-    item_ids: np.ndarray
-    weights: np.ndarray
-    feed_members: np.ndarray
-    candidate_items: np.ndarray
-    watermark: int
-
-
-def _load_training_data(community: Community) -> _TrainingData:
-    """Read the community's interactions, members and active items as arrays, in bulk."""
-    watermark = Interaction.objects.filter(community=community).aggregate(m=Max("id"))["m"] or 0
-    if connection.vendor == "postgresql":
-        member_ids, item_ids, weights = _interactions_copy(community.pk, watermark)
-    else:
-        rows = Interaction.objects.filter(community=community, id__lte=watermark).values_list(
-            "member_id", "item_id", "weight"
-        )
-        data = np.array(list(rows.iterator(chunk_size=50_000)), dtype=np.float64).reshape(-1, 3)
-        member_ids, item_ids = data[:, 0].astype(np.int64), data[:, 1].astype(np.int64)
-        weights = data[:, 2].astype(np.float32)
-    feed_members = np.fromiter(
-        # Ascending ids: each shard's members are then one id range (FeedRunShard).
-        Membership.objects.filter(community=community).order_by("id").values_list("id", flat=True),
-        dtype=np.int64,
-    )
-    candidate_items = np.fromiter(
-        Item.objects.filter(community=community, active=True).values_list("id", flat=True),
-        dtype=np.int64,
-    )
-    return _TrainingData(
-        member_ids=member_ids,
-        item_ids=item_ids,
-        weights=weights,
-        feed_members=feed_members,
-        candidate_items=candidate_items,
-        watermark=watermark,
-    )
-
-
-# One row of PostgreSQL's binary COPY of (bigint, bigint, float8): a field count, then each
-# field's length and big-endian value.
-_COPY_ROW = np.dtype(
-    [
-        ("fields", ">i2"),
-        ("member_length", ">i4"),
-        ("member", ">i8"),
-        ("item_length", ">i4"),
-        ("item", ">i8"),
-        ("weight_length", ">i4"),
-        ("weight", ">f8"),
-    ]
-)
-_COPY_SIGNATURE = b"PGCOPY\n\xff\r\n\x00"
-
-
-def _interactions_copy(
-    community_id: int, watermark: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """PostgreSQL: the interactions as arrays through one binary COPY (no row objects)."""
-    table = Interaction._meta.db_table
-    query = (
-        f"COPY (SELECT member_id::bigint, item_id::bigint, weight::float8 FROM {table} "
-        f"WHERE community_id = {int(community_id)} AND id <= {int(watermark)}) "
-        "TO STDOUT (FORMAT binary)"
-    )
-    buffer = bytearray()
-    connection.ensure_connection()
-    with connection.connection.cursor() as cursor, cursor.copy(query) as copy:
-        for block in copy:
-            buffer += block
-    # Header: signature, flags (int32), extension length (int32, 0 here); trailer: int16 -1.
-    if bytes(buffer[:11]) != _COPY_SIGNATURE or bytes(buffer[15:19]) != b"\x00\x00\x00\x00":
-        raise RuntimeError("unexpected header in PostgreSQL's binary COPY output")
-    rows = np.frombuffer(memoryview(buffer)[19 : len(buffer) - 2], dtype=_COPY_ROW)
-    if rows.size and not (rows["fields"] == 3).all():
-        raise RuntimeError("unexpected row in PostgreSQL's binary COPY output")
-    return (
-        rows["member"].astype(np.int64),
-        rows["item"].astype(np.int64),
-        rows["weight"].astype(np.float32),
-    )
-
-
-def _load_item_attributes(
-    community: Community, *, after_id: int = 0
-) -> tuple[ItemAttributes, dict[int, list[str]]]:
-    """The active items' primary creator, provenance, age and tags, for the policy's effects
-    (only those with an id above ``after_id``: items published after a run).
-
-    Also returns each active item's tags, which members' tag mutes are resolved against.
-    """
-    now = timezone.now()
-    items = list(
-        Item.objects.filter(community=community, active=True, pk__gt=after_id)
-        .order_by("id")
-        .values_list("id", "external_id", "provenance", "published_at", "tags")
-    )
-    primary = dict(
-        (item_id, (creator_id, key))
-        for item_id, creator_id, key in ItemCreator.objects.filter(
-            item__community=community, item__active=True, item_id__gt=after_id, position=0
-        ).values_list("item_id", "creator_id", "creator__external_id")
-    )
-    attributes = ItemAttributes.from_records(
-        [row[0] for row in items],
-        creator_ids=[primary.get(row[0], (-1, ""))[0] for row in items],
-        creator_keys=[primary.get(row[0], (-1, ""))[1] for row in items],
-        item_keys=[row[1] for row in items],
-        provenance=[row[2] for row in items],
-        age_days=[
-            (now - row[3]).total_seconds() / 86_400 if row[3] is not None else float("nan")
-            for row in items
-        ],
-        tags=[row[4] or [] for row in items],
-    )
-    return attributes, {row[0]: row[4] or [] for row in items}
-
-
 def _audit_run(run: FeedRun, action: str, payload: dict[str, object]) -> None:
     audit_append(
         community=run.community,
@@ -322,42 +193,6 @@ def feed_run_execute(
             feed_run_shard_execute(shard_id=shard_id, prepared=prepared)
     run.refresh_from_db()
     return run
-
-
-@dataclass(frozen=True)
-class _RunInputs:
-    """Everything a run reads: interactions, the active catalogue, members' and creators'
-    choices. The preview (``served_feeds_compute``) reads the same, so it ranks as a run does."""
-
-    data: _TrainingData
-    attributes: ItemAttributes
-    choices: RankingChoices
-
-    def prepare_arguments(
-        self, policy: Policy, feed_members: np.ndarray | None = None
-    ) -> dict[str, Any]:
-        data, choices = self.data, self.choices
-        return {
-            "member_ids": data.member_ids,
-            "item_ids": data.item_ids,
-            "weights": data.weights,
-            "policy": policy,
-            "feed_members": data.feed_members if feed_members is None else feed_members,
-            "candidate_items": data.candidate_items,
-            "n": settings.COMMONFEED_FEED_LENGTH,
-            "item_attributes": self.attributes,
-            "refused_items": choices.refused_items,
-            "member_blocks": choices.member_blocks,
-            "no_personalisation_members": choices.no_personalisation_members,
-            "no_training_members": choices.no_training_members,
-        }
-
-
-def _run_inputs(community: Community) -> _RunInputs:
-    data = _load_training_data(community)
-    attributes, item_tags = _load_item_attributes(community)
-    choices = ranking_choices_load(community=community, item_tags=item_tags)
-    return _RunInputs(data=data, attributes=attributes, choices=choices)
 
 
 @dataclass(frozen=True)
@@ -587,65 +422,6 @@ def _write_shard_rows(run: FeedRun, shard: FeedRunShard, batch: FeedBatch) -> No
         _bulk_create_rows(run.pk, chunk)
 
 
-def _bulk_create_rows(run_id: int, rows: Iterable[FeedRow]) -> None:
-    MemberFeed.objects.bulk_create(
-        [
-            MemberFeed(
-                run_id=run_id,
-                member_id=member,
-                item_ids=items,
-                scores=row_scores,
-                base_scores=row_base,
-                reasons=reasons,
-            )
-            for member, items, row_scores, row_base, reasons in rows
-        ],
-        batch_size=WRITE_BATCH,
-    )
-
-
-# (member, item ids, scores, base scores, reasons): one MemberFeed row.
-FeedRow = tuple[int, list[int], list[float], list[float], list[int]]
-
-
-def _feed_rows(batch: FeedBatch) -> Iterator[FeedRow]:
-    """``(member, item ids, scores, base scores, reasons)`` per member, padding dropped."""
-    valid = batch.item_ids >= 0
-    scores = np.round(batch.scores.astype(np.float64), 6)
-    base_scores = np.round(batch.base_scores.astype(np.float64), 6)
-    return (
-        (
-            int(batch.member_ids[r]),
-            batch.item_ids[r][valid[r]].tolist(),
-            scores[r][valid[r]].tolist(),
-            base_scores[r][valid[r]].tolist(),
-            batch.reasons[r][valid[r]].tolist(),
-        )
-        for r in range(len(batch.member_ids))
-    )
-
-
-def _copy_rows(run_id: int, batch: FeedBatch) -> None:
-    """PostgreSQL: stream the rows with COPY (several times faster than INSERTs), their text
-    laid out by numpy (feeds.copytext) rather than number by number."""
-    table = MemberFeed._meta.db_table
-    columns = "run_id, member_id, item_ids, scores, base_scores, reasons"
-    connection.ensure_connection()
-    with (
-        connection.connection.cursor() as cursor,
-        cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy,
-    ):
-        for block in feed_copy_text(
-            run_id,
-            batch.member_ids,
-            batch.item_ids,
-            batch.scores,
-            batch.base_scores,
-            batch.reasons,
-        ):
-            copy.write(block)
-
-
 def _fail_run(run: FeedRun, error: str, *, claim: str | None = None) -> None:
     """Mark the run failed (once, audited) unless it finished or failed already."""
     with transaction.atomic():
@@ -786,290 +562,6 @@ def _shard_stats(run: FeedRun) -> dict[str, object]:
     return stats
 
 
-# --- Fold-in: fresh feeds between runs ------------------------------------------------------------
-
-# Members re-ranked per refresh transaction when a drain task empties a community's queue.
-FOLD_IN_BATCH = 500
-
-
-@dataclass(frozen=True)
-class FeedsRefreshed:
-    """What :func:`member_feeds_refresh` did."""
-
-    run_id: int | None
-    members: int
-    written: int
-    skipped: str = ""
-    """Why nothing was written: ``no_run`` (no served run yet), ``no_artifact`` (the served
-    run's model is missing from the storage), ``pointer_moved`` (a newer run was swapped in
-    meanwhile; it or a later refresh has the members' events), or ``""``."""
-    seconds: dict[str, float] = field(default_factory=dict)
-
-
-def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> FeedsRefreshed:
-    """Re-rank these members' feeds in the served run from their current data (fold-in).
-
-    Loads the served run's artifact (the model, catalogue and policy it was scored with), then
-    in one transaction: locks the community's pointer row and checks it still names that run
-    (a swap waits for the lock; if the pointer moved, nothing is written), reads the members'
-    interactions and choices as they are now, ranks them (:func:`ranking.feeds.refresh_feeds`)
-    and replaces their rows of that run. Their cached pages are dropped after the commit.
-
-    Safe to run twice and concurrently: refreshes of a community serialise on the pointer row
-    and each reads the data after taking it, so the last writer has the newest data.
-    """
-    started = time.perf_counter()
-    wanted = sorted({int(m) for m in member_ids})
-    run = FeedRun.objects.filter(pointed_by__community=community).only("id", "artifact").first()
-    if not wanted:
-        return FeedsRefreshed(run_id=None, members=0, written=0)
-    if run is None or not run.artifact:
-        return FeedsRefreshed(run_id=None, members=0, written=0, skipped="no_run")
-    try:
-        prepared = artifact_load(run.artifact)
-    except FileNotFoundError:
-        # The served run's model is gone from the storage (lost, or a wrongly shared folder):
-        # nothing to rank against; the members' data is committed and the next run has it.
-        logger.error("fold-in: the artifact %s of run %s is missing", run.artifact, run.pk)
-        return FeedsRefreshed(run_id=run.pk, members=0, written=0, skipped="no_artifact")
-    loaded = time.perf_counter()
-    # Outside the pointer lock: a change that lands meanwhile bumps the pointer's revision, and
-    # the next page withdraws it and asks for another refresh.
-    refused = _refused_by_policy_now(community, prepared.policy)
-    with transaction.atomic():
-        held = list(
-            FeedPointer.objects.select_for_update()
-            .filter(community=community, run_id=run.pk)
-            .values_list("run_id", flat=True)
-        )
-        if not held:
-            return FeedsRefreshed(run_id=run.pk, members=0, written=0, skipped="pointer_moved")
-        members = dict(
-            Membership.objects.filter(community=community, pk__in=wanted).values_list(
-                "pk", "external_id"
-            )
-        )
-        ids = sorted(members)
-        published = None
-        if prepared.estimator is not None and prepared.policy.candidates.new_items:
-            after = int(np.max(prepared.space_ids, initial=0))
-            published = _load_item_attributes(community, after_id=after)[0]
-        batch = refresh_feeds(
-            prepared, **_refresh_inputs(community, ids, refused), published_items=published
-        )
-        ranked = time.perf_counter()
-        MemberFeed.objects.filter(run_id=run.pk, member_id__in=ids).delete()
-        _bulk_create_rows(run.pk, _feed_rows(batch))
-        slug, external_ids = community.slug, [members[m] for m in ids]
-        transaction.on_commit(
-            lambda: feedcache.member_pages_invalidate(slug=slug, members=external_ids)
-        )
-    written = time.perf_counter()
-    seconds = {
-        "artifact_load": round(loaded - started, 4),
-        "read_and_rank": round(ranked - loaded, 4),
-        "write": round(written - ranked, 4),
-    }
-    logger.info(
-        "fold-in: %s members of %s refreshed in run %s (%s)", len(ids), slug, run.pk, seconds
-    )
-    return FeedsRefreshed(run_id=run.pk, members=len(ids), written=len(ids), seconds=seconds)
-
-
-def _refused_by_policy_now(community: Community, policy: Policy) -> np.ndarray:
-    """Active items the run's policy refuses by their attributes *now*, as
-    ``ranking.effects.ItemAttributes.refused_by`` and the excluded provenance classes decide
-    (``feeds.serving.selectors.withdrawn_items`` applies the same when serving): a refresh must not
-    rank again what the page would withdraw. One query, the rules as SQL conditions (tags by
-    JSON containment on PostgreSQL; elsewhere the tag rules are checked here)."""
-    excluded = selectors.excluded_provenance(policy)
-    tags = {r.tag for r in policy.refusals if isinstance(r, TagRefusal)}
-    creators = [r.creator for r in policy.refusals if isinstance(r, CreatorRefusal)]
-    items = [r.item for r in policy.refusals if isinstance(r, ItemRefusal)]
-    provenance = excluded | {
-        r.provenance for r in policy.refusals if isinstance(r, ProvenanceRefusal)
-    }
-    days = [r.days for r in policy.refusals if isinstance(r, OlderThanRefusal)]
-    if not (tags or creators or items or provenance or days):
-        return np.zeros(0, dtype=np.int64)
-    condition = Q(pk__in=[])
-    if items:
-        condition |= Q(external_id__in=items)
-    if provenance:
-        condition |= Q(provenance__in=sorted(provenance))
-    if days:
-        condition |= Q(published_at__lt=timezone.now() - timedelta(days=min(days)))
-    if creators:
-        condition |= Q(
-            Exists(
-                ItemCreator.objects.filter(
-                    item=OuterRef("pk"), position=0, creator__external_id__in=creators
-                )
-            )
-        )
-    in_sql = tags and connection.vendor == "postgresql"
-    for tag in tags if in_sql else ():
-        condition |= Q(tags__contains=[tag])
-    active = Item.objects.filter(community=community, active=True)
-    refused = set(active.filter(condition).values_list("pk", flat=True))
-    if tags and not in_sql:
-        refused.update(
-            pk for pk, item_tags in active.values_list("pk", "tags") if tags & set(item_tags or [])
-        )
-    return np.fromiter(sorted(refused), dtype=np.int64, count=len(refused))
-
-
-def _refresh_inputs(
-    community: Community, member_ids: list[int], refused_by_policy: np.ndarray
-) -> dict[str, object]:
-    """The members' current interactions and choices, as refresh_feeds takes them.
-
-    Read by the same rules as a run (interaction weights, mutes resolved to items, refusals);
-    besides, items deactivated since the run and ``refused_by_policy`` are refused.
-    """
-    # By member alone: the ids are this community's memberships (the caller read them so), and
-    # a filter on the community as well can lead the planner to bitmap-AND the community's
-    # whole index range with the members' (seconds at 20M interactions, milliseconds without).
-    rows = np.array(
-        list(
-            Interaction.objects.filter(member_id__in=member_ids).values_list(
-                "member_id", "item_id", "weight"
-            )
-        ),
-        dtype=np.float64,
-    ).reshape(-1, 3)
-    item_tags: dict[int, list[str]] = {}
-    if MemberChoices.objects.filter(member_id__in=member_ids).exclude(muted_tags=[]).exists():
-        item_tags = {
-            pk: tags or []
-            for pk, tags in Item.objects.filter(community=community, active=True).values_list(
-                "id", "tags"
-            )
-        }
-    choices = ranking_choices_load(community=community, item_tags=item_tags, members=member_ids)
-    inactive = np.fromiter(
-        Item.objects.filter(community=community, active=False).values_list("id", flat=True),
-        dtype=np.int64,
-    )
-    return {
-        "feed_members": np.asarray(member_ids, dtype=np.int64),
-        "member_ids": rows[:, 0].astype(np.int64),
-        "item_ids": rows[:, 1].astype(np.int64),
-        "weights": rows[:, 2].astype(np.float32),
-        "member_blocks": choices.member_blocks,
-        "no_personalisation_members": choices.no_personalisation_members,
-        "refused_items": np.concatenate([choices.refused_items, inactive, refused_by_policy]),
-    }
-
-
-def member_feeds_refresh_drain(*, community_id: int, member_ids: list[int] | None = None) -> int:
-    """Refresh the given members and every member queued for the community; returns how many
-    refreshes ran. Members are forgotten only after their refresh committed, and only if they
-    were not queued again meanwhile, so a killed worker or a concurrent event loses nothing."""
-    community = Community.objects.filter(pk=community_id).first()
-    done = 0
-    if community is not None and member_ids:
-        done += member_feeds_refresh(community=community, member_ids=member_ids).members
-    while True:
-        taken = feedcache.foldin_take(community_id=community_id, limit=FOLD_IN_BATCH) or []
-        if taken and community is not None:
-            done += member_feeds_refresh(
-                community=community, member_ids=[member for member, _ in taken]
-            ).members
-        if not feedcache.foldin_done(community_id=community_id, taken=taken):
-            return done
-
-
-def published_items_fold_in() -> list[int]:
-    """Ask for every member's feed to be refreshed in communities where items were published
-    since the served run, when its policy takes new items as candidates; returns those
-    communities.
-
-    Beat runs it every minute, so a new item reaches members' feeds within minutes, without a
-    run: each refresh ranks it as the run ranks its own new items (``candidates.new_items``),
-    through the same refusals. Asked once per newest item: the pointer remembers the largest
-    id asked for (compare-and-set, so two beats ask once).
-    """
-    if not settings.COMMONFEED_FOLD_IN:
-        return []
-    asked = []
-    pointers = FeedPointer.objects.select_related("run__policy_version").only(
-        "community_id", "published_through", "run__id", "run__stats", "run__policy_version"
-    )
-    for pointer in pointers:
-        run = pointer.run
-        if not policy_of(run.policy_version).candidates.new_items:
-            continue
-        known = (run.stats or {}).get("max_item_id")
-        if known is None:
-            continue
-        through = max(int(known), pointer.published_through or 0)
-        newest = Item.objects.filter(
-            community_id=pointer.community_id, active=True, pk__gt=through
-        ).aggregate(newest=Max("pk"))["newest"]
-        if newest is None:
-            continue
-        claimed = FeedPointer.objects.filter(
-            community_id=pointer.community_id,
-            run_id=run.pk,
-            published_through=pointer.published_through,
-        ).update(published_through=newest)
-        if not claimed:
-            continue
-        members = list(
-            Membership.objects.filter(community_id=pointer.community_id)
-            .order_by("pk")
-            .values_list("pk", flat=True)
-        )
-        enqueue.member_feeds_refresh_request(community_id=pointer.community_id, member_ids=members)
-        asked.append(pointer.community_id)
-    return asked
-
-
-def member_feeds_refresh_reconcile() -> list[int]:
-    """Re-send drain tasks for communities whose queued refreshes lost their task."""
-    stranded = feedcache.foldin_stranded()
-    for community_id in stranded:
-        enqueue.members_refresh(community_id=community_id)
-    return stranded
-
-
-def _refresh_after_swap(run: FeedRun) -> None:
-    """Fold into a freshly swapped-in run what happened while it trained.
-
-    The run read interactions up to its watermark and choices when it started: members with
-    later interactions, choice changes or data deletions get refreshed against it.
-    """
-    if not settings.COMMONFEED_FOLD_IN:
-        return
-    watermark, started_at = FeedRun.objects.filter(pk=run.pk).values_list(
-        "watermark", "started_at"
-    )[0]
-    members = set(
-        Interaction.objects.filter(community_id=run.community_id, id__gt=watermark or 0)
-        .values_list("member_id", flat=True)
-        .distinct()
-    )
-    if started_at is not None:
-        members |= set(
-            MemberChoices.objects.filter(
-                member__community_id=run.community_id, updated_at__gte=started_at
-            ).values_list("member_id", flat=True)
-        )
-        members |= {
-            int(pk)
-            for pk in AuditEntry.objects.filter(
-                community_id=run.community_id,
-                action="member.data_deleted",
-                created_at__gte=started_at,
-            ).values_list("object_id", flat=True)
-        }
-    if members:
-        enqueue.member_feeds_refresh_request(
-            community_id=run.community_id, member_ids=sorted(members)
-        )
-
-
 @dataclass(frozen=True)
 class Reconciled:
     resent: list[int]
@@ -1180,81 +672,3 @@ def feed_runs_prune(*, community: Community, keep: int = RUNS_KEPT) -> int:
     artifacts_prune(community_id=community.pk, run_ids=pruned)
     FeedRun.objects.filter(id__in=pruned).update(artifact="")
     return deleted
-
-
-class AppCredentialInvalid(ValueError):
-    """A credential cannot be issued as asked; ``field`` names the input at fault."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(message)
-        self.field = field
-
-
-def app_credential_create(
-    *,
-    community: Community,
-    name: str,
-    scopes: list[str],
-    actor: AbstractBaseUser | None = None,
-) -> tuple[AppCredential, str]:
-    """Issue an app credential. Returns the row and the token, which is not stored anywhere."""
-    valid = set(AppCredential.Scope.values)
-    unknown = sorted(set(scopes) - valid)
-    if unknown or not scopes:
-        raise AppCredentialInvalid(
-            "scopes",
-            f"unknown scope(s) {', '.join(unknown)}; choose from {', '.join(sorted(valid))}"
-            if unknown
-            else "at least one scope is required",
-        )
-    name = name.strip()
-    if not name or len(name) > 100:
-        raise AppCredentialInvalid("name", "a name of 1 to 100 characters is required")
-    prefix, token = token_generate()
-    with transaction.atomic():
-        try:
-            # A savepoint, so a clash leaves the caller's transaction usable.
-            with transaction.atomic():
-                credential = AppCredential.objects.create(
-                    community=community,
-                    name=name,
-                    prefix=prefix,
-                    secret_sha256=token_digest(token),
-                    scopes=sorted(set(scopes)),
-                )
-        except IntegrityError:
-            # The partial unique constraint (one active credential per name) decides, not a
-            # prior SELECT, so two concurrent requests cannot both win.
-            raise AppCredentialInvalid(
-                "name", f"an active credential named {name!r} already exists"
-            ) from None
-        audit_append(
-            community=community,
-            actor=actor,
-            action="app_credential.created",
-            obj=credential,
-            payload={"name": credential.name, "prefix": prefix, "scopes": credential.scopes},
-        )
-    return credential, token
-
-
-def app_credential_revoke(
-    *, credential: AppCredential, actor: AbstractBaseUser | None = None
-) -> bool:
-    """Revoke the credential from its next request on. Returns False if it was revoked already."""
-    with transaction.atomic():
-        feedcache.credential_invalidate(credential)  # before the commit: see feeds/serving/cache.py
-        # Conditional update: of two concurrent revokes exactly one writes (and audits).
-        revoked = AppCredential.objects.filter(pk=credential.pk, revoked_at__isnull=True).update(
-            revoked_at=timezone.now()
-        )
-        if revoked:
-            credential.refresh_from_db(fields=["revoked_at"])
-            audit_append(
-                community=credential.community,
-                actor=actor,
-                action="app_credential.revoked",
-                obj=credential,
-                payload={"name": credential.name, "prefix": credential.prefix},
-            )
-    return bool(revoked)
