@@ -64,9 +64,9 @@ from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from feeds.artifacts import artifact_storage  # noqa: E402
 from feeds.credentials.services import app_credential_create  # noqa: E402
 from feeds.models import FeedRun, Item, MemberFeed  # noqa: E402
+from feeds.runs.artifacts import artifact_storage  # noqa: E402
 from feeds.runs.services import feed_run_execute, feed_run_request  # noqa: E402
 from feeds.worker import worker_start, worker_stop  # noqa: E402
 from governance.models import Community, Membership  # noqa: E402

@@ -178,7 +178,7 @@ class FeedRun(models.Model):
     # who are not members or have no feed of their own: item primary keys and scores.
     fallback_item_ids = models.JSONField(default=list, blank=True)
     fallback_scores = models.JSONField(default=list, blank=True)
-    # The trained model and everything scoring needs (feeds.artifacts), in the "feedmodels"
+    # The trained model and everything scoring needs (feeds.runs.artifacts), in the "feedmodels"
     # storage; written once per run by the worker that trained it.
     artifact = models.CharField(max_length=500, blank=True)
     # Shard completion, counted here (not in the broker): the transaction that takes

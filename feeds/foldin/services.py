@@ -16,7 +16,6 @@ from django.db.models import Exists, Max, OuterRef, Q
 from django.utils import timezone
 
 from feeds import enqueue
-from feeds.artifacts import artifact_load
 from feeds.choices.services import ranking_choices_load
 from feeds.models import (
     FeedPointer,
@@ -27,6 +26,7 @@ from feeds.models import (
     MemberChoices,
     MemberFeed,
 )
+from feeds.runs.artifacts import artifact_load
 from feeds.runs.inputs import _load_item_attributes
 from feeds.runs.store import _bulk_create_rows, _feed_rows
 from feeds.serving import cache as feedcache

@@ -19,7 +19,6 @@ from django.db.models import F, Q
 from django.utils import timezone
 
 from feeds import enqueue
-from feeds.artifacts import artifact_load, artifact_save, artifacts_prune
 from feeds.choices.services import RankingChoices
 from feeds.foldin.services import _refresh_after_swap
 from feeds.models import (
@@ -28,6 +27,7 @@ from feeds.models import (
     FeedRunShard,
     MemberFeed,
 )
+from feeds.runs.artifacts import artifact_load, artifact_save, artifacts_prune
 from feeds.runs.inputs import _run_inputs, _TrainingData
 from feeds.runs.store import WRITE_BATCH, _bulk_create_rows, _copy_rows, _feed_rows
 from feeds.serving import cache as feedcache

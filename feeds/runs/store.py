@@ -8,10 +8,10 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from django.db import connection
 
-from feeds.copytext import feed_copy_text
 from feeds.models import (
     MemberFeed,
 )
+from feeds.runs.copytext import feed_copy_text
 from ranking.feeds import FeedBatch
 
 logger = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def _feed_rows(batch: FeedBatch) -> Iterator[FeedRow]:
 
 def _copy_rows(run_id: int, batch: FeedBatch) -> None:
     """PostgreSQL: stream the rows with COPY (several times faster than INSERTs), their text
-    laid out by numpy (feeds.copytext) rather than number by number."""
+    laid out by numpy (feeds.runs.copytext) rather than number by number."""
     table = MemberFeed._meta.db_table
     columns = "run_id, member_id, item_ids, scores, base_scores, reasons"
     connection.ensure_connection()

@@ -226,7 +226,7 @@ def test_before_the_first_run_a_refresh_does_nothing() -> None:
 
 @pytest.mark.django_db
 def test_a_missing_model_is_reported_and_leaves_the_feed_as_it_was() -> None:
-    from feeds import artifacts
+    from feeds.runs import artifacts
 
     garden = _garden()
     run, me = garden["run"], garden["members"][0]

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from feeds.copytext import feed_copy_text
+from feeds.runs.copytext import feed_copy_text
 from feeds.runs.services import _members_per_item
 from feeds.runs.store import _feed_rows
 from ranking.feeds import FeedBatch

@@ -11,7 +11,6 @@ import pytest
 from django.core.management import call_command
 from django.utils import timezone
 
-from feeds import artifacts
 from feeds.models import (
     Creator,
     FeedPointer,
@@ -21,7 +20,7 @@ from feeds.models import (
     MemberChoices,
     MemberFeed,
 )
-from feeds.runs import inputs, services
+from feeds.runs import artifacts, inputs, services
 from feeds.runs.services import (
     feed_run_execute,
     feed_run_request,
