@@ -241,7 +241,7 @@ REST_FRAMEWORK = {
     # The API speaks JSON only; form encodings would be advertised in the schema but cannot
     # carry a batch.
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "feeds.apis.exception_handler",
+    "EXCEPTION_HANDLER": "feeds.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,
     # Keyed by the app credential, not the client address (see feeds/credentials/throttling.py).

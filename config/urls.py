@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from feeds.apis import MemberFeedApi
+from feeds.serving.api import MemberFeedApi
 
 urlpatterns = [
     # The feed GET first and at the top level: it is the hottest path, Django tries patterns

@@ -1,9 +1,9 @@
 """Row validation for the ingestion batches: pydantic v2, one pass over the whole batch.
 
-DRF serializers cost about 0.15 ms per row (a field object per value, exceptions for control
-flow); pydantic-core validates a batch of 1,000 events in about a millisecond. The rules are the
-ones the OpenAPI schema states for the rows (``feeds.apis.EventRow`` and friends, which document
-the API; ``tests/feeds/test_ingest_schemas.py`` checks that both say the same):
+DRF serializers cost about 0.15 ms per row (a field object per value, exceptions for control flow);
+pydantic-core validates a batch of 1,000 events in about a millisecond. The rules are the ones the
+OpenAPI schema states for the rows (``feeds.ingest.api.EventRow`` and friends, which document the
+API; ``tests/feeds/test_ingest_schemas.py`` checks that both say the same):
 
 * JSON types must match, no coercion (``strict``): ``"1"`` is not a number, ``1`` not a string.
 * Unknown fields are refused (``extra="forbid"``): a misspelt ``occured_at`` would otherwise be

@@ -462,7 +462,7 @@ def member_pages_invalidate(*, slug: str, members: list[str]) -> None:
     """After a member's feed changed inside a generation: drop their cached pages for good.
 
     Call after the change commits. Without Redis there is nothing shared to drop: the database
-    path compares the cached page's ETag with the row's (see feeds.apis).
+    path compares the cached page's ETag with the row's (see feeds.serving.api).
     """
     store = redis_store()
     if store is None or not members:

@@ -1,7 +1,7 @@
 """The feed GET's view: a cached page answered after one Redis round trip and no SQL.
 
-``MemberFeedApi`` (feeds.apis) stays the endpoint's definition: its schema, its errors, and the
-database path that is the source of truth. ``wrap`` makes the view the URLconf routes to, an
+``MemberFeedApi`` (feeds.serving.api) stays the endpoint's definition: its schema, its errors, and
+the database path that is the source of truth. ``wrap`` makes the view the URLconf routes to, an
 ordinary Django view behind the usual middleware, which answers the common case itself, in
 which everything is already cached and valid:
 

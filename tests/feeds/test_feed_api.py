@@ -7,10 +7,10 @@ from django.test import Client
 from django.urls import reverse
 from rest_framework.renderers import JSONRenderer
 
-from feeds.apis import FeedOutput, feed_data
 from feeds.credentials.services import app_credential_create, app_credential_revoke
 from feeds.models import AppCredential, FeedPointer, FeedRun, Interaction, Item
 from feeds.runs.services import feed_run_execute, feed_run_request
+from feeds.serving.api import FeedOutput, feed_data
 from feeds.serving.selectors import feed_run_for_read, member_feed_get
 from tests.factories import MembershipFactory, make_community, small_catalogue
 

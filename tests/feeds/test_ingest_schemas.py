@@ -1,5 +1,5 @@
 """The batch rows' validators (pydantic, feeds.ingest.schemas) and the OpenAPI schema the API
-publishes (DRF serializers in feeds.apis) must state the same rules; apps read the schema."""
+publishes (DRF serializers in feeds.ingest.api) must state the same rules; apps read the schema."""
 
 from __future__ import annotations
 

@@ -23,8 +23,6 @@ from hypothesis import HealthCheck, given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from feeds import apis
-from feeds.apis import _etag_current
 from feeds.bluesky.auth import did_key_of, service_jwt
 from feeds.credentials.services import app_credential_create
 from feeds.foldin import services as foldin
@@ -40,7 +38,9 @@ from feeds.models import (
 )
 from feeds.runs import inputs
 from feeds.runs.services import feed_run_execute, feed_run_request
+from feeds.serving import api as serving_api
 from feeds.serving import cache as feedcache
+from feeds.serving.api import _etag_current
 from feeds.serving.selectors import (
     feed_run_for_read,
     items_with_credits,
@@ -453,7 +453,9 @@ def test_a_page_that_withdrew_entries_has_the_feed_refreshed_without_them_once(
     settings.COMMONFEED_FOLD_IN = True
     requested: list[list[int]] = []
     monkeypatch.setattr(
-        apis, "member_feeds_refresh_request", lambda **kw: requested.append(kw["member_ids"])
+        serving_api,
+        "member_feeds_refresh_request",
+        lambda **kw: requested.append(kw["member_ids"]),
     )
     community, member = garden["community"], Membership.objects.get(external_id="m9")
     stored = _stored(garden, "m9")
