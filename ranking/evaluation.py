@@ -6,7 +6,7 @@ The protocol, in four steps, each a plain function over :class:`~ranking.dataset
    holdout, seeded) or :func:`split_temporal` (each member's latest interactions held out).
    :func:`split_validation` splits a split's training part again the same way, so a policy can
    be chosen on validation and reported on a test part that played no part in choosing it.
-2. **Recommend** with the product's own pipeline, :func:`ranking.feeds.compute_feeds`, trained on
+2. **Recommend** with the product's own pipeline, :func:`ranking.pipeline.compute_feeds`, trained on
    the train part only, for every member with held-out items, with the whole catalogue as
    candidates (:func:`recommend`). Training uses the policy's ``weighting``; ``"binary"`` (the
    default) binarises it.
@@ -42,7 +42,7 @@ from threadpoolctl import threadpool_limits
 from ranking import metrics
 from ranking.datasets import PROVENANCES, InteractionData
 from ranking.effects import ItemAttributes
-from ranking.feeds import compute_feeds
+from ranking.pipeline import compute_feeds
 from ranking.policy import ModelParams, Policy
 from ranking.report import CUTS, DEFAULT_DEPTH, Catalogue, feed_report
 
@@ -344,7 +344,7 @@ def reference_time(data: InteractionData, split: Split | None = None) -> float:
 
 
 def item_attributes(data: InteractionData, split: Split | None = None) -> ItemAttributes:
-    """The item attributes that :func:`ranking.feeds.compute_feeds` needs, from a data set.
+    """The item attributes that :func:`ranking.pipeline.compute_feeds` needs, from a data set.
 
     One row per catalogue item (``data.items``):
 
@@ -402,9 +402,9 @@ class Recommendations:
     items : numpy.ndarray of int64, shape (m, k)
         Recommended **item indices** into ``data.items``, best first; ``-1`` pads.
     metadata : dict
-        :attr:`ranking.feeds.FeedBatch.metadata` of the run.
+        :attr:`ranking.pipeline.FeedBatch.metadata` of the run.
     seconds : float
-        Wall time of :func:`~ranking.feeds.compute_feeds`.
+        Wall time of :func:`~ranking.pipeline.compute_feeds`.
     """
 
     member_ids: npt.NDArray[np.int64]
@@ -433,7 +433,7 @@ def recommend(
 ) -> Recommendations:
     """Train ``policy`` on the training part and recommend ``k`` items to each evaluated member.
 
-    Calls :func:`ranking.feeds.compute_feeds` with the training interactions, the whole
+    Calls :func:`ranking.pipeline.compute_feeds` with the training interactions, the whole
     catalogue as ``candidate_items`` and the members with held-out items as ``feed_members``.
 
     Parameters
@@ -446,7 +446,7 @@ def recommend(
     num_threads : int, default 0
         ALS threads (``0``: all cores); results do not depend on it.
     feed_options : mapping, optional
-        Further keyword arguments for :func:`~ranking.feeds.compute_feeds`. Unless it has
+        Further keyword arguments for :func:`~ranking.pipeline.compute_feeds`. Unless it has
         ``item_attributes``, those of :func:`item_attributes` ``(data, split)`` are passed, so
         every re-ranking effect of the policy applies.
 
@@ -486,7 +486,7 @@ def implicit_baseline(
     k: int = 10,
     num_threads: int = 0,
 ) -> Recommendations:
-    """The same lists made with bare :mod:`implicit`, bypassing :mod:`ranking.feeds`.
+    """The same lists made with bare :mod:`implicit`, bypassing :mod:`ranking.pipeline`.
 
     A reference implementation for checking the pipeline: binarise the training pairs into a
     members x items matrix (rows and columns: the sorted ids that occur in training), fit

@@ -4,7 +4,7 @@ Every function takes arrays and returns arrays or floats. The common inputs are
 
 ``recs`` : int array of shape (m, k)
     Recommended **item indices** (``0 .. n_items - 1``) for ``m`` members, best first; ``-1``
-    pads short lists. A list is assumed to hold no repeated item (as :func:`ranking.feeds.
+    pads short lists. A list is assumed to hold no repeated item (as :func:`ranking.pipeline.
     compute_feeds` guarantees).
 ``truth`` : scipy.sparse.csr_matrix, shape (m, n_items)
     Held-out relevant items: row ``r`` is member ``r``'s test set; any stored non-zero counts as

@@ -12,7 +12,7 @@ from feeds.copytext import feed_copy_text
 from feeds.models import (
     MemberFeed,
 )
-from ranking.feeds import FeedBatch
+from ranking.pipeline import FeedBatch
 
 logger = logging.getLogger(__name__)
 
