@@ -13,8 +13,10 @@ feed of ``--n`` items; the naive one loops over members in Python (sorting each 
 walking it with a per-creator counter, as a hand-written re-ranker would) and is timed on the
 first ``--naive-members`` members. Their feeds are checked to be identical on those members.
 
-``--compare-with FILE`` also times another version of ``ranking/effects.py`` (e.g. the last
-commit's: ``git show HEAD:ranking/effects.py > /tmp/effects_before.py``) in the same run,
+``--compare-with FILE`` also times another version of ``ranking/effects.py``, from before it
+became the ``ranking/effects/`` package (a single file: e.g. ``git show
+a91c3aa:ranking/effects.py > /tmp/effects_before.py``; a packaged version imports its own
+submodules by absolute name, so time it from its own checkout instead) in the same run,
 interleaved with the current one, and checks that both give identical feeds (items, scores, base
 scores and reasons) on every member.
 
@@ -209,7 +211,8 @@ def naive(
 
 
 def load_apply_policy(path: str) -> Callable[..., Any]:
-    """``apply_policy`` from another copy of ``ranking/effects.py``, imported under its own name."""
+    """``apply_policy`` from another copy of the single-file ``ranking/effects.py`` (before it
+    became a package), imported under its own name."""
     spec = importlib.util.spec_from_file_location("effects_compared", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"cannot import {path}")
@@ -260,7 +263,9 @@ def main() -> None:
     parser.add_argument("--naive-members", type=int, default=2_000)
     parser.add_argument("--repeat", type=int, default=3, help="best of this many runs")
     parser.add_argument(
-        "--compare-with", metavar="FILE", help="another ranking/effects.py to time side by side"
+        "--compare-with",
+        metavar="FILE",
+        help="a single-file ranking/effects.py (before the package) to time side by side",
     )
     parser.add_argument(
         "--policy", metavar="FILE", help="a policy document whose ranking section to apply"

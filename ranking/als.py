@@ -676,7 +676,7 @@ def _bounded_top_k(
     block, so both paths agree bit for bit; its Haswell, Zen and Prescott kernels round some
     products one unit in the last place differently by the shape of the block, so two items
     that close may swap. A row's result depends only on the rows ranked with it (fixed chunks
-    of absolute positions in :func:`ranking.feeds.score_feeds`), so shards still reproduce a
+    of absolute positions in :func:`ranking.pipeline.score_feeds`), so shards still reproduce a
     whole run bit for bit.
 
     Returns ``(columns, scores, done)``: for rows with ``done`` set, columns (into the item

@@ -105,7 +105,7 @@ class CandidateParams(_Section):
     new_items: int = Field(0, ge=0, le=1_000)
     """Items nobody has interacted with yet that join each member's candidates besides
     ``pool_size``: the best ``new_items`` for the member among the community's newest such items,
-    scored from the creator's other items or the item's tags (see :mod:`ranking.feeds`). 0: only
+    scored from the creator's other items or the item's tags (see :mod:`ranking.pipeline`). 0: only
     items with interactions are candidates, so a new creator reaches no one until somebody
     finds their items elsewhere."""
 

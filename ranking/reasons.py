@@ -1,6 +1,6 @@
 """Why an item is in a feed: reason codes as bits of an int32 mask, and their sentences.
 
-Every feed entry carries a bitmask (see :attr:`ranking.feeds.FeedBatch.reasons`): one *source*
+Every feed entry carries a bitmask (see :attr:`ranking.pipeline.FeedBatch.reasons`): one *source*
 bit (how the candidate was found) plus any number of *effect* bits (what the community's policy
 did to it). :func:`explain` turns a mask into the sentences shown to members.
 """
@@ -74,7 +74,7 @@ def explain(mask: int) -> list[str]:
     Parameters
     ----------
     mask : int
-        A reason bitmask (e.g. one entry of :attr:`ranking.feeds.FeedBatch.reasons`).
+        A reason bitmask (e.g. one entry of :attr:`ranking.pipeline.FeedBatch.reasons`).
 
     Returns
     -------

@@ -192,7 +192,7 @@ def creator_member_link_audit(
 
 @dataclass(frozen=True)
 class RankingChoices:
-    """Everyone's choices as the arrays ``ranking.feeds.compute_feeds`` takes."""
+    """Everyone's choices as the arrays ``ranking.pipeline.compute_feeds`` takes."""
 
     no_personalisation_members: np.ndarray
     no_training_members: np.ndarray

@@ -33,7 +33,7 @@ from feeds.serving import cache as feedcache
 from feeds.serving import selectors
 from governance.models import AuditEntry, Community, Membership
 from governance.selectors import policy_of
-from ranking.feeds import refresh_feeds
+from ranking.pipeline import refresh_feeds
 from ranking.policy import (
     CreatorRefusal,
     ItemRefusal,
@@ -70,7 +70,7 @@ def member_feeds_refresh(*, community: Community, member_ids: Iterable[int]) -> 
     Loads the served run's artifact (the model, catalogue and policy it was scored with), then
     in one transaction: locks the community's pointer row and checks it still names that run
     (a swap waits for the lock; if the pointer moved, nothing is written), reads the members'
-    interactions and choices as they are now, ranks them (:func:`ranking.feeds.refresh_feeds`)
+    interactions and choices as they are now, ranks them (:func:`ranking.pipeline.refresh_feeds`)
     and replaces their rows of that run. Their cached pages are dropped after the commit.
 
     Safe to run twice and concurrently: refreshes of a community serialise on the pointer row

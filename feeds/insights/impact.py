@@ -42,7 +42,7 @@ from feeds.runs.services import served_feeds_compute
 from governance.models import Community, Membership
 from ranking.datasets import PROVENANCES, InteractionData
 from ranking.evaluation import compare, split_random
-from ranking.feeds import FeedBatch
+from ranking.pipeline import FeedBatch
 from ranking.policy import Policy, policy_validate
 
 logger = logging.getLogger(__name__)

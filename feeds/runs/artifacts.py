@@ -1,7 +1,7 @@
 """Feed run artifacts: the trained model and everything scoring needs, in Django's storage API.
 
 The worker that trains a run writes one ``.npz`` archive
-(:meth:`ranking.feeds.PreparedFeeds.save`: arrays and a JSON header, never pickle) to the
+(:meth:`ranking.pipeline.PreparedFeeds.save`: arrays and a JSON header, never pickle) to the
 ``feedmodels`` storage (``settings.STORAGES``; local disk by default, any Django storage such as
 an S3 backend when workers run on several machines). Shard tasks read it back, once per worker
 process. Artifacts are deleted with the feeds of pruned runs (:func:`artifacts_prune`).
@@ -22,7 +22,7 @@ from pathlib import Path
 from django.core.files import File
 from django.core.files.storage import Storage, storages
 
-from ranking.feeds import PreparedFeeds
+from ranking.pipeline import PreparedFeeds
 
 STORAGE_ALIAS = "feedmodels"
 

@@ -36,7 +36,7 @@ from governance.models import Community, PolicyVersion
 from governance.selectors import policy_of, policy_version_current
 from governance.services import audit_append
 from ranking.effects import ItemAttributes
-from ranking.feeds import FeedBatch, PreparedFeeds, prepare_feeds, score_feeds
+from ranking.pipeline import FeedBatch, PreparedFeeds, prepare_feeds, score_feeds
 from ranking.policy import (
     PROVENANCE_CLASSES,
     Policy,
@@ -209,7 +209,7 @@ def served_feeds_compute(
 
     The same inputs as a run (``_run_inputs``: interactions, active items, refusals, creators'
     opt-outs, members' mutes and refusals), the same feed length and the same ranking
-    (``ranking.feeds.prepare_feeds`` and ``score_feeds``), for every member or only
+    (``ranking.pipeline.prepare_feeds`` and ``score_feeds``), for every member or only
     ``members``. The impact preview measures these, so what it shows is what ratification
     delivers on the same data.
     """
@@ -291,7 +291,7 @@ def _train(run: FeedRun, token: str, heartbeat: _Heartbeat) -> tuple[PreparedFee
 
 def _shard_bounds(members: int) -> list[tuple[int, int]]:
     """``[start, stop)`` of each shard: whole multiples of the scoring chunk (bit-identical
-    feeds whatever the sharding, see ranking.feeds.score_feeds)."""
+    feeds whatever the sharding, see ranking.pipeline.score_feeds)."""
     chunk = settings.COMMONFEED_SCORE_CHUNK
     size = -(-settings.COMMONFEED_SHARD_MEMBERS // chunk) * chunk
     return [(start, min(start + size, members)) for start in range(0, members, size)]

@@ -12,7 +12,7 @@ from feeds.models import (
     MemberFeed,
 )
 from feeds.runs.copytext import feed_copy_text
-from ranking.feeds import FeedBatch
+from ranking.pipeline import FeedBatch
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from hypothesis.extra import numpy as hnp
 from feeds.runs.copytext import feed_copy_text
 from feeds.runs.services import _members_per_item
 from feeds.runs.store import _feed_rows
-from ranking.feeds import FeedBatch
+from ranking.pipeline import FeedBatch
 
 
 def _batch(

@@ -56,7 +56,7 @@ def community(settings: Any, tmp_path: Any) -> Community:
         no_progress=True,
     )
     community = Community.objects.get(slug="shards")
-    # Every route of ranking.feeds: trained, recalculated, popular (no history), refusing.
+    # Every route of ranking.pipeline: trained, recalculated, popular (no history), refusing.
     members = list(Membership.objects.filter(community=community).order_by("id"))
     creator = Creator.objects.filter(community=community).first()
     for index, member in enumerate(members[:60]):

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ranking import feeds as feeds_module
 from ranking.effects import ItemAttributes, quota_required
-from ranking.feeds import PreparedFeeds, prepare_feeds, refresh_feeds, score_feeds
+from ranking.pipeline import PreparedFeeds, prepare_feeds, refresh_feeds, score_feeds
+from ranking.pipeline import new_items as new_items_module
 from ranking.policy import ModelParams, Policy, TagRefusal, neutral_policy
 from ranking.reasons import Reason
 
@@ -252,7 +252,7 @@ def test_feeds_with_new_items_hold_only_candidates_unseen_without_repeats(
 
 
 def test_only_the_newest_items_are_considered(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(feeds_module, "NEW_ITEMS_CONSIDERED", 2)
+    monkeypatch.setattr(new_items_module, "NEW_ITEMS_CONSIDERED", 2)
     prepared = prepared_for(policy(4))
 
     # Items 50 and 60 are a day old, the new creator's two days old.

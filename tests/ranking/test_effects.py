@@ -22,7 +22,9 @@ from ranking.effects import (
     RankedFeeds,
     apply_policy,
     blocked_mask,
+    greedy,
 )
+from ranking.effects import apply as effects_apply
 from ranking.policy import (
     PROVENANCE_CLASSES,
     Allow,
@@ -139,7 +141,7 @@ def test_splitting_members_into_blocks_changes_nothing(rng: np.random.Generator)
 
     whole = feeds()
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(effects, "_BLOCK", 2)
+        patch.setattr(effects_apply, "_BLOCK", 2)
         split = feeds()
 
     for field in ("items", "scores", "base_scores", "reasons"):
@@ -779,7 +781,7 @@ def test_the_loop_free_paths_give_what_the_greedy_loop_gives(world: World) -> No
     )
     fast = feeds_of(world, params)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(effects, "_SHORTCUTS", False)
+        patch.setattr(effects_apply, "_SHORTCUTS", False)
         slow = feeds_of(world, params)
 
     assert np.array_equal(fast.items, slow.items)
@@ -809,7 +811,7 @@ def test_rows_the_best_candidates_cannot_fill_are_redone_in_full(cap: str) -> No
 
     fast = apply_policy(items, scores, catalogue=catalogue, params=params, n=n)
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(effects, "_SHORTCUTS", False)
+        patch.setattr(effects_apply, "_SHORTCUTS", False)
         slow = apply_policy(items, scores, catalogue=catalogue, params=params, n=n)
 
     assert np.array_equal(fast.items, slow.items)
@@ -832,7 +834,7 @@ def test_rows_the_best_candidates_cannot_fill_are_redone_in_full(cap: str) -> No
 def test_the_fast_descending_sort_is_stable(values: list[list[float]]) -> None:
     array = np.array(values, dtype=np.float32)
 
-    assert np.array_equal(effects._descending(array), np.argsort(-array, axis=1, kind="stable"))
+    assert np.array_equal(greedy._descending(array), np.argsort(-array, axis=1, kind="stable"))
 
 
 @dataclass
@@ -866,7 +868,7 @@ def quota_pools(draw: st.DrawFn) -> QuotaPool:
         creator_first_age_days=first_age[:present],
     )
     n = draw(st.integers(1, 16))
-    # Two quotas never fall due at once while each is at most a half (see ranking.effects).
+    # Two quotas never fall due at once while each is at most a half (see ranking.effects.greedy).
     quota_lt = draw(st.integers(1, n // 2 + 1))
     quota_new = draw(st.integers(1, n // 2 + 1))
     params = NEUTRAL.model_copy(

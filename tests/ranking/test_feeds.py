@@ -17,7 +17,7 @@ from scipy.sparse import csr_matrix
 from threadpoolctl import threadpool_limits
 
 from ranking.effects import ItemAttributes
-from ranking.feeds import FeedBatch, compute_feeds
+from ranking.pipeline import FeedBatch, compute_feeds
 from ranking.policy import (
     FallbackParams,
     ModelParams,
@@ -606,7 +606,7 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
     tmp_path: Path, mmap: bool, top_k: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import ranking.als
-    import ranking.feeds
+    import ranking.pipeline.prepared
 
     finished: list[int] = []
     if top_k == "bounded":
@@ -622,7 +622,7 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
             return result
 
         monkeypatch.setattr(ranking.als, "_bounded_top_k", counted)
-    from ranking.feeds import (
+    from ranking.pipeline import (
         ROUTE_POPULAR,
         ROUTE_RECALCULATED,
         ROUTE_REFUSING,
@@ -645,7 +645,9 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
     path = tmp_path / "prepared.npz"
     with open(path, "wb") as handle:
         prepared.save(handle)
-    monkeypatch.setattr(ranking.feeds, "_MAP_AT_LEAST", 0)  # map even this small run's arrays
+    monkeypatch.setattr(
+        ranking.pipeline.prepared, "_MAP_AT_LEAST", 0
+    )  # map even this small run's arrays
     loaded = PreparedFeeds.load(path, mmap=mmap)
     assert isinstance(loaded.targets, np.memmap) == mmap
     assert _mapped(loaded.seen.indices) == mmap  # scipy keeps a plain view of the mapping
@@ -670,7 +672,7 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
 
 
 def test_a_prepared_run_refuses_a_bad_slice_and_a_foreign_archive(tmp_path: Path) -> None:
-    from ranking.feeds import PreparedFeeds, prepare_feeds, score_feeds
+    from ranking.pipeline import PreparedFeeds, prepare_feeds, score_feeds
 
     prepared = prepare_feeds(**_shardable_inputs())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="outside"):
@@ -692,8 +694,8 @@ def test_a_prepared_run_refuses_a_bad_slice_and_a_foreign_archive(tmp_path: Path
 def test_an_archive_that_cannot_be_mapped_is_read_when_mapping_is_asked(
     tmp_path: Path, write: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import ranking.feeds
-    from ranking.feeds import PreparedFeeds, prepare_feeds
+    import ranking.pipeline.prepared
+    from ranking.pipeline import PreparedFeeds, prepare_feeds
 
     prepared = prepare_feeds(**_shardable_inputs())  # type: ignore[arg-type]
     plain = tmp_path / "plain.npz"
@@ -702,7 +704,7 @@ def test_an_archive_that_cannot_be_mapped_is_read_when_mapping_is_asked(
     with np.load(plain) as archive:
         other = tmp_path / "other.npz"
         write(other, **{name: archive[name] for name in archive.files})
-    monkeypatch.setattr(ranking.feeds, "_MAP_AT_LEAST", 0)
+    monkeypatch.setattr(ranking.pipeline.prepared, "_MAP_AT_LEAST", 0)
 
     loaded = PreparedFeeds.load(other, mmap=True)
 

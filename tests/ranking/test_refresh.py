@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ranking.feeds import (
+from ranking.pipeline import (
     ROUTE_POPULAR,
     ROUTE_RECALCULATED,
     ROUTE_REFUSING,
