@@ -208,6 +208,10 @@ AUTH_PASSWORD_VALIDATORS = [
 # Members, moderators and creators sign in on the site's own page; the admin's login form only
 # accepts staff accounts.
 LOGIN_URL = "login"
+# Failed sign-ins allowed per account and address (five times that per address) in the window;
+# past it, 429 until the window ends (governance.accounts).
+COMMONFEED_LOGIN_FAILURES = env_int("COMMONFEED_LOGIN_FAILURES", 10, minimum=1)
+COMMONFEED_LOGIN_WINDOW_SECONDS = env_int("COMMONFEED_LOGIN_WINDOW_SECONDS", 900, minimum=1)
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "home"
 

@@ -2,6 +2,10 @@ from django.contrib import admin
 from django.urls import include, path
 
 from feeds.serving.api import MemberFeedApi
+from governance.accounts import ThrottledAdminAuthenticationForm, ThrottledLoginView
+
+# The admin's sign-in is throttled as the site's is.
+admin.site.login_form = ThrottledAdminAuthenticationForm
 
 urlpatterns = [
     # The feed GET first and at the top level: it is the hottest path, Django tries patterns
@@ -15,6 +19,7 @@ urlpatterns = [
     path("api/v1/", include("feeds.api_urls")),
     path("api/v1/", include("governance.api_urls")),
     path("admin/", admin.site.urls),
+    path("accounts/login/", ThrottledLoginView.as_view(), name="login"),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("governance.urls")),
     path("", include("feeds.urls")),

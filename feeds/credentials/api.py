@@ -78,7 +78,10 @@ class AppCredentialsApi(SessionApi):
             )
         except AppCredentialInvalid as exc:
             raise exceptions.ValidationError({exc.field: [str(exc)]}) from None
-        return Response({**AppCredentialOutput(credential).data, "token": token}, status=201)
+        response = Response({**AppCredentialOutput(credential).data, "token": token}, status=201)
+        # The secret is shown once: no cache (browser, proxy) may keep a copy.
+        response["Cache-Control"] = "no-store"
+        return response
 
 
 class AppCredentialRevokeApi(SessionApi):

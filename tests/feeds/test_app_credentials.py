@@ -145,6 +145,7 @@ def test_the_api_issues_lists_and_revokes_and_revocation_applies_to_the_next_req
 
     issued = _post_json(client, apps_url, {"name": "web", "scopes": ["feeds:read"]}, csrf)
     assert issued.status_code == 201
+    assert issued["Cache-Control"] == "no-store"  # the secret is shown once
     body = issued.json()
     token, prefix = body["token"], body["prefix"]
     assert token.startswith(f"cf_{prefix}_")
