@@ -19,9 +19,14 @@ logger = logging.getLogger(__name__)
 
 
 def _send(task: str, args: tuple[object, ...], queue: str | None = None) -> None:
-    # No queue given: the task's default routing, as ``delay`` would do.
+    # No queue given: the task's default routing, as ``delay`` would do. A broker that cannot be
+    # reached loses the message, not the request: runs and shards are owed in the database and
+    # the reconciler (beat, every minute) sends them again; fold-in is redone by the next run.
     options = {"queue": queue} if queue else {}
-    current_app.send_task(f"feeds.tasks.{task}", args=args, **options)
+    try:
+        current_app.send_task(f"feeds.tasks.{task}", args=args, **options)
+    except Exception:
+        logger.exception("could not send %s%s to the broker", task, args)
 
 
 def run_recompute(*, run_id: int, queue: str | None = None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from datetime import date, datetime, time, timedelta
 from fractions import Fraction
@@ -23,6 +24,8 @@ from governance.models import (
     Proposal,
 )
 from ranking.policy import Policy
+
+logger = logging.getLogger(__name__)
 
 _AUDIT_COLUMNS = (
     "community_id",
@@ -185,7 +188,11 @@ def audit_verify_cached(*, community: Community) -> audit_chain.ChainState:
     head are not re-read: docs/audit.md says what this does and does not guarantee.
     """
     key = _audit_head_key(community)
-    cached = cache.get(key)
+    try:
+        cached = cache.get(key)
+    except Exception:  # the cache is down: verify the whole chain instead
+        logger.warning("audit: the cache is unreachable; verifying the whole chain")
+        cached = None
     start = None
     if cached is not None and _audit_head_intact(
         community=community, seq=cached[0], head_hash=cached[1]
@@ -210,7 +217,10 @@ def audit_verify_cached(*, community: Community) -> audit_chain.ChainState:
             ),
         )
     if state.problem is None and state.head_seq:
-        cache.set(key, (state.head_seq, state.head_hash), AUDIT_HEAD_CACHE_SECONDS)
+        try:
+            cache.set(key, (state.head_seq, state.head_hash), AUDIT_HEAD_CACHE_SECONDS)
+        except Exception:
+            logger.warning("audit: the cache is unreachable; the verified head is not kept")
     return state
 
 

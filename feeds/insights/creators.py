@@ -21,6 +21,7 @@ opt-out or a catalogue change recounts at once, fold-in refreshes and new mutes 
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -134,6 +135,9 @@ class CreatorReport:
         return 1 / self.creators_with_items if self.creators_with_items else 0.0
 
 
+logger = logging.getLogger(__name__)
+
+
 def _entries(run: FeedRun, item_ids: list[int]) -> list[tuple[int, int, int, int]]:
     """``(member, item, rank from 1, reason bits)`` of every entry of the run that shows one of
     ``item_ids``."""
@@ -192,11 +196,18 @@ def creator_report(*, community: Community, creator: Creator) -> CreatorReport |
     # v2: the report gained the visible depth and position-weighted exposure.
     depth = settings.COMMONFEED_VISIBLE_DEPTH
     key = f"cf:creator-report:v2:{depth}:{run.pk}.{pointer.revision}:{creator.pk}"
-    cached = cache.get(key)
+    try:
+        cached = cache.get(key)
+    except Exception:  # the cache is down: count now, keep nothing
+        logger.warning("creator report: the cache is unreachable; counting without it")
+        return _compute(community=community, creator=creator, run=run, depth=depth)
     if cached is not None:
         return _from_plain(cached)
     report = _compute(community=community, creator=creator, run=run, depth=depth)
-    cache.set(key, _to_plain(report), CREATOR_REPORT_TTL)
+    try:
+        cache.set(key, _to_plain(report), CREATOR_REPORT_TTL)
+    except Exception:
+        logger.warning("creator report: the cache is unreachable; the report is not kept")
     return report
 
 

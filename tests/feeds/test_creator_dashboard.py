@@ -269,3 +269,17 @@ def test_an_admin_links_the_creator_to_an_account_on_the_page(studio, django_use
     creator.refresh_from_db()
     assert creator.member is None
     assert AuditEntry.objects.filter(action="creator.member_linked").count() == 2
+
+
+def test_the_dashboard_answers_while_the_cache_is_down(studio, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    def down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("cache down")
+
+    monkeypatch.setattr(cache, "get", down)
+    monkeypatch.setattr(cache, "set", down)
+    url = reverse("creator-dashboard", args=["studio", studio["creator"].external_id])
+
+    page = _client(get_user_model().objects.get(username="cre")).get(url)
+
+    assert page.status_code == 200
+    assert "Why members see these items" in page.content.decode()

@@ -590,3 +590,36 @@ def test_a_moderator_s_run_is_computed_and_measured_by_a_worker(
     assert FeedRun.objects.filter(community=community).count() == 1
     listed = client.get(api).json()
     assert listed[0]["metrics"]["status"] == "done"
+
+
+def test_recompute_now_with_the_broker_down_queues_the_run_for_the_reconciler(
+    monkeypatch: pytest.MonkeyPatch, django_capture_on_commit_callbacks: Any
+) -> None:
+    from celery import current_app
+    from kombu.exceptions import OperationalError
+
+    from feeds import enqueue
+    from feeds.runs.services import feed_runs_reconcile
+
+    community = make_community("outage")
+    client = person_client(community, "mod", "moderator")
+    url = reverse("feed-runs", args=[community.slug])
+    csrf = _csrf(client, community)
+
+    def broker_down(*args: object, **kwargs: object) -> None:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    with monkeypatch.context() as down:
+        down.setattr(current_app, "send_task", broker_down)
+        with django_capture_on_commit_callbacks(execute=True):
+            response = client.post(url, {"csrfmiddlewaretoken": csrf})
+
+    assert response.status_code == 302
+    run = FeedRun.objects.get(community=community)
+    assert run.status == FeedRun.Status.QUEUED  # recorded: the database knows it is owed
+    # Once the broker is back, the reconciler sends it (past the grace period).
+    FeedRun.objects.filter(pk=run.pk).update(requested_at=timezone.now() - timedelta(hours=1))
+    resent: list[int] = []
+    monkeypatch.setattr(enqueue, "run_recompute", lambda **kw: resent.append(kw["run_id"]))
+    assert run.pk in feed_runs_reconcile().resent
+    assert resent == [run.pk]

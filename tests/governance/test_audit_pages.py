@@ -296,3 +296,20 @@ def test_a_failed_verification_is_not_cached(chain: Community) -> None:
     assert "at seq 3" in _chain_text()
     membership_create(community=chain, external_id="late", actor=None)
     assert "at seq 3" in _chain_text()
+
+
+def test_the_page_and_the_endpoint_answer_while_the_cache_is_down(
+    chain: Community, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from django.core.cache import cache
+
+    def down(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("cache down")
+
+    monkeypatch.setattr(cache, "get", down)
+    monkeypatch.setattr(cache, "set", down)
+
+    page = Client().get(reverse("governance:audit", args=["garden"]))
+    assert page.status_code == 200
+    assert "verif" in page.content.decode().lower()  # the chain was still verified, uncached
+    assert Client().get(reverse("api-audit", args=["garden"])).status_code == 200
