@@ -1,0 +1,276 @@
+"""Issue 17: every input has one strict gate. Too deep a JSON document, a NUL byte anywhere, an
+unknown field or too long a value is a 400 that says why, never a 500, and writes nothing."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from feeds.credentials.services import app_credential_create
+from governance.models import Proposal
+from tests.factories import CreatorFactory, app_call, person_client
+from tests.governance.proposal_helpers import changed_policy, make_voting_community, open_proposal
+
+pytestmark = pytest.mark.django_db
+
+DEEP = "[" * 10_000 + "]" * 10_000
+DEEP_OBJECT = '{"a":' * 10_000 + "1" + "}" * 10_000
+
+
+@pytest.fixture
+def plot() -> dict[str, Any]:
+    """A community with an admin (signed in), an open proposal, a creator and an app token."""
+    community, moderator, members = make_voting_community("plot", members=2)
+    admin = person_client(community, "ad", "admin")
+    creator = CreatorFactory(community=community, external_id="c1")
+    _, token = app_credential_create(
+        community=community,
+        name="app",
+        scopes=["feeds:read", "events:write", "catalogue:write"],
+    )
+    proposal = open_proposal(community, moderator)
+    return {
+        "community": community,
+        "member": members[0],
+        "creator": creator,
+        "token": token,
+        "admin": admin,
+        "proposal": proposal,
+    }
+
+
+def _session_json(client: Client, method: str, url: str, text: str) -> Any:
+    return getattr(client, method)(
+        url, data=text, content_type="application/json", HTTP_X_CSRFTOKEN=_csrf(client)
+    )
+
+
+def _csrf(client: Client) -> str:
+    client.get(reverse("governance:home", args=["plot"]))
+    return str(client.cookies["csrftoken"].value)
+
+
+# --- JSON bodies: depth and NULs ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [DEEP, '{"events": ' + DEEP + "}", DEEP_OBJECT])
+def test_a_json_body_nested_10000_deep_on_events_is_a_400_not_a_recursion_error(
+    client: Client, plot: dict[str, Any], body: str
+) -> None:
+    response = client.post(
+        "/api/v1/communities/plot/events/",
+        data=body,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {plot['token']}",
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid",
+        "detail": "JSON nested deeper than 64 levels is not accepted.",
+    }
+
+
+def test_a_deep_body_on_member_choices_is_a_400(client: Client, plot: dict[str, Any]) -> None:
+    response = client.put(
+        f"/api/v1/communities/plot/members/{plot['member'].external_id}/choices/",
+        data='{"muted_tags": ' + DEEP + "}",
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {plot['token']}",
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid"
+
+
+def test_a_deep_body_on_proposals_and_the_ballot_is_a_400(plot: dict[str, Any]) -> None:
+    admin = plot["admin"]
+    created = _session_json(
+        admin, "post", reverse("api-proposals", args=["plot"]), '{"document": ' + DEEP + "}"
+    )
+    assert created.status_code == 400
+    assert created.json()["error"] == "invalid"
+    assert "deeper than 64" in created.json()["detail"]
+    ballot = _session_json(
+        admin, "put", reverse("api-ballot", args=["plot", plot["proposal"].pk]), DEEP
+    )
+    assert ballot.status_code == 400
+    assert ballot.json()["error"] == "invalid"
+
+
+def test_a_deep_document_in_the_proposal_check_form_is_a_400_fragment(
+    plot: dict[str, Any],
+) -> None:
+    response = plot["admin"].post(
+        reverse("governance:proposal-check", args=["plot"]),
+        {"document": DEEP, "csrfmiddlewaretoken": _csrf(plot["admin"])},
+    )
+    assert response.status_code == 400
+    assert "deeper than 64" in response.content.decode()
+
+
+def test_a_deep_document_on_the_proposal_form_is_a_400_with_the_form(
+    plot: dict[str, Any],
+) -> None:
+    response = plot["admin"].post(
+        reverse("governance:proposal-new", args=["plot"]),
+        {"title": "Deep", "document": DEEP, "csrfmiddlewaretoken": _csrf(plot["admin"])},
+    )
+    assert response.status_code == 400
+    assert "deeper than 64" in response.content.decode()
+    assert not Proposal.objects.filter(title="Deep").exists()
+
+
+def test_a_shallow_document_with_many_brackets_passes_the_gate(
+    client: Client, plot: dict[str, Any]
+) -> None:
+    # 100 tags: many more brackets than the depth limit, but only 2 deep; and brackets
+    # inside strings do not count.
+    tags = [f"[[[{i}" for i in range(100)]
+    response = app_call(
+        client,
+        plot["token"],
+        "put",
+        f"plot/members/{plot['member'].external_id}/choices/",
+        {"muted_tags": tags},
+    )
+    assert response.status_code == 200, response.content
+    assert sorted(response.json()["muted_tags"]) == sorted(tags)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ['{"muted_tags": ["a\\u0000b"]}', '{"muted\\u0000": true}'],
+)
+def test_a_nul_escape_in_a_json_key_or_string_is_a_400(
+    client: Client, plot: dict[str, Any], text: str
+) -> None:
+    response = client.put(
+        f"/api/v1/communities/plot/members/{plot['member'].external_id}/choices/",
+        data=text,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {plot['token']}",
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid",
+        "detail": "NUL characters (\\u0000) are not accepted.",
+    }
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul(
+    client: Client, plot: dict[str, Any]
+) -> None:
+    response = app_call(
+        client,
+        plot["token"],
+        "put",
+        f"plot/members/{plot['member'].external_id}/choices/",
+        {"muted_tags": ["\\u0000"]},
+    )
+    assert response.status_code == 200, response.content
+    assert response.json()["muted_tags"] == ["\\u0000"]
+
+
+# --- NUL bytes in paths, queries and form fields ----------------------------------------------
+
+NUL_MESSAGE = "NUL characters (\\u0000) are not accepted."
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/api/v1/communities/plot/feeds/m%00x/"),
+        ("get", "/api/v1/communities/plot/members/m%00x/choices/"),
+        ("put", "/api/v1/communities/plot/members/m%00x/choices/"),
+        ("post", "/api/v1/communities/plot/members/m%00x/data-deletion/"),
+        ("put", "/api/v1/communities/plot/creators/c%00x/choices/"),
+        ("get", "/api/v1/communities/plot/feeds/plot-m0/?cursor=a%00b"),
+        ("get", "/api/v1/communities/plot/feeds/plot-m0/?a%00=1"),
+    ],
+)
+def test_a_nul_in_an_app_api_path_or_query_is_a_400_envelope(
+    client: Client, plot: dict[str, Any], method: str, path: str
+) -> None:
+    response = getattr(client, method)(
+        path,
+        data="{}" if method != "get" else None,
+        content_type="application/json",
+        HTTP_AUTHORIZATION=f"Bearer {plot['token']}",
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid", "detail": NUL_MESSAGE}
+
+
+def test_a_nul_in_the_revoke_path_is_a_400_envelope(plot: dict[str, Any]) -> None:
+    admin = plot["admin"]
+    response = admin.post(
+        "/api/v1/communities/plot/apps/ab%00cd/revoke/", HTTP_X_CSRFTOKEN=_csrf(admin)
+    )
+    assert response.status_code == 400
+    assert response.json() == {"error": "invalid", "detail": NUL_MESSAGE}
+
+
+def test_a_nul_in_an_xrpc_query_is_an_invalid_request(client: Client) -> None:
+    response = client.get("/xrpc/app.bsky.feed.getFeedSkeleton?feed=at%00x")
+    assert response.status_code == 400
+    assert response.json() == {"error": "InvalidRequest", "message": NUL_MESSAGE}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/c/plot/members/?q=a%00b",
+        "/c/plot/creators/c%00x/",
+        "/c/plot/members/m%00x/feed/",
+        "/c/plot/apps/ab%00cd/revoke/",
+    ],
+)
+def test_a_nul_in_a_page_path_or_query_is_a_400_page(plot: dict[str, Any], path: str) -> None:
+    response = plot["admin"].get(path)
+    assert response.status_code == 400
+    assert "Bad request" in response.content.decode()
+    assert "NUL characters" in response.content.decode()
+
+
+def test_a_nul_in_a_form_field_is_a_400_page(plot: dict[str, Any]) -> None:
+    admin = plot["admin"]
+    token = _csrf(admin)
+    account = admin.post(
+        reverse("creator-account", args=["plot", "c1"]),
+        {"member": "a\x00b", "csrfmiddlewaretoken": token},
+    )
+    assert account.status_code == 400
+    assert "NUL characters" in account.content.decode()
+    proposal = admin.post(
+        reverse("governance:proposal-new", args=["plot"]),
+        {"title": "Nul\x00title", "csrfmiddlewaretoken": token},
+    )
+    assert proposal.status_code == 400
+    assert not Proposal.objects.filter(title__startswith="Nul").exists()
+
+
+def test_a_nul_in_a_multipart_form_field_is_a_400_page(plot: dict[str, Any]) -> None:
+    admin = plot["admin"]
+    # Client.post sends a dict as multipart/form-data.
+    response = admin.post(
+        reverse("governance:proposal-new", args=["plot"]),
+        {"title": "x\x00", "csrfmiddlewaretoken": _csrf(admin)},
+    )
+    assert response.status_code == 400
+
+
+def test_a_proposal_without_a_nul_still_drafts(plot: dict[str, Any]) -> None:
+    admin = plot["admin"]
+    document = changed_policy(plot["community"], model={"factors": 16})
+    response = admin.post(
+        reverse("governance:proposal-new", args=["plot"]),
+        {
+            "title": "Fewer factors",
+            "document": json.dumps(document),
+            "csrfmiddlewaretoken": _csrf(admin),
+        },
+    )
+    assert response.status_code == 302, response.content.decode()[:2000]
