@@ -3,6 +3,8 @@
 * JSON text (API bodies, the policy editor's document): :func:`json_loads` refuses nesting
   deeper than ``INPUT_MAX_JSON_DEPTH`` and NUL characters, and never raises RecursionError.
 * The URL path, the query string and form fields: :class:`InputGateMiddleware` refuses NULs.
+* JSON objects of both APIs: :class:`StrictInputSerializer` refuses keys it does not declare,
+  and :func:`no_body_fields` any key at all where an endpoint takes no body.
 
 PostgreSQL text and jsonb cannot store U+0000; left alone, a NUL reaches the database and the
 request ends as a 500 (DataError). Either way the client gets a 400 that says why.
@@ -19,7 +21,8 @@ from typing import Any
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
-from rest_framework.exceptions import ParseError
+from rest_framework import serializers
+from rest_framework.exceptions import ParseError, ValidationError
 from rest_framework.parsers import JSONParser
 
 # A JSON string literal (so that brackets inside strings do not count towards the depth).
@@ -78,6 +81,32 @@ class StrictJSONParser(JSONParser):  # type: ignore[misc]
             raise ParseError(str(exc), code="invalid") from None
         except ValueError as exc:
             raise ParseError(f"JSON parse error - {exc}") from None
+
+
+UNKNOWN_FIELD = "Unknown field."
+
+
+class StrictInputSerializer(serializers.Serializer[Any]):
+    """An input serializer that refuses keys it does not declare.
+
+    DRF drops them silently, so a misspelt field (``train_on_me``) reads as "left out" and the
+    request succeeds without doing what the client meant.
+    """
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise ValidationError({str(name): [UNKNOWN_FIELD] for name in unknown})
+        return super().to_internal_value(data)
+
+
+def no_body_fields(data: Any) -> None:
+    """For an endpoint that takes no body: any field sent is an unknown one (400)."""
+    if isinstance(data, Mapping) and data:
+        raise ValidationError({str(name): [UNKNOWN_FIELD] for name in sorted(data)})
+    if data is not None and not isinstance(data, Mapping):
+        raise ValidationError("This endpoint takes no body.")
 
 
 def _has_nul(request: HttpRequest) -> bool:

@@ -11,7 +11,8 @@ from django.test import Client
 from django.urls import reverse
 
 from feeds.credentials.services import app_credential_create
-from governance.models import Proposal
+from feeds.models import FeedRun, Interaction
+from governance.models import AuditEntry, Ballot, Proposal
 from tests.factories import CreatorFactory, app_call, person_client
 from tests.governance.proposal_helpers import changed_policy, make_voting_community, open_proposal
 
@@ -274,3 +275,126 @@ def test_a_proposal_without_a_nul_still_drafts(plot: dict[str, Any]) -> None:
         },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
+
+
+# --- Unknown fields ---------------------------------------------------------------------------
+
+
+def test_a_misspelt_choice_is_a_400_and_the_opt_out_is_kept(
+    client: Client, plot: dict[str, Any]
+) -> None:
+    member = plot["member"]
+    path = f"plot/members/{member.external_id}/choices/"
+    opted_out = app_call(client, plot["token"], "put", path, {"personalise": False})
+    assert opted_out.status_code == 200
+    before, audited = opted_out.json(), AuditEntry.objects.count()
+    response = app_call(
+        client, plot["token"], "put", path, {"personalize": False, "train_on_me": False}
+    )
+    assert response.status_code == 400
+    assert response.json() == {
+        "error": "invalid",
+        "detail": {"personalize": ["Unknown field."], "train_on_me": ["Unknown field."]},
+    }
+    assert app_call(client, plot["token"], "get", path).json() == before
+    assert AuditEntry.objects.count() == audited
+
+
+def test_dry_run_beside_events_is_a_400_and_writes_nothing(
+    client: Client, plot: dict[str, Any]
+) -> None:
+    item = {"id": "i1", "title": "One", "creators": ["c1"]}
+    items = app_call(client, plot["token"], "post", "plot/items/", {"items": [item]})
+    assert items.status_code == 200
+    event = {"id": "e1", "member": plot["member"].external_id, "item": "i1", "kind": "like"}
+    response = app_call(
+        client, plot["token"], "post", "plot/events/", {"events": [event], "dry_run": True}
+    )
+    assert response.status_code == 400
+    assert response.json()["detail"] == {"dry_run": ["Unknown field."]}
+    assert not Interaction.objects.exists()
+
+
+@pytest.mark.parametrize("key", ["members", "creators", "items"])
+def test_an_extra_top_level_key_on_a_batch_is_a_400(
+    client: Client, plot: dict[str, Any], key: str
+) -> None:
+    response = app_call(client, plot["token"], "post", f"plot/{key}/", {key: [], "extra": 1})
+    assert response.status_code == 400
+    assert response.json()["detail"] == {"extra": ["Unknown field."]}
+
+
+def test_unknown_fields_on_creator_choices_and_data_deletion_are_400s(
+    client: Client, plot: dict[str, Any]
+) -> None:
+    audited = AuditEntry.objects.count()
+    creator = app_call(
+        client, plot["token"], "put", "plot/creators/c1/choices/", {"opted_out": True, "x": 1}
+    )
+    assert creator.status_code == 400
+    assert creator.json()["detail"] == {"x": ["Unknown field."]}
+    plot["creator"].refresh_from_db()
+    assert plot["creator"].opted_out is False
+    deletion = app_call(
+        client,
+        plot["token"],
+        "post",
+        f"plot/members/{plot['member'].external_id}/data-deletion/",
+        {"confirm": True},
+    )
+    assert deletion.status_code == 400
+    assert AuditEntry.objects.count() == audited
+
+
+def test_unknown_fields_on_credentials_and_feed_runs_are_400s(plot: dict[str, Any]) -> None:
+    admin = plot["admin"]
+    issued = _session_json(
+        admin,
+        "post",
+        "/api/v1/communities/plot/apps/",
+        json.dumps({"name": "second", "scopes": ["feeds:read"], "expires": "never"}),
+    )
+    assert issued.status_code == 400
+    assert issued.json()["detail"] == {"expires": ["Unknown field."]}
+    runs = _session_json(
+        admin, "post", "/api/v1/communities/plot/feed-runs/", json.dumps({"force": True})
+    )
+    assert runs.status_code == 400
+    assert not FeedRun.objects.exists()
+
+
+def test_unknown_fields_on_proposals_and_the_ballot_are_400s(plot: dict[str, Any]) -> None:
+    admin, community = plot["admin"], plot["community"]
+    document = changed_policy(community, model={"factors": 16})
+    created = _session_json(
+        admin,
+        "post",
+        reverse("api-proposals", args=["plot"]),
+        json.dumps({"title": "T", "document": document, "urgent": True}),
+    )
+    assert created.status_code == 400
+    assert created.json()["detail"] == {"urgent": ["Unknown field."]}
+    draft = _session_json(
+        admin,
+        "post",
+        reverse("api-proposals", args=["plot"]),
+        json.dumps({"title": "T", "document": document}),
+    )
+    assert draft.status_code == 201
+    pk = draft.json()["id"]
+    audited = AuditEntry.objects.count()
+    patched = _session_json(
+        admin, "patch", reverse("api-proposal", args=["plot", pk]), json.dumps({"titel": "x"})
+    )
+    assert patched.status_code == 400
+    assert patched.json() == {"error": "invalid", "detail": {"titel": ["Unknown field."]}}
+    assert Proposal.objects.get(pk=pk).title == "T"
+    assert AuditEntry.objects.count() == audited
+    ballot = _session_json(
+        admin,
+        "put",
+        reverse("api-ballot", args=["plot", plot["proposal"].pk]),
+        json.dumps({"choice": "yes", "weight": 2}),
+    )
+    assert ballot.status_code == 400
+    assert not Ballot.objects.filter(proposal=plot["proposal"]).exists()
