@@ -398,3 +398,31 @@ def test_unknown_fields_on_proposals_and_the_ballot_are_400s(plot: dict[str, Any
     )
     assert ballot.status_code == 400
     assert not Ballot.objects.filter(proposal=plot["proposal"]).exists()
+
+
+# --- Policy types -----------------------------------------------------------------------------
+
+
+def test_a_policy_number_sent_as_a_string_is_a_400_naming_the_field(plot: dict[str, Any]) -> None:
+    document = changed_policy(plot["community"], ranking={"popularity_penalty": "0.5"})
+    response = _session_json(
+        plot["admin"],
+        "post",
+        reverse("api-proposals", args=["plot"]),
+        json.dumps({"title": "Penalty", "document": document}),
+    )
+    assert response.status_code == 400
+    problems = response.json()["detail"]["document"]
+    assert [p["path"] for p in problems] == ["ranking.popularity_penalty"]
+    assert not Proposal.objects.filter(title="Penalty").exists()
+
+
+def test_an_int_where_a_policy_float_is_expected_is_still_accepted(plot: dict[str, Any]) -> None:
+    document = changed_policy(plot["community"], ranking={"popularity_penalty": 1})
+    response = _session_json(
+        plot["admin"],
+        "post",
+        reverse("api-proposals", args=["plot"]),
+        json.dumps({"title": "Penalty", "document": document}),
+    )
+    assert response.status_code == 201, response.content
