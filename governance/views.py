@@ -158,6 +158,17 @@ def _gate_errors(error: InputRejected) -> list[dict[str, str]]:
     return [{"path": "", "message": str(error)}]
 
 
+def _length_errors(form: dict[str, str]) -> list[dict[str, str]]:
+    """The form's text past its column's length: an error here, not a DataError at the
+    database (the API's serializer says the same)."""
+    errors = []
+    for name in ("title", "rationale"):
+        limit = Proposal._meta.get_field(name).max_length
+        if limit is not None and len(form[name]) > limit:
+            errors.append({"path": name, "message": f"At most {limit} characters."})
+    return errors
+
+
 def _proposal_form_page(
     request: HttpRequest,
     community: Community,
@@ -209,9 +220,12 @@ def proposal_new(request: HttpRequest, slug: str) -> HttpResponse:
     errors: list[dict[str, str]] = []
     if request.method == "POST":
         form = {key: request.POST.get(key, "") for key in form}
+        errors = _length_errors(form)
         try:
             form["document"] = _posted_document(request, kind)
             member = _member_or_403(request, community)
+            if errors:
+                raise PolicyError(errors)
             proposal = services.proposal_create(
                 community=community,
                 author=member,
@@ -250,6 +264,8 @@ def proposal_edit(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
             form = {key: request.POST.get(key, "") for key in form}
             try:
                 form["document"] = _posted_document(request, proposal.kind)
+                if length_errors := _length_errors(form):
+                    raise PolicyError(length_errors)
                 services.proposal_update(
                     proposal=proposal,
                     actor=member,

@@ -426,3 +426,21 @@ def test_an_int_where_a_policy_float_is_expected_is_still_accepted(plot: dict[st
         json.dumps({"title": "Penalty", "document": document}),
     )
     assert response.status_code == 201, response.content
+
+
+# --- Length -----------------------------------------------------------------------------------
+
+
+def test_a_201_character_title_on_the_web_form_is_a_400_with_the_form_error(
+    plot: dict[str, Any],
+) -> None:
+    admin = plot["admin"]
+    document = changed_policy(plot["community"], model={"factors": 16})
+    response = admin.post(
+        reverse("governance:proposal-new", args=["plot"]),
+        {"title": "t" * 201, "document": json.dumps(document), "csrfmiddlewaretoken": _csrf(admin)},
+    )
+    assert response.status_code == 400
+    page = response.content.decode()
+    assert "<code>title</code>: At most 200 characters." in page
+    assert not Proposal.objects.filter(title__startswith="ttt").exists()
