@@ -106,6 +106,9 @@ MIDDLEWARE = [
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    # Before any view: a NUL in the path, query or a form field is a 400, never a DataError.
+    # After authentication only so that its 400 page can render the layout (it shows the user).
+    "config.input_gate.InputGateMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
@@ -237,6 +240,8 @@ if DEBUG:
     STATIC_ROOT.mkdir(parents=True, exist_ok=True)
 
 DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 2_621_440, minimum=1024)
+# JSON nested deeper than this is refused with a 400 (config/input_gate.py); a policy is 3 deep.
+INPUT_MAX_JSON_DEPTH = env_int("INPUT_MAX_JSON_DEPTH", 64, minimum=8)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["feeds.credentials.auth.AppCredentialAuthentication"],
@@ -244,7 +249,8 @@ REST_FRAMEWORK = {
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     # The API speaks JSON only; form encodings would be advertised in the schema but cannot
     # carry a batch.
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    # Behind the input gate: too deep a document or a NUL is a 400 (config/input_gate.py).
+    "DEFAULT_PARSER_CLASSES": ["config.input_gate.StrictJSONParser"],
     "EXCEPTION_HANDLER": "feeds.api.exception_handler",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "UNAUTHENTICATED_USER": None,

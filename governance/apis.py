@@ -23,6 +23,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from config.input_gate import StrictInputSerializer, no_body_fields
 from governance import audit_chain, services
 from governance.diff import ABSENT, policy_diff
 from governance.errors import GovernanceError, NotPermitted, http_status
@@ -413,7 +414,7 @@ class ProposalListOutput(serializers.Serializer[Any]):
 
 
 class ProposalsApi(MemberApi):
-    class ProposalCreateInput(serializers.Serializer[Any]):
+    class ProposalCreateInput(StrictInputSerializer):
         title = StrictCharField(max_length=200)
         rationale = StrictCharField(max_length=20_000, allow_blank=True, required=False)
         kind = StrictChoiceField(
@@ -490,7 +491,7 @@ class ProposalApi(MemberApi):
         community, member = self.community_member(request, slug)
         return Response(proposal_detail_data(self.proposal(community, pk), member))
 
-    class ProposalUpdateInput(serializers.Serializer[Any]):
+    class ProposalUpdateInput(StrictInputSerializer):
         title = StrictCharField(max_length=200, required=False)
         rationale = StrictCharField(max_length=20_000, allow_blank=True, required=False)
         document = StrictObjectField(
@@ -539,6 +540,7 @@ class ProposalTransitionApi(MemberApi):
     def post(self, request: Request, slug: str, pk: str) -> Response:
         community, member = self.community_member(request, slug)
         proposal = self.proposal(community, pk)
+        no_body_fields(request.data)
         type(self).service(proposal=proposal, actor=member)
         return Response(proposal_detail_data(self.proposal(community, pk), member))
 
@@ -590,7 +592,7 @@ class BallotOutput(serializers.Serializer[Any]):
 
 
 class BallotApi(MemberApi):
-    class BallotInput(serializers.Serializer[Any]):
+    class BallotInput(StrictInputSerializer):
         choice = StrictChoiceField(choices=Ballot.Choice.choices)
 
     @extend_schema(

@@ -20,6 +20,7 @@ from django.urls import reverse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_POST
 
+from config.input_gate import InputRejected, json_check, json_loads
 from governance import services
 from governance.charter import Charter
 from governance.describe import policy_describe
@@ -145,10 +146,27 @@ def _document_schema(kind: str) -> dict[str, Any]:
 
 
 def _posted_document(request: HttpRequest, kind: str) -> str:
-    """The JSON editor's text with the settings form's changes written into it."""
-    return apply_schema_fields(
-        _document_schema(kind), request.POST.get("document", ""), request.POST
-    )
+    """The JSON editor's text with the settings form's changes written into it.
+
+    Raises :class:`InputRejected` for a document the input gate refuses (too deep, a NUL)."""
+    text = request.POST.get("document", "")
+    json_check(text)
+    return apply_schema_fields(_document_schema(kind), text, request.POST)
+
+
+def _gate_errors(error: InputRejected) -> list[dict[str, str]]:
+    return [{"path": "", "message": str(error)}]
+
+
+def _length_errors(form: dict[str, str]) -> list[dict[str, str]]:
+    """The form's text past its column's length: an error here, not a DataError at the
+    database (the API's serializer says the same)."""
+    errors = []
+    for name in ("title", "rationale"):
+        limit = Proposal._meta.get_field(name).max_length
+        if limit is not None and len(form[name]) > limit:
+            errors.append({"path": name, "message": f"At most {limit} characters."})
+    return errors
 
 
 def _proposal_form_page(
@@ -162,8 +180,8 @@ def _proposal_form_page(
     proposal: Proposal | None = None,
 ) -> HttpResponse:
     try:
-        shown = json.loads(form["document"])
-    except ValueError:
+        shown = json_loads(form["document"])
+    except ValueError:  # not JSON, or refused by the gate: the form shows the base
         shown = base.document
     fields = schema_fields(_document_schema(kind), shown)
     sections: dict[str, list[Any]] = {}
@@ -202,9 +220,12 @@ def proposal_new(request: HttpRequest, slug: str) -> HttpResponse:
     errors: list[dict[str, str]] = []
     if request.method == "POST":
         form = {key: request.POST.get(key, "") for key in form}
-        form["document"] = _posted_document(request, kind)
+        errors = _length_errors(form)
         try:
+            form["document"] = _posted_document(request, kind)
             member = _member_or_403(request, community)
+            if errors:
+                raise PolicyError(errors)
             proposal = services.proposal_create(
                 community=community,
                 author=member,
@@ -215,6 +236,8 @@ def proposal_new(request: HttpRequest, slug: str) -> HttpResponse:
             )
         except PolicyError as error:
             errors = error.errors
+        except InputRejected as error:
+            errors = _gate_errors(error)
         except GovernanceError as error:
             return _error_page(request, community, error)
         else:
@@ -239,8 +262,10 @@ def proposal_edit(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
         member = _member_or_403(request, community)
         if request.method == "POST":
             form = {key: request.POST.get(key, "") for key in form}
-            form["document"] = _posted_document(request, proposal.kind)
             try:
+                form["document"] = _posted_document(request, proposal.kind)
+                if length_errors := _length_errors(form):
+                    raise PolicyError(length_errors)
                 services.proposal_update(
                     proposal=proposal,
                     actor=member,
@@ -250,6 +275,8 @@ def proposal_edit(request: HttpRequest, slug: str, pk: int) -> HttpResponse:
                 )
             except PolicyError as error:
                 errors = error.errors
+            except InputRejected as error:
+                errors = _gate_errors(error)
             else:
                 return redirect("governance:proposal", slug=slug, pk=proposal.pk)
         elif proposal.state != Proposal.State.DRAFT:
@@ -291,7 +318,9 @@ def proposal_check(request: HttpRequest, slug: str) -> HttpResponse:
     document = request.POST.get("document", "")
     errors: list[dict[str, str]] = []
     changes: list[dict[str, str]] = []
+    status = 200
     try:
+        json_check(document)
         validated: Any = (
             services.charter_validate(document)
             if kind == Proposal.Kind.CHARTER
@@ -299,12 +328,17 @@ def proposal_check(request: HttpRequest, slug: str) -> HttpResponse:
         )
     except PolicyError as error:
         errors = error.errors
+    except InputRejected as error:
+        # A refused document is the client's error (a policy's problems are the check's answer,
+        # 200); htmx still swaps a 4xx fragment (htmx-config in base.html).
+        errors, status = _gate_errors(error), 400
     else:
         changes = _diff_rows(base.document, validated.model_dump(mode="json"))
     return render(
         request,
         "governance/_document_check.html",
         {"errors": errors, "changes": changes, "base": base, "kind": kind},
+        status=status,
     )
 
 

@@ -71,7 +71,11 @@ PROVENANCE_CLASSES: Final[tuple[ProvenanceClass, ...]] = get_args(ProvenanceClas
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, use_attribute_docstrings=True)
+    # strict: "0.5" is not a number and true is not 1; pydantic's strict mode still takes an
+    # int where a float is expected ("popularity_penalty": 0), as JSON itself does.
+    model_config = ConfigDict(
+        extra="forbid", frozen=True, use_attribute_docstrings=True, strict=True
+    )
 
 
 class ModelParams(_Section):

@@ -13,6 +13,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.input_gate import StrictInputSerializer, no_body_fields
 from feeds.api import ERROR_RESPONSES, ExternalIdField, community_for_app, scope_required
 from feeds.choices import services as choices
 from feeds.fields import (
@@ -23,7 +24,7 @@ from feeds.models import Creator
 from governance.models import Membership
 
 
-class MemberChoicesIO(serializers.Serializer[Any]):
+class MemberChoicesIO(StrictInputSerializer):
     personalise = StrictBooleanField(
         required=False, help_text="False: the member gets the community's non-personalised feed."
     )
@@ -92,13 +93,14 @@ class MemberDataDeletionApi(APIView):
         description="Gone from the next training run; the audit log records the request only.",
     )
     def post(self, request: Request, slug: str, member_external_id: str) -> Response:
+        no_body_fields(request.data)
         member = _member_for_app(request, slug, member_external_id)
         return Response(
             {"interactions_deleted": choices.member_data_delete(member=member, actor=None)}
         )
 
 
-class CreatorChoicesIO(serializers.Serializer[Any]):
+class CreatorChoicesIO(StrictInputSerializer):
     opted_out = StrictBooleanField(help_text="True: none of the creator's items is recommended.")
 
 

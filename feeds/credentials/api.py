@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from drf_spectacular.utils import (
     extend_schema,
 )
@@ -11,6 +9,7 @@ from rest_framework import exceptions, serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.input_gate import StrictInputSerializer, no_body_fields
 from feeds.api import SESSION_ERROR_RESPONSES, SessionApi
 from feeds.credentials.auth import community_for_credential_manager
 from feeds.credentials.services import (
@@ -41,7 +40,7 @@ class AppCredentialIssuedOutput(AppCredentialOutput):
 
 
 class AppCredentialsApi(SessionApi):
-    class InputSerializer(serializers.Serializer[Any]):
+    class InputSerializer(StrictInputSerializer):
         name = StrictCharField(max_length=100, help_text="Unique among active credentials.")
         scopes = serializers.ListField(
             child=serializers.ChoiceField(choices=AppCredential.Scope.choices),
@@ -93,6 +92,7 @@ class AppCredentialRevokeApi(SessionApi):
     )
     def post(self, request: Request, slug: str, prefix: str) -> Response:
         community = community_for_credential_manager(slug=slug, user=request.user)
+        no_body_fields(request.data)
         credential = community.app_credentials.filter(prefix=prefix).first()
         if credential is None:
             raise exceptions.NotFound("No such credential in this community.")

@@ -17,6 +17,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from config.input_gate import UNKNOWN_FIELD
 from feeds.api import THROTTLED, ErrorOutput, ExternalIdField, community_for_app, scope_required
 from feeds.fields import (
     StrictBooleanField,
@@ -45,6 +46,10 @@ class BatchApi(APIView):
         community = community_for_app(request, slug)
         if not isinstance(request.data, dict) or not isinstance(request.data.get(self.key), list):
             raise exceptions.ValidationError({self.key: f"Send {{'{self.key}': [...]}}."})
+        unknown = sorted(set(request.data) - {self.key})
+        if unknown:
+            # ``{"events": [...], "dry_run": true}`` must not write the events it meant to try.
+            raise exceptions.ValidationError({str(name): [UNKNOWN_FIELD] for name in unknown})
         rows = request.data[self.key]
         if len(rows) > ingest.MAX_BATCH:
             raise exceptions.ValidationError(

@@ -12,6 +12,7 @@ from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from config.input_gate import no_body_fields
 from feeds.api import SESSION_ERROR_RESPONSES, SessionApi
 from feeds.models import FeedRun
 from feeds.runs import schedule as runs
@@ -89,6 +90,7 @@ class FeedRunsApi(SessionApi):
     )
     def post(self, request: Request, slug: str) -> Response:
         community = runs.community_for_run_manager(slug=slug, user=request.user)
+        no_body_fields(request.data)
         requested = runs.feed_run_request_on_demand(community=community, actor=request.user)
         body = {"created": requested.created, "run": FeedRunOutput(requested.run).data}
         return Response(body, status=201 if requested.created else 200)
