@@ -9,7 +9,8 @@ load: every request that worker was serving waited that long. Once the worker ha
 application, :func:`post_worker_init` imports the URLconf and moves everything that exists at
 that moment into the permanent generation (:func:`gc.freeze`), which collections skip; a full
 collection then took 4-25 ms. Objects created later, per request or cached, are collected as
-before. See docs/benchmarks.md (Ballots) for the figures and the command.
+before. The measurement and its command are in the history of docs/benchmarks.md
+(``git log -p docs/benchmarks.md``, 2026-12-05).
 """
 
 from __future__ import annotations

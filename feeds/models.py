@@ -258,11 +258,11 @@ class FeedRunShard(models.Model):
 class FeedArrayField(models.JSONField):
     """A JSON array stored as text: PostgreSQL ``json`` rather than ``jsonb``.
 
-    A run writes one row of four arrays per member, a million rows at the issue's scale, and
-    feeds are only ever read whole by key, never searched inside; jsonb's parsed form buys
-    nothing here. PostgreSQL takes the same COPY of 100,000 feed rows into ``json`` columns in
-    0.72 s and into ``jsonb`` in 4.11 s of its CPU (docs/benchmarks.md), which the workers
-    scoring beside it on the same cores lose. Other databases keep JSONField's own type.
+    A run writes one row of four arrays per member, a million rows at the issue's scale, and feeds
+    are only ever read whole by key, never searched inside; jsonb's parsed form buys nothing here.
+    PostgreSQL takes the same COPY of 100,000 feed rows into ``json`` columns in 0.72 s and into
+    ``jsonb`` in 4.11 s of its CPU (measured 2026-11; ``git log -p docs/benchmarks.md``), which the
+    workers scoring beside it on the same cores lose. Other databases keep JSONField's own type.
     """
 
     def db_type(self, connection: Any) -> str | None:
