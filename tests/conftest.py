@@ -86,11 +86,16 @@ def _shared_worker_wait_idle(name: str, *, timeout: float = 60.0) -> None:
     queue = settings.CELERY_TASK_DEFAULT_QUEUE
     deadline = time.monotonic() + timeout
     while True:
-        with app.connection_for_write() as conn:
-            queued = conn.default_channel._size(queue)
-        inspect = app.control.inspect(destination=[name], timeout=1.0)
-        # The solo pool answers remote control only between tasks: no reply means busy.
-        active, reserved = inspect.active(), inspect.reserved()
+        try:
+            with app.connection_for_write() as conn:
+                queued = conn.default_channel._size(queue)
+            inspect = app.control.inspect(destination=[name], timeout=1.0)
+            # The solo pool answers remote control only between tasks: no reply means busy.
+            active, reserved = inspect.active(), inspect.reserved()
+        except ValueError:
+            # The filesystem transport can read a reply file its writer has not filled yet
+            # (an empty JSON document): ask again.
+            queued, active, reserved = 1, None, None
         if not queued and active and reserved and not active[name] and not reserved[name]:
             return
         if time.monotonic() > deadline:
