@@ -44,6 +44,7 @@ from threadpoolctl import threadpool_limits  # noqa: E402
 
 import ranking.als as als  # noqa: E402
 from feeds.importers.synthetic import SyntheticSpec, synthetic_generate  # noqa: E402
+from ranking import bounded_topk  # noqa: E402
 from ranking.policy import ModelParams  # noqa: E402
 
 
@@ -90,7 +91,7 @@ def main() -> None:
                 model.item_factors,
                 factors,
                 args.k,
-                filter_query_items=als._SeenRows(seen),
+                filter_query_items=bounded_topk.SeenRows(seen),
                 num_threads=1,
             )
             times["implicit"].append(time.perf_counter() - started)
@@ -101,7 +102,7 @@ def main() -> None:
     # Bit for bit with OpenBLAS's SkylakeX kernels; its Haswell ones (and others) round some dot
     # products one unit in the last place differently by the shape of the product, so items
     # that close can swap (docs/pipeline.md). Anything beyond that stops the run.
-    valid = scores > als._FILTERED_SCORE
+    valid = scores > bounded_topk.FILTERED_SCORE
     same_items = float(np.mean(np.where(valid, ids, -1) == ours_ids))
     largest = float(np.abs(np.where(valid, scores, 0) - np.where(valid, ours_scores, 0)).max())
     scale = float(np.abs(np.where(valid, scores, 0)).max())
@@ -110,7 +111,9 @@ def main() -> None:
 
     stats: dict[str, int] = {}
     with threadpool_limits(1, "blas"):
-        _, _, done = als._bounded_top_k(model._norm_order(None), factors, seen, args.k, stats=stats)
+        _, _, done = bounded_topk.bounded_top_k(
+            model._norm_order(None), factors, seen, args.k, stats=stats
+        )
     products = stats["products"] / (rows.size * args.items)
 
     implicit_s = statistics.median(times["implicit"])

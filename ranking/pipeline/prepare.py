@@ -9,8 +9,9 @@ import numpy as np
 import numpy.typing as npt
 from scipy.sparse import csr_matrix
 
-from ranking.als import ALSModel, interaction_matrix
+from ranking.als import ALSModel
 from ranking.effects import PROVENANCE_CODES, Catalogue, ItemAttributes
+from ranking.interactions import interaction_matrix
 from ranking.pipeline.common import (
     DEFAULT_CHUNK_SIZE,
     ROUTE_POPULAR,

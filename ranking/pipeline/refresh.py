@@ -8,8 +8,8 @@ import numpy as np
 import numpy.typing as npt
 from scipy.sparse import csr_matrix
 
-from ranking.als import interaction_matrix
 from ranking.effects import ItemAttributes
+from ranking.interactions import interaction_matrix
 from ranking.pipeline.common import (
     DEFAULT_CHUNK_SIZE,
     ROUTE_POPULAR,

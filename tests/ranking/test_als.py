@@ -11,7 +11,8 @@ import pytest
 import scipy.sparse
 from scipy.sparse import csr_matrix
 
-from ranking.als import ALSModel, NotFittedError, interaction_matrix
+from ranking.als import ALSModel, NotFittedError
+from ranking.interactions import interaction_matrix
 from ranking.policy import ModelParams
 
 SMALL = ModelParams(factors=8, iterations=5, regularization=0.1, alpha=2.0, seed=7)

@@ -23,7 +23,9 @@ from hypothesis.extra.numpy import arrays
 from scipy.sparse import csr_matrix
 
 import ranking.als as als
-from ranking.als import ALSModel, interaction_matrix
+from ranking import bounded_topk
+from ranking.als import ALSModel
+from ranking.interactions import interaction_matrix
 from ranking.policy import ModelParams
 
 
@@ -113,7 +115,7 @@ def test_most_rows_are_finished_early_on_zipf_data(fitted: tuple[ALSModel, csr_m
     model, matrix = fitted
     order = model._norm_order(None)
     rows = np.arange(matrix.shape[0])
-    _, _, done = als._bounded_top_k(order, model.user_factors[rows], matrix[rows], 50)
+    _, _, done = bounded_topk.bounded_top_k(order, model.user_factors[rows], matrix[rows], 50)
     # The test below would pass trivially if every row fell back to brute force.
     assert done.mean() > 0.9
 
@@ -176,7 +178,7 @@ def test_rows_that_cannot_be_bounded_fall_back(fitted: tuple[ALSModel, csr_matri
     seen[2, :] = 1.0
     seen[2, :30] = 0.0  # 30 eligible items, 100 asked for
     seen = csr_matrix(seen)
-    _, _, done = als._bounded_top_k(model._norm_order(None), factors, seen, 100)
+    _, _, done = bounded_topk.bounded_top_k(model._norm_order(None), factors, seen, 100)
     assert done.tolist() == [True, False, False, True]
     got = model.recommend_from_factors(factors, seen, 100)
     with brute_force():
@@ -199,7 +201,7 @@ def test_non_finite_item_factors_leave_every_row_to_implicit(
     implicit_model.item_factors[17, 0] = np.nan
     implicit_model.item_factors[99, 1] = np.inf
     rows = np.arange(100)
-    _, _, done = als._bounded_top_k(
+    _, _, done = bounded_topk.bounded_top_k(
         copy._norm_order(None), copy.user_factors[rows], matrix[rows], 50
     )
     assert not done.any()

@@ -612,7 +612,7 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
     if top_k == "bounded":
         # This community's catalogue is small: let the norm-bounded top-k rank it anyway, and
         # count the members it finished, so this case cannot pass without it.
-        bounded = ranking.als._bounded_top_k
+        bounded = ranking.als.bounded_top_k
         monkeypatch.setattr(ranking.als, "_BOUND_MIN_ITEMS", 1)
         monkeypatch.setattr(ranking.als, "_BOUND_ITEMS_PER_K", 1)
 
@@ -621,7 +621,7 @@ def test_scoring_in_shards_gives_exactly_the_feeds_of_scoring_everyone_at_once(
             finished.append(int(result[2].sum()))
             return result
 
-        monkeypatch.setattr(ranking.als, "_bounded_top_k", counted)
+        monkeypatch.setattr(ranking.als, "bounded_top_k", counted)
     from ranking.pipeline import (
         ROUTE_POPULAR,
         ROUTE_RECALCULATED,
