@@ -228,17 +228,23 @@ def _batches(batch: FeedBatch, size: int) -> Iterator[list[tuple[int, list[int]]
 
 
 def _served_metrics(
-    community: Community, policy: Policy, members: np.ndarray | None
-) -> dict[str, Any]:
-    """The run metrics of the feeds ``policy`` would serve now: ranked by the run's own
-    pipeline on the run's inputs, measured by the run's own metrics."""
-    served = served_feeds_compute(community=community, policy=policy, members=members)
-    return feeds_measure(
-        community_id=community.pk,
-        watermark=served.watermark,
-        as_of=timezone.now(),
-        feeds=lambda size: _batches(served.batch, size),
+    community: Community, policies: dict[str, Policy], members: np.ndarray | None
+) -> dict[str, dict[str, Any]]:
+    """The run metrics of the feeds each policy would serve now: ranked by the run's own
+    pipeline on the run's inputs (read once), measured by the run's own metrics."""
+    served = served_feeds_compute(
+        community=community, policies=list(policies.values()), members=members
     )
+    now = timezone.now()
+    return {
+        side: feeds_measure(
+            community_id=community.pk,
+            watermark=feeds.watermark,
+            as_of=now,
+            feeds=lambda size, batch=feeds.batch: _batches(batch, size),
+        )
+        for side, feeds in zip(policies, served, strict=True)
+    }
 
 
 def policy_impact_compute(*, impact_id: int) -> PolicyImpact:
@@ -258,10 +264,7 @@ def policy_impact_compute(*, impact_id: int) -> PolicyImpact:
         length, depth = settings.COMMONFEED_FEED_LENGTH, settings.COMMONFEED_VISIBLE_DEPTH
         report = compare(a, b, data, split, k=length, depth=depth)
         sample = np.unique(data.member_ids) if facts["sampled"] else None
-        report["served"] = {
-            side: _served_metrics(impact.community, policy, sample)
-            for side, policy in (("a", a), ("b", b))
-        }
+        report["served"] = _served_metrics(impact.community, {"a": a, "b": b}, sample)
     except Exception as exc:  # recorded for the page; the worker log has the traceback
         logger.exception("policy impact %s failed", impact_id)
         PolicyImpact.objects.filter(pk=impact_id, status=PolicyImpact.Status.COMPUTING).update(

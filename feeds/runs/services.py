@@ -203,15 +203,16 @@ class ServedFeeds:
 
 
 def served_feeds_compute(
-    *, community: Community, policy: Policy, members: Sequence[int] | None = None
-) -> ServedFeeds:
-    """The feeds a run would serve now under ``policy``, computed here and stored nowhere.
+    *, community: Community, policies: Sequence[Policy], members: Sequence[int] | None = None
+) -> list[ServedFeeds]:
+    """The feeds a run would serve now under each of ``policies``, computed here and stored
+    nowhere.
 
     The same inputs as a run (``_run_inputs``: interactions, active items, refusals, creators'
-    opt-outs, members' mutes and refusals), the same feed length and the same ranking
-    (``ranking.pipeline.prepare_feeds`` and ``score_feeds``), for every member or only
-    ``members``. The impact preview measures these, so what it shows is what ratification
-    delivers on the same data.
+    opt-outs, members' mutes and refusals), read once for all the policies, the same feed length
+    and the same ranking (``ranking.pipeline.prepare_feeds`` and ``score_feeds``), for every
+    member or only ``members``. The impact preview measures these, so what it shows is what
+    ratification delivers on the same data.
     """
     inputs = _run_inputs(community)
     feed_members = None
@@ -219,8 +220,13 @@ def served_feeds_compute(
         feed_members = np.intersect1d(
             inputs.data.feed_members, np.asarray(list(members), dtype=np.int64)
         )
-    prepared = prepare_feeds(**inputs.prepare_arguments(policy, feed_members))
-    return ServedFeeds(batch=score_feeds(prepared), watermark=inputs.data.watermark)
+    return [
+        ServedFeeds(
+            batch=score_feeds(prepare_feeds(**inputs.prepare_arguments(policy, feed_members))),
+            watermark=inputs.data.watermark,
+        )
+        for policy in policies
+    ]
 
 
 def _train(run: FeedRun, token: str, heartbeat: _Heartbeat) -> tuple[PreparedFeeds, list[int]]:
